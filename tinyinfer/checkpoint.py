@@ -1,0 +1,468 @@
+"""Hugging Face checkpoints: config.json + model.safetensors (+ tokenizer.json), GPT-2 and LLaMA.
+
+Lesson: lessons/01-transformer.py
+
+A Hugging Face model folder is three plain files:
+
+    config.json          the sizes, in transformers' own field names (n_embd, hidden_size, ...)
+    model.safetensors    the weights, named as transformers names them (tinyinfer/safetensors.py)
+    tokenizer.json       the tokenizer (optional here; tinyinfer/tokenizer.py)
+
+tinyinfer keeps its parameters under exactly those names and shapes (param_shapes below), so
+loading is mostly checking: translate the config, read the tensors, make sure every tensor
+the config implies is there with the right shape and finite values, and nothing else is.
+The same folder then loads in transformers (GPT2LMHeadModel / LlamaForCausalLM) and back.
+
+Two real-world wrinkles are handled on load:
+  * GPT-2 files on the Hub were saved from GPT2Model, so their names lack the
+    "transformer." prefix ("h.0.attn.c_attn.weight"), and they carry the causal-mask buffers
+    "h.N.attn.bias" / "h.N.attn.masked_bias", which are constants, not parameters.
+  * A model with a tied head may still store "lm_head.weight" (a copy of the embedding).
+
+Everything here raises CheckpointError (a ValueError) naming the file, tensor or field that
+is wrong, what was expected and what was found.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .safetensors import read_safetensors, write_safetensors
+
+__all__ = ["CheckpointError", "config_from_hf", "config_to_hf", "param_shapes", "load", "save"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # sharded checkpoints: {"weight_map": {name: shard}}
+TOKENIZER_FILE = "tokenizer.json"
+
+# Dtypes a checkpoint may be written in (what config.json's "torch_dtype" can say) and the
+# dtypes load() may compute in. float16 is for storage only: NumPy float16 math is slow and
+# overflows easily, so we always widen to float32 (or float64) on load.
+SAVE_DTYPES = ("float32", "float16")
+LOAD_DTYPES = ("float32", "float64")
+
+# GPT-2's per-layer causal mask buffers: "h.3.attn.bias" and "h.3.attn.masked_bias", with or
+# without the "transformer." prefix. Careful: "h.3.attn.c_attn.bias" is a real parameter.
+_GPT2_BUFFER = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+class CheckpointError(ValueError):
+    """A config.json or set of weights that does not describe a tinyinfer model."""
+
+
+# ----------------------------------------------------------------------------- config.json -> ModelConfig
+
+
+def config_from_hf(d: dict) -> ModelConfig:
+    """Translate a transformers config.json dict (gpt2 or llama) into a ModelConfig.
+
+    Missing optional fields take transformers' defaults, so a file means the same model here
+    as there. Fields that would change the math in ways tinyinfer does not implement (another
+    activation, biases in LLaMA, scaled RoPE, ...) are rejected rather than silently ignored.
+    """
+    if not isinstance(d, dict):
+        raise CheckpointError(f"config must be a dict (parsed config.json), got {type(d).__name__}")
+    model_type = d.get("model_type")
+    if model_type == "gpt2":
+        return _gpt2_from_hf(d)
+    if model_type == "llama":
+        return _llama_from_hf(d)
+    raise CheckpointError(f"config model_type must be 'gpt2' or 'llama', got {model_type!r}")
+
+
+def _required(d: dict, key: str):
+    if key not in d:
+        raise CheckpointError(f"{d.get('model_type')} config is missing required field {key!r}")
+    return d[key]
+
+
+def _expect(d: dict, key: str, default, allowed: tuple, why: str):
+    """Check an optional field whose value tinyinfer cannot vary (e.g. the activation)."""
+    value = d.get(key, default)
+    if value not in allowed:
+        raise CheckpointError(
+            f"{d['model_type']} config {key} must be {' or '.join(map(repr, allowed))} ({why}), got {value!r}")
+    return value
+
+
+def _gpt2_from_hf(d: dict) -> ModelConfig:
+    _expect(d, "activation_function", "gelu_new", ("gelu_new",), "tinyinfer's GELU is the tanh approximation")
+    _expect(d, "scale_attn_weights", True, (True,), "attention scores are divided by sqrt(D)")
+    _expect(d, "scale_attn_by_inverse_layer_idx", False, (False,), "tinyinfer does not rescale by layer")
+    _expect(d, "tie_word_embeddings", True, (True,), "GPT-2's output head is its token embedding")
+    # n_positions is the size of the position table; very old configs only had n_ctx.
+    n_ctx = d["n_positions"] if "n_positions" in d else _required(d, "n_ctx")
+    return ModelConfig(
+        family="gpt2",
+        vocab_size=_required(d, "vocab_size"),
+        n_layer=_required(d, "n_layer"),
+        n_embd=_required(d, "n_embd"),
+        n_head=_required(d, "n_head"),
+        n_ctx=n_ctx,
+        ffn_hidden=d.get("n_inner"),  # None means 4 * n_embd, in transformers and in ModelConfig
+        norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+        tie_word_embeddings=True,
+    )
+
+
+def _llama_from_hf(d: dict) -> ModelConfig:
+    _expect(d, "hidden_act", "silu", ("silu",), "SwiGLU uses SiLU")
+    _expect(d, "attention_bias", False, (False,), "tinyinfer's LLaMA attention has no biases")
+    _expect(d, "mlp_bias", False, (False,), "tinyinfer's LLaMA MLP has no biases")
+    hidden, heads = _required(d, "hidden_size"), _required(d, "num_attention_heads")
+    head_dim = d.get("head_dim")
+    if head_dim is not None and (not isinstance(hidden, int) or not isinstance(heads, int)
+                                 or heads < 1 or head_dim * heads != hidden):
+        raise CheckpointError(
+            f"llama config head_dim must equal hidden_size / num_attention_heads = {hidden} / {heads} "
+            f"(tinyinfer derives D from C and H), got {head_dim!r}")
+    return ModelConfig(
+        family="llama",
+        vocab_size=_required(d, "vocab_size"),
+        n_layer=_required(d, "num_hidden_layers"),
+        n_embd=hidden,
+        n_head=heads,
+        n_kv_head=d.get("num_key_value_heads"),  # None means one KV head per query head
+        n_ctx=d.get("max_position_embeddings", 2048),
+        ffn_hidden=_required(d, "intermediate_size"),
+        norm_eps=float(d.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default, not LayerNorm's
+        rope_theta=_rope_theta(d),
+        tie_word_embeddings=d.get("tie_word_embeddings", False),  # untied unless the file says so
+    )
+
+
+def _rope_theta(d: dict) -> float:
+    """RoPE's base, from transformers-4 "rope_theta" or transformers-5 "rope_parameters".
+
+    Both "rope_scaling" (v4) and "rope_parameters" (v5) may name a rope_type; only the plain
+    one ("default") is what tinyinfer computes. llama3 / yarn / linear scaling would change
+    the rotation frequencies, so we refuse instead of producing a subtly different model.
+    """
+    thetas = []
+    for key in ("rope_scaling", "rope_parameters"):
+        block = d.get(key)
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            raise CheckpointError(f"llama config {key} must be an object or null, got {block!r}")
+        rope_type = block.get("rope_type", block.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(
+                f"llama config {key} has rope_type {rope_type!r}; tinyinfer implements only "
+                f"'default' (unscaled) RoPE")
+        if "rope_theta" in block:
+            thetas.append(block["rope_theta"])
+    if "rope_theta" in d:
+        thetas.append(d["rope_theta"])
+    if not thetas:
+        return 10000.0  # LlamaConfig's default
+    for theta in thetas:
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+            raise CheckpointError(f"llama config rope_theta must be a positive number, got {theta!r}")
+    if len(set(thetas)) > 1:
+        raise CheckpointError(f"llama config gives different rope_theta values {thetas}, expected one")
+    return float(thetas[0])
+
+
+# ----------------------------------------------------------------------------- ModelConfig -> config.json
+
+
+def config_to_hf(cfg: ModelConfig, dtype="float32", bos_token_id: int | None = None,
+                 eos_token_id: int | None = None) -> dict:
+    """The config.json transformers needs to load `cfg` as GPT2LMHeadModel / LlamaForCausalLM.
+
+    `dtype` ("float32" or "float16") is recorded under both "torch_dtype" (transformers 4) and
+    "dtype" (transformers 5). Token ids are written as null when not given, on purpose:
+    omitting them would make transformers fill in its defaults (50256 for GPT-2, 1 and 2 for
+    LLaMA), which may not even exist in a small vocabulary.
+    """
+    dtype_name = _dtype_name(dtype, SAVE_DTYPES, "dtype")
+    for name, token in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id)):
+        if token is not None and not (isinstance(token, int) and 0 <= token < cfg.vocab_size):
+            raise CheckpointError(f"{name} must be an int in [0, {cfg.vocab_size}), got {token!r}")
+    family = _gpt2_to_hf(cfg) if cfg.family == "gpt2" else _llama_to_hf(cfg)
+    common = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+              "torch_dtype": dtype_name, "dtype": dtype_name, "use_cache": True}
+    return dict(sorted({**family, **common}.items()))  # sorted keys, like transformers writes
+
+
+def _gpt2_to_hf(cfg: ModelConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_ctx,
+        "n_ctx": cfg.n_ctx,  # older transformers read this name too
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None if cfg.ffn_hidden == 4 * cfg.n_embd else cfg.ffn_hidden,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": cfg.norm_eps,
+        "initializer_range": 0.02,
+        # tinyinfer has no dropout; zero keeps fine-tuning in transformers the same model.
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+    }
+
+
+def _llama_to_hf(cfg: ModelConfig) -> dict:
+    theta = float(cfg.rope_theta)
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.n_ctx,
+        "rms_norm_eps": cfg.norm_eps,
+        "hidden_act": "silu",
+        # Both spellings of the RoPE base: transformers 4 reads the first, 5 the second.
+        "rope_theta": theta,
+        "rope_parameters": {"rope_theta": theta, "rope_type": "default"},
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+    }
+
+
+def _dtype_name(dtype, allowed: tuple, arg: str) -> str:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = repr(dtype)
+    if name not in allowed:
+        raise CheckpointError(f"{arg} must be one of {allowed}, got {name}")
+    return name
+
+
+# ----------------------------------------------------------------------------- parameter names and shapes
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    """Every parameter's Hugging Face name and shape, in model order (Model.params keys)."""
+    return _gpt2_shapes(cfg) if cfg.family == "gpt2" else _llama_shapes(cfg)
+
+
+def _gpt2_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    # GPT-2 uses Conv1D, which stores weights as (in, out): the transpose of nn.Linear.
+    C, F, V = cfg.n_embd, cfg.ffn_hidden, cfg.vocab_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg.n_ctx, C)}
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),  # fused Q, K, V
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
+            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+    return shapes  # no lm_head: GPT-2's head is always wte
+
+
+def _llama_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    # nn.Linear stores weights as (out, in).
+    C, F, V, D = cfg.n_embd, cfg.ffn_hidden, cfg.vocab_size, cfg.head_dim
+    HD, GD = cfg.n_head * D, cfg.n_kv_head * D
+    shapes = {"model.embed_tokens.weight": (V, C)}
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (C,),
+            p + "self_attn.q_proj.weight": (HD, C),
+            p + "self_attn.k_proj.weight": (GD, C),  # G KV heads: smaller than q_proj under GQA
+            p + "self_attn.v_proj.weight": (GD, C),
+            p + "self_attn.o_proj.weight": (C, HD),
+            p + "post_attention_layernorm.weight": (C,),
+            p + "mlp.gate_proj.weight": (F, C),
+            p + "mlp.up_proj.weight": (F, C),
+            p + "mlp.down_proj.weight": (C, F),
+        })
+    shapes["model.norm.weight"] = (C,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def _embedding_name(cfg: ModelConfig) -> str:
+    return "transformer.wte.weight" if cfg.family == "gpt2" else "model.embed_tokens.weight"
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def load(path, dtype=np.float32):
+    """Load a Hugging Face model folder as a tinyinfer Model (weights cast to `dtype`)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    dtype_name = _dtype_name(dtype, LOAD_DTYPES, "dtype")
+    config_path = folder / CONFIG_FILE
+    try:
+        config = config_from_hf(_read_json(config_path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    tensors, source = _read_weights(folder)
+    params = _normalise_names(tensors, config, source)
+    params = _check_params(params, config, source)
+    params = {name: array.astype(dtype_name, copy=False) for name, array in params.items()}
+    tokenizer = _load_tokenizer(folder)
+
+    from .model import Model  # imported here so checkpoint.py never depends on model.py at import time
+
+    return Model(config, params, tokenizer=tokenizer)
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_weights(folder: Path) -> tuple[dict[str, np.ndarray], Path]:
+    """All tensors of the checkpoint, from one model.safetensors or from shards."""
+    single, index = folder / WEIGHTS_FILE, folder / INDEX_FILE
+    if single.is_file():
+        tensors, _metadata = read_safetensors(single)
+        return tensors, single
+    if index.is_file():
+        return _read_shards(index), index
+    raise FileNotFoundError(f"no weights in {folder}: expected {single} or {index}")
+
+
+def _read_shards(index_path: Path) -> dict[str, np.ndarray]:
+    """A sharded checkpoint: the index maps each tensor name to the file holding it."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: expected a 'weight_map' object of name -> shard file name")
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard:  # a bare file name: the index must not point outside the folder
+            raise CheckpointError(f"{index_path}: shard names must be plain file names, got {shard!r}")
+        shard_tensors, _metadata = read_safetensors(index_path.parent / shard)
+        listed = {name for name, file in weight_map.items() if file == shard}
+        if set(shard_tensors) != listed:
+            raise CheckpointError(
+                f"{index_path}: shard {shard} holds {sorted(set(shard_tensors) - listed)} that the index "
+                f"does not list there, and lacks {sorted(listed - set(shard_tensors))} that it does")
+        tensors.update(shard_tensors)
+    return tensors
+
+
+def _normalise_names(tensors: dict, cfg: ModelConfig, source: Path) -> dict[str, np.ndarray]:
+    """Map file names onto param_shapes names: add GPT-2's prefix, drop buffers and tied copies."""
+    params = {}
+    for name, array in tensors.items():
+        if cfg.family == "gpt2":
+            if _GPT2_BUFFER.match(name):
+                continue  # causal-mask constants, rebuilt by the model, not parameters
+            if not name.startswith(("transformer.", "lm_head.")):
+                name = "transformer." + name  # Hub files were saved from GPT2Model (no prefix)
+        if name in params:
+            raise CheckpointError(f"{source}: tensor {name!r} appears twice (with and without 'transformer.')")
+        params[name] = array
+    if cfg.tie_word_embeddings and "lm_head.weight" in params:
+        _drop_tied_head(params, cfg, source)
+    return params
+
+
+def _drop_tied_head(params: dict, cfg: ModelConfig, source: Path) -> None:
+    """A tied head may be saved as a copy of the embedding; it must really be a copy."""
+    head, embedding = params["lm_head.weight"], params.get(_embedding_name(cfg))
+    if embedding is not None and not (head.shape == embedding.shape and np.array_equal(head, embedding)):
+        raise CheckpointError(
+            f"{source}: config says tie_word_embeddings=True, but lm_head.weight differs from "
+            f"{_embedding_name(cfg)}; expected an identical copy (or no lm_head.weight)")
+    del params["lm_head.weight"]
+
+
+def _check_params(params: dict, cfg: ModelConfig, source: Path) -> dict[str, np.ndarray]:
+    """Exactly the expected tensors, each with its shape, a float dtype and finite values.
+
+    Returns them in param_shapes order, so a loaded model iterates like a freshly built one.
+    """
+    expected = param_shapes(cfg)
+    missing = [f"{name} {shape}" for name, shape in expected.items() if name not in params]
+    if missing:
+        raise CheckpointError(f"{source}: missing {len(missing)} tensor(s) the config needs: {', '.join(missing)}")
+    unexpected = sorted(set(params) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor(s) not used by a {cfg.family} model: {unexpected}")
+    wrong = [f"{name} expected {shape}, found {tuple(params[name].shape)}"
+             for name, shape in expected.items() if tuple(params[name].shape) != shape]
+    if wrong:
+        raise CheckpointError(f"{source}: wrong shape for {'; '.join(wrong)}")
+    for name in expected:
+        _check_values(name, params[name], source)
+    return {name: params[name] for name in expected}
+
+
+def _check_values(name: str, array, source) -> None:
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise CheckpointError(f"{source}: tensor {name} must be a floating-point array, found {kind}")
+    bad = array.size - np.count_nonzero(np.isfinite(array))
+    if bad:
+        raise CheckpointError(f"{source}: tensor {name} has {bad} NaN/Inf value(s), expected all finite")
+
+
+def _load_tokenizer(folder: Path):
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save(model, path, dtype=np.float32, bos_token_id: int | None = None,
+         eos_token_id: int | None = None) -> None:
+    """Write `model` as a Hugging Face folder: config.json, model.safetensors, tokenizer.json.
+
+    Uses only model.config, model.params (dense arrays named as param_shapes says) and
+    model.tokenizer. `dtype` is the storage dtype, "float32" or "float16"; values that do
+    not fit in float16 raise instead of silently becoming Inf.
+    """
+    dtype_name = _dtype_name(dtype, SAVE_DTYPES, "dtype")
+    cfg = model.config
+    params = _check_params(dict(model.params), cfg, source="model.params")
+    stored = {}
+    for name, array in params.items():
+        with np.errstate(over="ignore"):  # overflow is reported just below, naming the tensor
+            stored[name] = array.astype(dtype_name, copy=False)
+        _check_values(name, stored[name], source=f"model.params cast to {dtype_name}")
+    hf_config = config_to_hf(cfg, dtype_name, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    # transformers refuses safetensors files whose metadata does not say format "pt".
+    write_safetensors(folder / WEIGHTS_FILE, stored, metadata={"format": "pt"})
+    if getattr(model, "tokenizer", None) is not None:
+        model.tokenizer.save(folder / TOKENIZER_FILE)

@@ -1,0 +1,177 @@
+"""The `tinyinfer` command line (argparse). Each subcommand is a thin wrapper over the library.
+
+    tinyinfer train --preset teacher --out models/teacher   # resumable; --max-minutes to stop early
+    tinyinfer eval --model models/teacher                    # held-out loss, perplexity, top-1
+    tinyinfer generate --model models/teacher --prompt "def "
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def models_dir() -> Path:
+    """Where the shipped models live: $TINYINFER_MODELS, ./models, or the checkout's models/."""
+    if os.environ.get("TINYINFER_MODELS"):
+        return Path(os.environ["TINYINFER_MODELS"])
+    here = Path.cwd() / "models"
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "models"
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = models_dir() / name_or_path
+    if shipped.exists():
+        return shipped
+    raise SystemExit(f"error: --model {name_or_path!r} is neither a folder nor a shipped model in {models_dir()}")
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def get_tokenizer(out_dir: Path, tokenizer_path, vocab_size: int, max_docs=None):
+    """The run's tokenizer: the one already in out_dir, a given file, or one trained now."""
+    from .corpus import split_documents, documents
+    from .tokenizer import Tokenizer
+
+    existing = out_dir / "tokenizer.json"
+    if existing.exists():
+        return Tokenizer.from_file(existing)
+    if tokenizer_path:
+        return Tokenizer.from_file(resolve_model_path(tokenizer_path) / "tokenizer.json"
+                                   if Path(tokenizer_path).is_dir() or not str(tokenizer_path).endswith(".json")
+                                   else tokenizer_path)
+    train_docs = split_documents(documents(max_docs))["train"]
+    print(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on {len(train_docs)} documents")
+    return Tokenizer.train((d.text for d in train_docs), vocab_size)
+
+
+def cmd_train(args):
+    from .corpus import token_stream
+    from .presets import get_preset
+    from .train import train
+
+    model_config, tc = get_preset(args.preset)
+    for field in ("max_steps", "batch_size", "seq_len", "eval_every", "seed"):
+        if getattr(args, field) is not None:
+            setattr(tc, field, getattr(args, field))
+    if args.lr is not None:
+        tc.lr, tc.min_lr = args.lr, args.lr / 10
+    out_dir = Path(args.out or f"runs/{args.preset}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = get_tokenizer(out_dir, args.tokenizer, model_config.vocab_size, args.max_docs)
+    tok.save(out_dir / "tokenizer.json")
+    if tok.vocab_size != model_config.vocab_size:
+        raise SystemExit(f"error: tokenizer has {tok.vocab_size} tokens, the {args.preset} preset needs "
+                         f"{model_config.vocab_size}")
+    train_stream = token_stream(tok, "train", args.max_docs)
+    val_stream = token_stream(tok, "val", args.max_docs)
+    print(f"{args.preset}: {model_config.num_params():,} parameters; {len(train_stream):,} training tokens, "
+          f"{len(val_stream):,} held-out; {tc.max_steps * tc.batch_size * tc.seq_len:,} tokens planned")
+    t0 = time.time()
+    train(model_config, tc, train_stream, val_stream, out_dir, tokenizer=tok, max_minutes=args.max_minutes)
+    print(f"done in {time.time() - t0:.0f} s; model in {out_dir}")
+
+
+# --------------------------------------------------------------------------------------------
+# eval and generate
+
+
+def cmd_eval(args):
+    from . import load
+    from .corpus import token_stream
+    from .evaluate import evaluate
+
+    model = load(resolve_model_path(args.model))
+    if model.tokenizer is None:
+        raise SystemExit("error: the model folder has no tokenizer.json, so the corpus cannot be encoded")
+    stream = token_stream(model.tokenizer, "val")
+    seq_len = min(args.seq_len, model.config.n_ctx)
+    result = evaluate(model, stream, seq_len, args.windows)
+    print(json.dumps(result, indent=1) if args.json else
+          f"held-out: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+          f"top-1 {100 * result['top1']:.2f}%  ({result['tokens']:,} tokens)")
+
+
+def cmd_generate(args):
+    from . import load
+
+    model = load(resolve_model_path(args.model))
+    if model.tokenizer is None:
+        raise SystemExit("error: the model folder has no tokenizer.json; cannot encode --prompt")
+    ids = model.tokenizer.encode(args.prompt)
+    if not ids:
+        raise SystemExit("error: --prompt is empty; give at least one character")
+    room = model.config.n_ctx - len(ids)
+    max_new = min(args.max_new_tokens, room)
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed, stop_token=model.tokenizer.eos_id)
+    dt = time.perf_counter() - t0
+    new = [int(t) for t in out[len(ids):]]
+    print(args.prompt + model.tokenizer.decode(new))
+    print(f"\n[{len(new)} tokens in {dt:.2f} s, {len(new) / dt:.0f} tokens/s]", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tinyinfer", description="Learn how AI inference gets fast, by measuring it.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("train", help="train a model on the embedded corpus (resumable)")
+    p.add_argument("--preset", default="teacher", help="teacher or tiny (default teacher)")
+    p.add_argument("--out", help="output folder (default runs/PRESET); an existing run there is resumed")
+    p.add_argument("--tokenizer", help="tokenizer.json (or a model folder) to use instead of training one")
+    p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) when this much time has passed")
+    p.add_argument("--max-steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (the cosine ends at a tenth of it)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="held-out loss, perplexity and top-1 accuracy on the embedded corpus")
+    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--prompt", default="def ", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=120)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
