@@ -307,7 +307,11 @@ class Model:
 
     def check_ids(self, ids, name="ids"):
         """ids as an int64 (B, T) array, or a clear error. Returns (array, was_1d)."""
-        arr = np.asarray(ids)
+        try:
+            arr = np.asarray(ids)
+        except ValueError:
+            raise ValueError(f"{name} must be a rectangular (T,) or (B, T) array of token ids; "
+                             f"rows of different lengths were given") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
             raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
         if arr.ndim not in (1, 2):

@@ -134,13 +134,15 @@ def load_train_state(out_dir: Path):
 
 
 def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, out_dir,
-          tokenizer=None, max_minutes=None, progress=True, init_from: dict | None = None, log=print):
+          tokenizer=None, max_minutes=None, progress=True, init_from: dict | None = None, log=print,
+          stop_at_step: int | None = None):
     """Train (or resume) a model; checkpoints to out_dir every tc.eval_every steps and at the end.
 
     Resuming: when out_dir holds train_state.safetensors, training continues from its step with its
     parameters and optimizer state (tc.max_steps may be raised to train longer; the cosine schedule
-    is recomputed for the new length). Stops early, after a checkpoint, when max_minutes pass or on
-    Ctrl-C. Returns the trained Model.
+    is recomputed for the new length). Stops early, after a checkpoint, when max_minutes pass, at
+    stop_at_step, or on Ctrl-C; running the same call again continues exactly where it stopped.
+    Returns the trained Model.
     """
     from tqdm.auto import tqdm
 
@@ -172,7 +174,7 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
 
     def checkpoint():
         val = evaluate(model, val_stream, tc.seq_len, tc.eval_windows)
-        history["val"].append({"step": step, "tokens": step * tokens_per_step, **val})
+        history["val"].append({**val, "eval_tokens": val["tokens"], "step": step, "tokens": step * tokens_per_step})
         history["train_seconds"] = elapsed_before + time.time() - started
         history["tokens_seen"] = step * tokens_per_step
         save_train_state(out_dir, params, opt, step, tc, model_config)
@@ -204,6 +206,9 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
             if step % tc.eval_every == 0:
                 val = checkpoint()
                 log(f"step {step}: held-out loss {val['loss']:.4f}, top-1 {val['top1']:.3f}")
+                window_loss, window_start = [], time.time()  # keep evaluation out of tokens/s
+            if stop_at_step is not None and step >= stop_at_step:
+                break
             if max_minutes is not None and time.time() - started > 60 * max_minutes:
                 log(f"stopping after {max_minutes} minutes at step {step} (resume with the same command)")
                 break
