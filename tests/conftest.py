@@ -1,8 +1,12 @@
 """Shared test set-up: hypothesis profiles and small models built in memory."""
 import os
 
-import numpy as np
-import pytest
+# Small matrices dominate the suite, and OpenBLAS's threads cost more than they give on them (and
+# stall badly when another process holds a core). Set before NumPy loads; subprocesses inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings
 
 # deadline=None: the first call of a JIT kernel compiles, which no deadline should count.

@@ -16,7 +16,7 @@ def run(*args, check=True):
     return proc
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "generate"])
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "bench"])
 def test_help(command):
     assert "usage: tinyinfer " + command in run(command, "--help").stdout
 
@@ -46,3 +46,11 @@ def test_clear_errors():
     assert proc.returncode != 0 and "no/such/model" in proc.stderr
     proc = run("train", "--preset", "huge", "--out", "/tmp/never", check=False)
     assert proc.returncode != 0 and "preset" in proc.stderr
+
+
+def test_bench_runs_and_reports_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    run("bench", "--model", "tiny", "--rounds", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["decode"]["kv_cache_over_recompute"] > 0 and result["machine"]["cores"] >= 1
+    assert result["train_llama_5m"]["numpy_tok_s"] > 0

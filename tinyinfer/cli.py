@@ -3,6 +3,7 @@
     tinyinfer train --preset teacher --out models/teacher   # resumable; --max-minutes to stop early
     tinyinfer eval --model models/teacher                    # held-out loss, perplexity, top-1
     tinyinfer generate --model models/teacher --prompt "def "
+    tinyinfer bench --model teacher                          # tokens/s ratios, with the machine
 """
 from __future__ import annotations
 
@@ -120,6 +121,13 @@ def cmd_generate(args):
     print(f"\n[{len(new)} tokens in {dt:.2f} s, {len(new) / dt:.0f} tokens/s]", file=sys.stderr)
 
 
+def cmd_bench(args):
+    from .bench.foundation import main as bench_main
+
+    argv = ["--model", args.model, "--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
+    bench_main(argv)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -157,6 +165,12 @@ def build_parser():
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="training and decode tokens/s, as ratios measured in one process")
+    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", help="also write the results to this file")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -111,7 +111,7 @@ def token_stream(tokenizer, split: str, max_docs: int | None = None, progress: b
     eot = tokenizer.eos_id
     if eot is None:
         raise ValueError("the tokenizer has no <|endoftext|> token to separate documents")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     ids = []
     for d in tqdm(docs, desc=f"tokenizing {split}", disable=not progress, unit="doc"):

@@ -44,7 +44,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["Tokenizer", "GPT2_SPLIT_PATTERN", "bytes_to_unicode"]
 

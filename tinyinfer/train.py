@@ -144,7 +144,7 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     stop_at_step, or on Ctrl-C; running the same call again continues exactly where it stopped.
     Returns the trained Model.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .checkpoint import save
     from .evaluate import evaluate
