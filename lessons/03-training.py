@@ -80,25 +80,15 @@ print("out", out.shape, " dx", dx.shape, " dw", dw.shape)
 # independent answer: nudge one input by a small h both ways and see how the loss moves,
 # `dL/dx ≈ (L(x + h) - L(x - h)) / 2h` (the *central* difference, accurate to order h²).
 # Using the loss `L = sum(out * dout)` makes dL/dout exactly `dout`, so the two must agree.
-# `tests/test_ops.py` does this for every op; here by hand:
+# `tinyinfer/gradcheck.py: numerical_grad` is that loop, eight lines long; `tests/test_ops.py`
+# uses it for every op. Here it checks RMSNorm:
 
 # %%
+from tinyinfer.gradcheck import numerical_grad
+
+
 def loss_of(x, w):
     return float((ops.rmsnorm_forward(x, w, eps)[0] * dout).sum())
-
-
-def numerical_grad(f, array, h=1e-6):
-    """Central differences of f() with respect to every entry of array (changed in place, restored)."""
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        original = array[index]
-        array[index] = original + h
-        up = f()
-        array[index] = original - h
-        down = f()
-        array[index] = original
-        grad[index] = (up - down) / (2 * h)
-    return grad
 
 
 num_dx = numerical_grad(lambda: loss_of(x, w), x)

@@ -4,21 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyinfer import ops
-
-
-def numeric_grad(f, x, eps=1e-6):
-    """d sum(f() * probe) / dx by central differences (f reads x, which we perturb in place)."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        plus = f()
-        flat[i] = old - eps
-        minus = f()
-        flat[i] = old
-        gflat[i] = (plus - minus) / (2 * eps)
-    return grad
+from tinyinfer.gradcheck import numerical_grad as numeric_grad
 
 
 def check(f_forward, backward_grads, inputs, tol=1e-6):
