@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ops import attention_forward
+
 
 class ContiguousKVCache:
     def __init__(self, config, batch_size, dtype=np.float32, max_len=None):
@@ -20,8 +22,8 @@ class ContiguousKVCache:
         self.length = 0  # positions stored so far (the same for every layer once a step ends)
         self._n_layer = config.n_layer
 
-    def update(self, layer, k, v):
-        """Store this step's k, v: (B, G, T, D); return all keys and values so far (B, G, S, D)."""
+    def attend(self, layer, q, k, v):
+        """Store this step's k, v: (B, G, T, D); attend q: (B, H, T, D) over all S positions so far."""
         T = k.shape[2]
         end = self.length + T
         if end > self.max_len:
@@ -30,4 +32,4 @@ class ContiguousKVCache:
         self.values[layer][:, :, self.length:end] = v
         if layer == self._n_layer - 1:  # the last layer closes the step
             self.length = end
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        return attention_forward(q, self.keys[layer][:, :, :end], self.values[layer][:, :, :end])[0]

@@ -107,7 +107,9 @@ def _linear(x, params, config, name, caches):
 def block_forward(x, params, config, i, positions, kv_cache=None, caches=None):
     """One transformer block. x: (B, T, C) at absolute positions (T,) -> (B, T, C).
 
-    kv_cache (inference) stores this step's keys and values and returns all of them so far;
+    kv_cache (inference) is any object with attend(layer, q, k, v) -> (B, H, T, D): it stores this
+    step's keys and values and attends over everything stored so far (tinyinfer/kv_cache.py keeps
+    one contiguous array per layer; the engine's paged cache reads through block tables).
     caches (training) collects what block_backward needs. Pass at most one of the two.
     """
     names = layer_names(config, i)
@@ -134,11 +136,12 @@ def block_forward(x, params, config, i, positions, kv_cache=None, caches=None):
         k, ck = ops.rope_forward(k, cos, sin)
         if caches is not None:
             caches["rope"] = cq
-    if kv_cache is not None:
-        k, v = kv_cache.update(i, k, v)  # (B, G, S, D): the past and this step
-    y, c = ops.attention_forward(q, k, v)  # (B, H, T, D)
-    if caches is not None:
-        caches["attn"] = c
+    if kv_cache is not None:  # inference: the cache stores k, v and attends over the whole past
+        y = kv_cache.attend(i, q, k, v)  # (B, H, T, D)
+    else:
+        y, c = ops.attention_forward(q, k, v)  # (B, H, T, D)
+        if caches is not None:
+            caches["attn"] = c
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
     x = x + _linear(y, params, config, names["o"], caches)
 
