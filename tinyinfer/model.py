@@ -160,13 +160,15 @@ def block_forward(x, params, config, i, positions, kv_cache=None, caches=None):
     return x + _linear(a, params, config, names["down"], caches)
 
 
-def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None):
+def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positions=None):
     """ids: int (B, T) at positions start_pos .. start_pos+T-1 -> logits (B, T, V).
 
+    positions (T,) overrides start_pos with any positions, one per column: the engine packs the
+    new tokens of many sequences into one row (B = 1) and its cache keeps them apart.
     caches: pass a dict to collect everything backward() needs (training).
     """
     B, T = ids.shape
-    positions = np.arange(start_pos, start_pos + T)
+    positions = np.arange(start_pos, start_pos + T) if positions is None else np.asarray(positions)
     x, c = ops.embedding_forward(ids, params[embedding_name(config)])  # (B, T, C)
     if config.family == "gpt2":
         x = x + params["transformer.wpe.weight"][positions]  # learned absolute positions
