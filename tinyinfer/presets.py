@@ -2,7 +2,7 @@
 
 Lesson: lessons/03-training.py
 
-teacher  LLaMA family, 2.16M parameters, trained on ~25M tokens (~11 tokens per parameter) of the
+teacher  LLaMA family, 2.16M parameters, trained on 21.5M tokens (~10 tokens per parameter) of the
          embedded corpus; every later measurement (quantization, pruning, distillation, the engine)
          is taken against it.
 tiny     LLaMA family, ~160K parameters, a few minutes of training: the model of the fast tests.
@@ -19,7 +19,7 @@ PRESETS = {
     "teacher": (
         ModelConfig(family="llama", vocab_size=TOKENIZER_VOCAB, n_layer=5, n_embd=192, n_head=6,
                     n_kv_head=2, n_ctx=512, ffn_hidden=512, tie_word_embeddings=True),
-        TrainConfig(seq_len=256, batch_size=8, max_steps=12000, lr=2e-3, min_lr=2e-4,
+        TrainConfig(seq_len=256, batch_size=8, max_steps=10500, lr=2e-3, min_lr=2e-4,
                     warmup_steps=300, eval_every=500, eval_windows=48),
     ),
     "tiny": (
