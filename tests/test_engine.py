@@ -1,0 +1,248 @@
+"""The engine (tinyinfer/engine/): paged attention equals a full recompute, and a request's tokens
+never depend on what else is in the batch, how its prompt was chunked, whether it was preempted
+or whether its prefix came from the cache."""
+import numpy as np
+import pytest
+
+import tinyinfer
+from conftest import ROOT, small_model
+from tinyinfer.engine import LLM, SamplingParams
+from tinyinfer.engine.block_manager import BlockManager
+from tinyinfer.engine.model_runner import ModelRunner
+from tinyinfer.model import forward
+from tinyinfer.engine.sequence import Sequence
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return small_model("llama", dtype=np.float64, seed=3, n_ctx=48)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tinyinfer.load(f"{ROOT}/models/tiny")
+
+
+def prompts(n, vocab=37, seed=0, lo=1, hi=20):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
+
+
+def greedy_reference(model, ids, max_tokens):
+    return model.generate(ids, max_tokens)[len(ids):].tolist()
+
+
+# ---- paged attention -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_paged_logits_equal_full_recompute(family):
+    """Two sequences fed in uneven packed chunks through scattered blocks give the same logits as
+    running each whole sequence through the model without any cache."""
+    model = small_model(family, dtype=np.float64, seed=1, n_ctx=40)
+    block_size, num_blocks = 4, 24
+    runner = ModelRunner(model, num_blocks, block_size)
+    manager = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+    rng = np.random.default_rng(0)
+    manager.free_block_ids = type(manager.free_block_ids)(rng.permutation(num_blocks).tolist())  # non-adjacent
+    seqs = [Sequence(str(i), ids, SamplingParams(), block_size, 0.0)
+            for i, ids in enumerate([rng.integers(0, 37, 29).tolist(), rng.integers(0, 37, 17).tolist()])]
+    # (T, V) each, no cache, float64 (model.logits would round to float32)
+    full = [forward(model.params, model.config, np.array([seq.token_ids]))[0] for seq in seqs]
+    chunks = [[5, 1, 9, 3, 1, 10], [7, 7, 1, 2]]  # tokens fed per step, per sequence
+    for step in range(6):
+        batch = [(seq, c[step]) for seq, c in zip(seqs, chunks) if step < len(c)]
+        for seq, n in batch:
+            manager.append(seq, n)
+        logits, query_start = runner.forward([s for s, _ in batch], [n for _, n in batch])  # (T, V)
+        for (seq, n), a in zip(batch, query_start):
+            start = seq.num_computed_tokens
+            np.testing.assert_allclose(logits[a:a + n], full[int(seq.request_id)][start:start + n],
+                                       rtol=1e-10, atol=1e-10)
+            seq.num_computed_tokens += n
+
+
+# ---- greedy tokens do not depend on the batch ---------------------------------------------------
+
+
+def test_engine_greedy_matches_model_generate_on_tiny_model(tiny):
+    texts = ["def f(x):", "class A:", "import os\n", "def main():\n    return"]
+    llm = LLM(tiny, block_size=16, max_num_batched_tokens=64)
+    outs = llm.generate(texts, SamplingParams(max_tokens=24, ignore_eos=True))
+    for text, out in zip(texts, outs):
+        ids = tiny.tokenizer.encode(text)
+        assert out.prompt_token_ids == ids
+        assert out.token_ids == greedy_reference(tiny, ids, 24)
+        assert out.text == tiny.tokenizer.decode(out.token_ids)
+        assert out.finish_reason == "length"
+
+
+@pytest.mark.parametrize("engine_args", [
+    dict(),                                                   # roomy: everything in one batch
+    dict(max_num_batched_tokens=5),                           # chunked prefill, few decodes per step
+    dict(max_num_seqs=2),                                     # requests queue for a seat
+    dict(block_size=2, num_blocks=14, max_num_batched_tokens=8),  # tight memory: preemption
+    dict(block_size=4, enable_prefix_caching=False),
+], ids=["roomy", "chunked", "two-seats", "preempt", "no-prefix-cache"])
+def test_greedy_tokens_same_alone_and_in_any_batch(model64, engine_args):
+    ps = prompts(6, seed=1)
+    ps.append(ps[0][:5] + [1, 2, 3])  # shares a prefix with the first prompt
+    params = SamplingParams(max_tokens=10)
+    llm = LLM(model64, **engine_args)
+    outs = llm.generate(ps, params)
+    for p, out in zip(ps, outs):
+        assert out.token_ids == greedy_reference(model64, p, 10)
+        assert out.finish_reason == "length"
+    if "num_blocks" in engine_args:
+        assert sum(o.metrics["num_preemptions"] for o in outs) > 0, "the tight cache should preempt"
+    assert not llm.block_manager.used_block_ids  # nothing leaked
+
+
+def test_prefix_cache_on_and_off_give_the_same_tokens(model64):
+    base = prompts(1, seed=2, lo=17, hi=18)[0]
+    ps = [base + [i] for i in range(4)]  # four prompts with a 17-token common prefix
+    on = LLM(model64, block_size=4, enable_prefix_caching=True, max_num_seqs=1)
+    off = LLM(model64, block_size=4, enable_prefix_caching=False, max_num_seqs=1)
+    outs_on = on.generate(ps, SamplingParams(max_tokens=6))
+    outs_off = off.generate(ps, SamplingParams(max_tokens=6))
+    assert [o.token_ids for o in outs_on] == [o.token_ids for o in outs_off]
+    # one seat: the first runs alone, the other three hit its 4 full prefix blocks
+    assert [o.metrics["num_cached_prompt_tokens"] for o in outs_on] == [0, 16, 16, 16]
+    assert all(o.metrics["num_cached_prompt_tokens"] == 0 for o in outs_off)
+
+
+def test_seeded_sampling_same_alone_and_batched(model64):
+    ps = prompts(5, seed=4)
+    params = [SamplingParams(max_tokens=8, temperature=0.9, top_k=k, top_p=p, seed=10 + i)
+              for i, (k, p) in enumerate([(None, None), (5, None), (None, 0.8), (8, 0.9), (None, None)])]
+    alone = [LLM(model64).generate([p], [sp])[0].token_ids for p, sp in zip(ps, params)]
+    batched = LLM(model64, max_num_batched_tokens=7, block_size=2).generate(ps, params)
+    assert [o.token_ids for o in batched] == alone
+    assert alone[0] != LLM(model64).generate([ps[0]], SamplingParams(max_tokens=8, temperature=0.9,
+                                                                     seed=99))[0].token_ids
+
+
+# ---- stopping ---------------------------------------------------------------------------------
+
+
+def test_stop_string_cuts_the_text(tiny):
+    llm = LLM(tiny)
+    full = llm.generate("def f(x):", SamplingParams(max_tokens=12, ignore_eos=True))[0]
+    assert '"""' in full.text
+    out = llm.generate("def f(x):", SamplingParams(max_tokens=12, stop=['"""', "zzz"]))[0]
+    assert out.finish_reason == "stop"
+    assert out.text == full.text[:full.text.index('"""')]
+    assert out.token_ids == full.token_ids[:len(out.token_ids)]  # ends with the token completing it
+    assert '"""' in tiny.tokenizer.decode(out.token_ids)
+
+
+def test_stop_tokens_eos_and_max_tokens(model64):
+    p = prompts(1, seed=11)[0]
+    ref = greedy_reference(model64, p, 10)
+    first = next(i for i, t in enumerate(ref) if ref.index(t) == i >= 2)  # a new token, not the first
+    stop_id = ref[first]
+    llm = LLM(model64)
+    out = llm.generate(p, SamplingParams(max_tokens=10, stop_token_ids=[stop_id]))[0]
+    assert out.token_ids == ref[:first + 1] and out.finish_reason == "stop"
+    llm.scheduler.eos_id = stop_id  # pretend the model's end-of-text token is stop_id
+    assert llm.generate(p, SamplingParams(max_tokens=10))[0].token_ids == ref[:first + 1]
+    out = llm.generate(p, SamplingParams(max_tokens=10, ignore_eos=True))[0]
+    assert out.token_ids == ref and out.finish_reason == "length"
+    out = llm.generate(p, SamplingParams(max_tokens=1, ignore_eos=True))[0]
+    assert out.token_ids == ref[:1] and out.finish_reason == "length" and out.metrics["tpot"] is None
+
+
+def test_too_long_requests_are_refused_clearly(model64):
+    llm = LLM(model64, block_size=4, num_blocks=5)
+    with pytest.raises(ValueError, match="n_ctx"):
+        llm.add_request(list(range(30)), SamplingParams(max_tokens=19))  # 49 > n_ctx = 48
+    with pytest.raises(ValueError, match="num_blocks"):
+        llm.add_request(list(range(15)), SamplingParams(max_tokens=7))  # 21 positions > 5 blocks of 4
+    llm.add_request(list(range(15)), SamplingParams(max_tokens=6))  # 20 positions fit exactly
+    with pytest.raises(ValueError, match="vocab_size"):
+        llm.add_request([1, 2, 99])
+    with pytest.raises(ValueError, match="empty"):
+        llm.add_request([])
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="num_blocks"):  # a bad prompt in a batch queues nothing
+        llm.generate([[1, 2], list(range(25))], SamplingParams(max_tokens=4))
+    assert len(llm.scheduler.waiting) == 1
+
+
+# ---- prefix cache -----------------------------------------------------------------------------
+
+
+def test_multi_turn_chat_reuses_earlier_turns(tiny):
+    llm = LLM(tiny, block_size=16)
+    tok = tiny.tokenizer
+    turn1 = tok.encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n")
+    out1 = llm.generate(turn1, SamplingParams(max_tokens=20, ignore_eos=True))[0]
+    assert out1.metrics["num_cached_prompt_tokens"] == 0
+    turn2 = turn1 + out1.token_ids + tok.encode("\n\ndef div(a, b):\n")
+    out2 = llm.generate(turn2, SamplingParams(max_tokens=8, ignore_eos=True))[0]
+    computed1 = len(turn1) + 20 - 1  # turn 1's last token was sampled, never fed
+    assert out2.metrics["num_cached_prompt_tokens"] == computed1 // 16 * 16 > 0
+    assert out2.token_ids == greedy_reference(tiny, turn2, 8)
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_prefix_hit_leaves_at_least_one_token_to_compute(model64, n):
+    llm = LLM(model64, block_size=4)
+    p = prompts(1, seed=6, lo=n, hi=n + 1)[0]
+    first = llm.generate(p, SamplingParams(max_tokens=3))[0]
+    again = llm.generate(p, SamplingParams(max_tokens=3))[0]
+    # n = 8: both blocks are cached, but the hit stops at the last full block within n-1 tokens
+    assert again.metrics["num_cached_prompt_tokens"] == (n - 1) // 4 * 4
+    assert again.token_ids == first.token_ids
+
+
+def test_lru_pool_evicts_and_reuses_blocks(model64):
+    llm = LLM(model64, block_size=4, num_blocks=6)
+    bm = llm.block_manager
+    a, b = prompts(2, seed=7, lo=13, hi=14)
+    llm.generate(a, SamplingParams(max_tokens=5))
+    assert len(bm.cached_block_ids) == 4 and not bm.used_block_ids  # 17 computed -> 4 full blocks
+    llm.generate(b, SamplingParams(max_tokens=5))  # needs 5 blocks: evicts a's oldest-released ones
+    hit = llm.generate(b, SamplingParams(max_tokens=5))[0].metrics["num_cached_prompt_tokens"]
+    assert hit == 12
+    assert sorted(set(bm.free_block_ids) | set(bm.cached_block_ids)) == list(range(6))
+
+
+# ---- streaming and abort ----------------------------------------------------------------------
+
+
+def test_streaming_steps_add_up_to_the_output(tiny):
+    llm = LLM(tiny, max_num_batched_tokens=8)
+    params = SamplingParams(max_tokens=20, stop=["about"])
+    ids = [llm.add_request("def f(x):", params), llm.add_request("class A:", SamplingParams(max_tokens=10))]
+    tokens, texts, finals = {i: [] for i in ids}, {i: "" for i in ids}, {}
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            tokens[out.request_id] += out.new_token_ids
+            texts[out.request_id] += out.new_text
+            if out.finished:
+                finals[out.request_id] = out.output
+    for i in ids:
+        assert finals[i].token_ids == tokens[i]
+        assert finals[i].text == texts[i]
+    assert finals[ids[0]].finish_reason == "stop" and "about" not in finals[ids[0]].text
+    m = finals[ids[1]].metrics
+    assert m["tpot"] == pytest.approx((m["e2e"] - m["ttft"]) / 9)
+    assert 0 <= m["ttft"] <= m["e2e"]
+
+
+def test_abort_frees_blocks(model64):
+    llm = LLM(model64, block_size=4, num_blocks=20, enable_prefix_caching=False)
+    bm = llm.block_manager
+    a = llm.add_request(prompts(1, seed=8, lo=10, hi=11)[0], SamplingParams(max_tokens=20))
+    b = llm.add_request(prompts(1, seed=9, lo=10, hi=11)[0], SamplingParams(max_tokens=20))
+    llm.step(), llm.step()
+    assert len(bm.used_block_ids) == 6  # 11 computed positions each -> 3 blocks each
+    assert llm.abort(a) and not llm.abort(a) and not llm.abort("nope")
+    assert len(bm.used_block_ids) == 3 and len(bm.free_block_ids) == 17
+    outs = []
+    while llm.has_unfinished_requests():
+        outs += llm.step()
+    assert {o.request_id for o in outs} == {b}
+    assert len(bm.free_block_ids) == 20

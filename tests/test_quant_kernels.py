@@ -1,0 +1,151 @@
+"""The Numba kernels against their NumPy twins, and against the float matmul within a derived bound."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinyinfer.quant import quantize
+from tinyinfer.quant.formats import BLOCK, quantize_activations, quantized_matmul_reference
+
+kernels = pytest.importorskip("tinyinfer.quant.kernels")  # Numba
+
+FMTS = ["q8_0", "q4_0"]
+
+
+@st.composite
+def problems(draw):
+    """Awkward shapes: N = 1 and odd N, K = 32 (one block) or 32 * odd, B = 1 or odd; zeros."""
+    N = draw(st.sampled_from([1, 2, 3, 5, 7, 13]))
+    K = BLOCK * draw(st.sampled_from([1, 3, 5, 2]))
+    B = draw(st.sampled_from([1, 2, 3, 5]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    x = (rng.standard_normal((B, K)) * draw(st.sampled_from([1e-3, 1.0, 50.0]))).astype(np.float32)
+    zeros = draw(st.sampled_from(["none", "x", "w", "one block"]))
+    if zeros == "x":
+        x[:] = 0
+    elif zeros == "w":
+        w[:] = 0
+    elif zeros == "one block":
+        w[:, :BLOCK] = 0
+        x[:, -BLOCK:] = 0
+    return w, x
+
+
+def twin_tolerance(fmt, qt, x):
+    """|kernel - twin| bound: both sum the same exact integer block dots; only the order and
+    fusing of the float32 adds differ (fastmath). 1e-5 of the sum of |terms| covers that."""
+    xq, xd = quantize_activations(x)
+    wq = np.abs(qt.dequantize()).reshape(qt.shape[0], -1, BLOCK)  # |wq * wd|
+    xa = np.abs(xq.astype(np.float32)) * xd[..., None]  # |xq * xd|
+    terms = np.einsum("bkj,nkj->bn", xa, wq)
+    return 1e-5 * terms + 1e-30
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("parallel", [False, True])
+@given(problem=problems())
+def test_kernels_equal_numpy_twin(fmt, parallel, problem):
+    w, x = problem
+    qt = quantize(w, fmt)
+    ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
+    out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
+
+
+@given(x=st.integers(0, 2**31).map(lambda s: np.random.default_rng(s).standard_normal((3, 160)).astype(np.float32)))
+def test_activation_kernel_is_bit_identical(x):
+    x[0, :32] = np.round(x[0, :32] * 4) / 4  # exact .5 ties after scaling are likely here
+    xq = np.empty((3, 5, BLOCK), np.int8)
+    xd = np.empty((3, 5), np.float32)
+    kernels.quantize_activations(x, xq, xd)
+    ref_q, ref_d = quantize_activations(x)
+    assert np.array_equal(xq, ref_q) and np.array_equal(xd, ref_d)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_matvec_equals_matmul_with_one_row(fmt):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((9, 96)).astype(np.float32)
+    x = rng.standard_normal(96).astype(np.float32)
+    qt = quantize(w, fmt)
+    vec = qt.matmul(x)  # (N,): the matvec kernel
+    mat = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, np.stack([x, x]))  # matmul kernel
+    assert vec.shape == (9,)
+    assert np.allclose(vec, mat[0], rtol=1e-5, atol=1e-6) and np.allclose(mat[0], mat[1])
+    assert np.array_equal(qt.matmul(x[None])[0], vec)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@given(problem=problems())
+def test_close_to_float_matmul_within_derived_bound(fmt, problem):
+    # x = xq * xd + e with |e| <= xd / 2 per element, so the quantized product differs from
+    # x @ deq.T by at most sum_k (xd[b,k] / 2) * sum_j |deq[n,k,j]|, plus float32 rounding.
+    w, x = problem
+    qt = quantize(w, fmt)
+    deq = qt.dequantize()  # (N, K)
+    exact = x.astype(np.float64) @ deq.T.astype(np.float64)  # (B, N)
+    _, xd = quantize_activations(x)  # (B, NB)
+    N, K = w.shape
+    abs_blocks = np.abs(deq).reshape(N, K // BLOCK, BLOCK).sum(-1)  # (N, NB)
+    bound = 0.5 * (1 + 1e-4) * xd.astype(np.float64) @ abs_blocks.T + 1e-5 * np.abs(x) @ np.abs(deq).T + 1e-30
+    out = qt.matmul(x)
+    assert np.all(np.abs(out - exact) <= bound)
+
+
+def test_float_input_shapes_and_dtypes():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((5, 64)).astype(np.float32)
+    qt = quantize(w, "q4_0")
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    out = qt.matmul(x)  # (B, T, K) as the model passes it
+    assert out.shape == (2, 3, 5) and out.dtype == np.float32
+    assert np.array_equal(out.reshape(6, 5), qt.matmul(x.reshape(6, 64)))
+    # float64 is handled: converted to float32 (the result is float32)
+    out64 = qt.matmul(x.astype(np.float64))
+    assert out64.dtype == np.float32 and np.array_equal(out64, out)
+    assert qt.matmul(np.zeros((0, 64), np.float32)).shape == (0, 5)
+
+
+@pytest.mark.parametrize("x,error,words", [
+    (np.zeros(63, np.float32), ValueError, r"K = 64, got shape \(63,\)"),
+    (np.zeros((2, 32), np.float32), ValueError, "K = 64"),
+    (np.float32(1.0), ValueError, "x must have shape"),
+    (np.zeros(64, np.int64), TypeError, "x must be a float array"),
+    (np.zeros(64, complex), TypeError, "x must be a float array"),
+    (np.full(64, np.nan, np.float32), ValueError, "64 NaN/Inf"),
+])
+def test_bad_x(x, error, words):
+    qt = quantize(np.ones((3, 64), np.float32), "q8_0")
+    with pytest.raises(error, match=words):
+        qt.matmul(x)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_reference_switch(fmt, monkeypatch):
+    rng = np.random.default_rng(2)
+    qt = quantize(rng.standard_normal((4, 64)).astype(np.float32), fmt)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    monkeypatch.setenv("TINYINFER_REFERENCE", "1")
+    calls, real = [], kernels.quantized_matmul
+    monkeypatch.setattr(kernels, "quantized_matmul", lambda *a, **k: calls.append(a) or real(*a, **k))
+    out = qt.matmul(x)  # read at call time: no re-import needed
+    assert calls == []
+    assert np.array_equal(out, quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x))
+    monkeypatch.setenv("TINYINFER_REFERENCE", "0")
+    qt.matmul(x)
+    assert len(calls) == 1
+
+
+def test_large_problem_takes_the_parallel_path_and_agrees():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((300, 512)).astype(np.float32)
+    x = rng.standard_normal((33, 512)).astype(np.float32)
+    for fmt in FMTS:
+        qt = quantize(w, fmt)
+        assert 33 * 300 * 512 >= kernels.PARALLEL_MIN_WORK // 8  # large enough to exercise many row tasks
+        ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
+        for parallel in (False, True):
+            out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
+            assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))

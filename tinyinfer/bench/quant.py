@@ -1,0 +1,115 @@
+"""Quantized matmul benchmark: Q8_0 and Q4_0 kernels against NumPy float32 on one random matrix.
+
+    python -m tinyinfer.bench.quant [--n 4096 --k 4096] [--batch 32] [--rounds 7] [--variants] [--json out.json]
+
+Decode (B = 1) is timed against `W @ x`, a batch (B = 32) against `x @ W.T`, both float32 NumPy
+(BLAS) on the same W, interleaved round by round (tinyinfer.bench.interleaved). A ratio > 1 means
+the quantized kernel is faster. The kernels' time includes quantizing x to Q8_0 blocks.
+--variants also times the serial and parallel kernels separately and serial kernels compiled
+without fastmath (not cached; compiled on the spot).
+Lesson: lessons/04-quantization.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from . import interleaved, machine
+
+
+def _no_fastmath_kernels():
+    """The serial row kernels recompiled with fastmath=False, to measure what fastmath buys."""
+    from numba import njit
+
+    from ..quant import kernels
+
+    return {name: njit(fastmath=False)(getattr(kernels, name).py_func)
+            for name in ("q8_0_matvec_rows", "q4_0_matvec_rows", "q8_0_matmul_rows", "q4_0_matmul_rows")}
+
+
+def _variant_call(fmt, qt, x, rows_kernel):
+    """A call of one serial row kernel over all rows, with the same preparation as quantized_matmul."""
+    from ..quant import kernels
+    from ..quant.formats import BLOCK
+
+    B, K = x.shape
+    N, NB = qt._scales_f32.shape
+
+    def call():
+        xq = np.empty((B, NB, BLOCK), np.int8)
+        xd = np.empty((B, NB), np.float32)
+        kernels.quantize_activations(x, xq, xd)
+        out = np.empty((B, N), np.float32)
+        if B == 1:
+            wq = qt.quants if fmt == "q8_0" else qt.quants.view(np.uint64)
+            rows_kernel(qt._scales_f32, wq, xd[0], xq[0], out[0], 0, N)
+        else:
+            xqT = np.ascontiguousarray(xq.astype(np.float32).transpose(1, 2, 0))
+            rows_kernel(qt._scales_f32, qt.quants, np.ascontiguousarray(xd.T), xqT, out, 0, N)
+        return out
+    return call
+
+
+def run(n=4096, k=4096, batch=32, rounds=7, variants=False, seed=0):
+    from ..quant import kernels, quantize
+
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)  # (N, K)
+    x1 = rng.standard_normal(k).astype(np.float32)  # (K,)
+    xb = rng.standard_normal((batch, k)).astype(np.float32)  # (B, K)
+    slow = _no_fastmath_kernels() if variants else {}
+    results = {"machine": machine(), "n": n, "k": k, "batch": batch, "rounds": rounds, "cases": {}}
+    for fmt in ("q8_0", "q4_0"):
+        qt = quantize(W, fmt)
+        qt.matmul(x1), qt.matmul(xb)  # compile (or load from the cache) before timing
+        cases = {
+            f"{fmt} matvec B=1 vs W @ x": (lambda: qt.matmul(x1), lambda: W @ x1),
+            f"{fmt} matmul B={batch} vs x @ W.T": (lambda: qt.matmul(xb), lambda: xb @ W.T),
+        }
+        if variants:
+            x1b = x1[None]
+            for par in (False, True):
+                tag = "parallel" if par else "serial"
+                cases[f"{fmt} matvec B=1 {tag}"] = (
+                    lambda par=par: kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x1b, par), lambda: W @ x1)
+                cases[f"{fmt} matmul B={batch} {tag}"] = (
+                    lambda par=par: kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, xb, par), lambda: xb @ W.T)
+            for shape, x, base in (("matvec B=1", x1b, lambda: W @ x1), (f"matmul B={batch}", xb, lambda: xb @ W.T)):
+                name = f"{fmt}_{'matvec' if x.shape[0] == 1 else 'matmul'}_rows"
+                call = _variant_call(fmt, qt, x, slow[name])
+                call()  # compile
+                cases[f"{fmt} {shape} serial no-fastmath"] = (call, base)
+        for label, (fast, base) in cases.items():
+            r = interleaved(fast, base, rounds=rounds)
+            results["cases"][label] = r
+            print(f"{label:42s} ratio {r['ratio']:5.2f}x   quantized {r['fast_s'] * 1e3:8.3f} ms   "
+                  f"numpy float32 {r['baseline_s'] * 1e3:8.3f} ms")
+    try:  # the layer actually loaded (machine() can only report the environment variable)
+        import numba
+
+        results["machine"]["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel ran
+        pass
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=4096, help="output features N (rows of W)")
+    p.add_argument("--k", type=int, default=4096, help="input features K (a multiple of 32)")
+    p.add_argument("--batch", type=int, default=32, help="B for the matmul case")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--variants", action="store_true", help="also serial/parallel and no-fastmath kernels")
+    p.add_argument("--json", help="write the results to this file")
+    args = p.parse_args(argv)
+    results = run(args.n, args.k, args.batch, args.rounds, args.variants)
+    print(json.dumps(results["machine"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

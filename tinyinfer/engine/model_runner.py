@@ -1,0 +1,63 @@
+"""ModelRunner: turn a scheduled batch into one packed forward pass, and sample.
+
+Lesson: lessons/08-serving.py
+
+The model is called only through tinyinfer.model.forward(params, config, ids, kv_cache=...,
+positions=...), so any weight type the model accepts (dense, quantized, sparse) works here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import forward
+from ..sampling import sample_token
+from .paged_attention import PackedStep, PagedKVCache
+from .sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model, num_blocks: int, block_size: int):
+        self.model = model
+        self.block_size = block_size
+        self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, model.dtype)
+
+    def prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
+        """-> ids (1, T), positions (T,), PackedStep: the new tokens of all seqs, end to end."""
+        P = self.block_size
+        ids, positions, slots, block_tables, context_lens = [], [], [], [], []
+        for seq, n in zip(seqs, num_new_tokens):
+            start = seq.num_computed_tokens  # its first token without keys/values
+            pos = np.arange(start, start + n)  # (n,)
+            table = np.asarray(seq.block_table, dtype=np.int64)  # (nb,)
+            ids.append(seq.token_ids[start:start + n])
+            positions.append(pos)
+            slots.append(table[pos // P] * P + pos % P)  # (n,) where each new token's k/v goes
+            block_tables.append(table)
+            context_lens.append(start + n)
+        query_start = np.concatenate([[0], np.cumsum(num_new_tokens)])  # (S+1,)
+        step = PackedStep(slot_mapping=np.concatenate(slots), query_start=query_start,
+                          context_lens=np.array(context_lens), block_tables=block_tables)
+        ids = np.array([t for chunk in ids for t in chunk], dtype=np.int64)[None, :]  # (1, T)
+        return ids, np.concatenate(positions), step
+
+    def forward(self, seqs: list[Sequence], num_new_tokens: list[int]):
+        """Feed each seq its next num_new_tokens in one packed pass -> (logits (T, V), query_start (S+1,))."""
+        ids, positions, step = self.prepare(seqs, num_new_tokens)
+        self.kv_cache.set_step(step)
+        model = self.model
+        logits = forward(model.params, model.config, ids, kv_cache=self.kv_cache, positions=positions)
+        return logits[0], step.query_start  # (T, V)
+
+    def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> list[int | None]:
+        """One step: feed each seq its num_new_tokens; a token for each seq whose chunk reached
+        its last token (None for a prefill chunk that stops short of it)."""
+        logits, query_start = self.forward(seqs, num_new_tokens)  # (T, V), (S+1,)
+        last = query_start[1:] - 1  # (S,): each sequence's last fed column predicts its next token
+        tokens = []
+        for seq, n, row in zip(seqs, num_new_tokens, logits[last]):  # row: (V,)
+            if seq.num_computed_tokens + n < seq.num_tokens:
+                tokens.append(None)  # a middle chunk of a long prompt: nothing to sample yet
+                continue
+            p = seq.params
+            tokens.append(sample_token(row, seq.rng, p.temperature, p.top_k, p.top_p))
+        return tokens

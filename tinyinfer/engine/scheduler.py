@@ -1,0 +1,142 @@
+"""Scheduler: which sequences run in the next step, and how many tokens each feeds.
+
+Lesson: lessons/08-serving.py
+
+Continuous (iteration-level) batching, as in Orca and vLLM: the batch is rebuilt at every step,
+so a request joins as soon as there is room and leaves the moment it finishes, instead of the
+whole batch waiting for its slowest member.
+
+One step, within two budgets (max_num_batched_tokens tokens fed, max_num_seqs sequences running):
+
+1. Running sequences, oldest first. Each feeds min(its uncomputed tokens, budget left): one token
+   for a generating sequence, the next chunk for a long prompt (chunked prefill). If the cache has
+   no room for its new blocks, preempt the *newest* running sequence (free its blocks, put it back
+   at the front of the waiting queue; it is recomputed later, vLLM's "preemption by recompute")
+   until there is room; if it is the newest itself, it yields.
+2. Waiting sequences, first come first served. The front one takes its prefix-cache hits and a
+   first chunk if blocks and budget allow; otherwise admission stops: a later request never
+   starts before an earlier one (strict FCFS; the price is head-of-line blocking). No one is
+   admitted in a step that had to preempt: memory is short, admitting would only thrash.
+
+Why nothing starves or deadlocks: the add-time check (tinyinfer/engine/llm.py) guarantees every
+request fits in the whole cache alone. The oldest running sequence can preempt all others, so it
+always makes progress and finishes; then the next oldest is the oldest. Preemption keeps
+arrival order: running sequences all arrived before waiting ones, and a victim (the newest
+running) goes to the front of the waiting queue.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[Sequence] = field(default_factory=list)  # in the order their tokens are packed
+    num_new_tokens: list[int] = field(default_factory=list)  # tokens each one feeds this step
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 eos_id=None, tokenizer=None):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.eos_id = eos_id
+        self.tokenizer = tokenizer  # only for stop strings
+        self.waiting: deque[Sequence] = deque()  # arrival order
+        self.running: list[Sequence] = []        # arrival order too (oldest first)
+
+    def add(self, seq: Sequence):
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step ----------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        bm = self.block_manager
+
+        # 1. running sequences, oldest first
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            while not bm.can_append(seq, n):
+                victim = self.running[-1]  # the newest; not scheduled yet (we go oldest first)
+                self.preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq.status != SequenceStatus.RUNNING:
+                break  # seq yielded, and everyone newer was preempted before it
+            bm.append(seq, n)
+            out.seqs.append(seq)
+            out.num_new_tokens.append(n)
+            budget -= n
+            i += 1
+
+        # 2. waiting sequences, strictly first come first served
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+            seq = self.waiting[0]
+            cached = bm.find_cached_prefix(seq)  # block ids whose keys/values we can reuse
+            n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
+            if not bm.can_admit(seq, cached, n):
+                break  # wait for memory; later arrivals wait behind it
+            bm.admit(seq, cached, n)
+            if seq.num_cached_prompt_tokens is None:  # the metric counts the first admission
+                seq.num_cached_prompt_tokens = seq.num_cached_tokens
+                seq.metrics["first_scheduled_time"] = time.perf_counter()
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.seqs.append(seq)
+            out.num_new_tokens.append(n)
+            budget -= n
+        return out
+
+    def preempt(self, seq: Sequence):
+        """Free seq's blocks and send it to the front of the waiting queue, to be recomputed."""
+        self.running.remove(seq)
+        self.block_manager.free(seq)  # its blocks go to the LRU pool: the re-run may hit them
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def postprocess(self, out: SchedulerOutput, tokens: list) -> list[Sequence]:
+        """Account for a finished model step; returns the sequences that got a new token."""
+        now = time.perf_counter()
+        grown = []
+        for seq, n, token in zip(out.seqs, out.num_new_tokens, tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.register_full_blocks(seq)  # full blocks now hold computed k/v
+            if token is None:
+                continue  # a prefill chunk short of the prompt's end
+            seq.append_token(token, now)
+            grown.append(seq)
+            reason = seq.check_stop(self.eos_id, self.tokenizer)
+            if reason is not None:
+                self.finish(seq, reason, now)
+        return grown
+
+    def finish(self, seq: Sequence, reason: str, now: float | None = None):
+        if seq.status == SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.block_manager.free(seq)
+        elif seq.status == SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.metrics["finish_time"] = time.perf_counter() if now is None else now
