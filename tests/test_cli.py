@@ -16,7 +16,7 @@ def run(*args, check=True):
     return proc
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "generate", "bench"])
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "bench", "quantize"])
 def test_help(command):
     assert "usage: tinyinfer " + command in run(command, "--help").stdout
 
@@ -54,3 +54,10 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     result = json.loads(out.read_text())
     assert result["decode"]["kv_cache_over_recompute"] > 0 and result["machine"]["cores"] >= 1
     assert result["train_llama_5m"]["numpy_tok_s"] > 0
+
+
+def test_quantize_then_generate(tmp_path):
+    out = tmp_path / "tiny-q8"
+    proc = run("quantize", "--model", "tiny", "--format", "q8_0", "--out", str(out))
+    assert "MB" in proc.stdout
+    assert run("generate", "--model", str(out), "--prompt", "x = ", "--max-new-tokens", "5").stdout.startswith("x = ")

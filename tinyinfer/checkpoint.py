@@ -321,10 +321,16 @@ def load(path, dtype=np.float32):
         config = config_from_hf(_read_json(config_path))
     except CheckpointError as e:
         raise CheckpointError(f"{config_path}: {e}") from None
-    tensors, source = _read_weights(folder)
+    tensors, source, metadata = _read_weights(folder)
     params = _normalise_names(tensors, config, source)
-    params = _check_params(params, config, source)
-    params = {name: array.astype(dtype_name, copy=False) for name, array in params.items()}
+    quantized = _quantized_names(metadata)
+    params = _check_params(params, config, source, skip=quantized)
+    params = {name: array if name in quantized else array.astype(dtype_name, copy=False)
+              for name, array in params.items()}
+    if quantized:  # ggml block bytes back into QTensors (tinyinfer/quant/model.py)
+        from .quant.model import join_after_loading
+
+        params = join_after_loading(params, metadata)
     tokenizer = _load_tokenizer(folder)
 
     from .model import Model  # imported here so checkpoint.py never depends on model.py at import time
@@ -341,14 +347,14 @@ def _read_json(path: Path):
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, np.ndarray], Path]:
-    """All tensors of the checkpoint, from one model.safetensors or from shards."""
+def _read_weights(folder: Path) -> tuple[dict[str, np.ndarray], Path, dict]:
+    """All tensors of the checkpoint (from one model.safetensors or from shards), and metadata."""
     single, index = folder / WEIGHTS_FILE, folder / INDEX_FILE
     if single.is_file():
-        tensors, _metadata = read_safetensors(single)
-        return tensors, single
+        tensors, metadata = read_safetensors(single)
+        return tensors, single, metadata
     if index.is_file():
-        return _read_shards(index), index
+        return _read_shards(index), index, {}
     raise FileNotFoundError(f"no weights in {folder}: expected {single} or {index}")
 
 
@@ -399,9 +405,21 @@ def _drop_tied_head(params: dict, cfg: ModelConfig, source: Path) -> None:
     del params["lm_head.weight"]
 
 
-def _check_params(params: dict, cfg: ModelConfig, source: Path) -> dict[str, np.ndarray]:
+def _quantized_names(metadata: dict) -> frozenset:
+    from .quant.model import QUANT_METADATA_KEY
+
+    if QUANT_METADATA_KEY not in metadata:
+        return frozenset()
+    try:
+        return frozenset(json.loads(metadata[QUANT_METADATA_KEY]))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"metadata {QUANT_METADATA_KEY!r} is not a JSON object ({e})") from None
+
+
+def _check_params(params: dict, cfg: ModelConfig, source: Path, skip=frozenset()) -> dict[str, np.ndarray]:
     """Exactly the expected tensors, each with its shape, a float dtype and finite values.
 
+    Names in `skip` (quantized weights) must be present; QTensor checks their shapes and bytes.
     Returns them in param_shapes order, so a loaded model iterates like a freshly built one.
     """
     expected = param_shapes(cfg)
@@ -412,11 +430,12 @@ def _check_params(params: dict, cfg: ModelConfig, source: Path) -> dict[str, np.
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensor(s) not used by a {cfg.family} model: {unexpected}")
     wrong = [f"{name} expected {shape}, found {tuple(params[name].shape)}"
-             for name, shape in expected.items() if tuple(params[name].shape) != shape]
+             for name, shape in expected.items() if name not in skip and tuple(params[name].shape) != shape]
     if wrong:
         raise CheckpointError(f"{source}: wrong shape for {'; '.join(wrong)}")
     for name in expected:
-        _check_values(name, params[name], source)
+        if name not in skip:
+            _check_values(name, params[name], source)
     return {name: params[name] for name in expected}
 
 
@@ -451,9 +470,14 @@ def save(model, path, dtype=np.float32, bos_token_id: int | None = None,
     """
     dtype_name = _dtype_name(dtype, SAVE_DTYPES, "dtype")
     cfg = model.config
-    params = _check_params(dict(model.params), cfg, source="model.params")
-    stored = {}
+    from .quant.model import split_for_saving
+
+    quantized = frozenset(n for n, v in model.params.items() if not isinstance(v, np.ndarray))
+    params = _check_params(dict(model.params), cfg, source="model.params", skip=quantized)
+    stored, metadata = split_for_saving(model) if quantized else ({}, {})
     for name, array in params.items():
+        if name in quantized:
+            continue  # already ggml block bytes
         with np.errstate(over="ignore"):  # overflow is reported just below, naming the tensor
             stored[name] = array.astype(dtype_name, copy=False)
         _check_values(name, stored[name], source=f"model.params cast to {dtype_name}")
@@ -463,6 +487,6 @@ def save(model, path, dtype=np.float32, bos_token_id: int | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     # transformers refuses safetensors files whose metadata does not say format "pt".
-    write_safetensors(folder / WEIGHTS_FILE, stored, metadata={"format": "pt"})
+    write_safetensors(folder / WEIGHTS_FILE, stored, metadata={"format": "pt", **metadata})
     if getattr(model, "tokenizer", None) is not None:
         model.tokenizer.save(folder / TOKENIZER_FILE)

@@ -121,6 +121,17 @@ def cmd_generate(args):
     print(f"\n[{len(new)} tokens in {dt:.2f} s, {len(new) / dt:.0f} tokens/s]", file=sys.stderr)
 
 
+def cmd_quantize(args):
+    from . import load, save
+    from .quant.model import quantize_model, weight_bytes
+
+    model = load(resolve_model_path(args.model))
+    qmodel = quantize_model(model, args.format, quantize_head=args.quantize_head)
+    save(qmodel, args.out)
+    print(f"{args.format}: weights {weight_bytes(model) / 1e6:.2f} MB (float32) -> "
+          f"{weight_bytes(qmodel) / 1e6:.2f} MB; written to {args.out}")
+
+
 def cmd_bench(args):
     from .bench.foundation import main as bench_main
 
@@ -165,6 +176,13 @@ def build_parser():
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("quantize", help="quantize every linear layer to ggml's Q8_0 or Q4_0 blocks")
+    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--format", default="q8_0", choices=["q8_0", "q4_0"])
+    p.add_argument("--out", required=True, help="output folder (loadable with tinyinfer.load)")
+    p.add_argument("--quantize-head", action="store_true", help="also quantize an untied output head")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bench", help="training and decode tokens/s, as ratios measured in one process")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")

@@ -297,6 +297,8 @@ class Model:
         if missing or unexpected:
             raise ValueError(f"params do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name, shape in expected.items():
+            if not isinstance(params[name], np.ndarray) and config.family == "gpt2":
+                shape = shape[::-1]  # quantized/sparse weights are always (N, K); GPT-2 stores (K, N)
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(f"params[{name!r}] has shape {tuple(params[name].shape)}, config needs {tuple(shape)}")
         self.config = config

@@ -153,7 +153,7 @@ class BlockManager:
         num_cached = len(cached_block_ids) * self.block_size
         needed = self.num_blocks_for(num_cached + num_new_tokens) - len(cached_block_ids)
         # hits sitting in the LRU pool are counted as free, but taking them makes them used
-        revived = 0
+        revived = sum(1 for b in cached_block_ids if self.blocks[b].ref_count == 0)
         return needed <= self.num_free_blocks - revived
 
     def admit(self, seq: Sequence, cached_block_ids: list[int], num_new_tokens: int):
