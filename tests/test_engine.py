@@ -176,7 +176,8 @@ def test_too_long_requests_are_refused_clearly(model64):
 def test_multi_turn_chat_reuses_earlier_turns(tiny):
     llm = LLM(tiny, block_size=16)
     tok = tiny.tokenizer
-    turn1 = tok.encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n")
+    turn1 = tok.encode("def add(a, b):\n    return a + b\n\n\n"
+                       "def sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n")
     out1 = llm.generate(turn1, SamplingParams(max_tokens=20, ignore_eos=True))[0]
     assert out1.metrics["num_cached_prompt_tokens"] == 0
     turn2 = turn1 + out1.token_ids + tok.encode("\n\ndef div(a, b):\n")
@@ -246,3 +247,44 @@ def test_abort_frees_blocks(model64):
         outs += llm.step()
     assert {o.request_id for o in outs} == {b}
     assert len(bm.free_block_ids) == 20
+
+
+def test_hash_collision_is_not_a_hit(model64, monkeypatch):
+    """Equal hashes are not enough: a hit also compares the block's tokens."""
+    llm = LLM(model64, block_size=4)
+    a, b = prompts(2, seed=10, lo=9, hi=10)
+    monkeypatch.setattr(Sequence, "block_hash", lambda self, i: 12345 + i)  # every prefix collides
+    first = llm.generate(a, SamplingParams(max_tokens=3))[0]
+    assert llm.block_manager.hash_to_block_id  # a's blocks registered under the colliding hashes
+    out = llm.generate(b, SamplingParams(max_tokens=3))[0]
+    assert out.metrics["num_cached_prompt_tokens"] == 0
+    assert out.token_ids == greedy_reference(model64, b, 3)
+    assert llm.generate(a, SamplingParams(max_tokens=3))[0].metrics["num_cached_prompt_tokens"] == 8
+    assert first.token_ids == greedy_reference(model64, a, 3)
+
+
+def test_chunked_prefill_spreads_a_long_prompt_over_steps(model64):
+    llm = LLM(model64, block_size=4, max_num_batched_tokens=5)
+    p = prompts(1, seed=12, lo=19, hi=20)[0]
+    llm.add_request(p, SamplingParams(max_tokens=3))
+    fed, got = [], []
+    while llm.has_unfinished_requests():
+        outs = llm.step()
+        fed.append(llm.last_schedule.num_new_tokens[0])
+        got.append(bool(outs))
+    assert fed == [5, 5, 5, 4, 1, 1]  # 19 prompt tokens in chunks of <= 5, then one per decode step
+    assert got == [False, False, False, True, True, True]
+
+
+def test_generate_accepts_prompt_forms(tiny):
+    llm = LLM(tiny)
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    ids = tiny.tokenizer.encode("def f(x):")
+    expected = llm.generate("def f(x):", params)[0].token_ids
+    assert llm.generate(ids, params)[0].token_ids == expected
+    assert llm.generate(np.array(ids), params)[0].token_ids == expected
+    outs = llm.generate(["def f(x):", ids], [params, SamplingParams(max_tokens=2, ignore_eos=True)])
+    assert [o.token_ids for o in outs] == [expected, expected[:2]]
+    assert [o.request_id for o in outs] == sorted({o.request_id for o in outs}, key=int)
+    with pytest.raises(ValueError, match="SamplingParams"):
+        llm.generate(["a", "b"], [params])

@@ -26,10 +26,12 @@ def greedy_alone(prompt: tuple) -> list:
 
 
 class EngineMachine(RuleBasedStateMachine):
+    block_size, num_blocks, prefix_caching = BLOCK_SIZE, NUM_BLOCKS, True
+
     def __init__(self):
         super().__init__()
-        self.llm = LLM(MODEL, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, max_num_seqs=MAX_NUM_SEQS,
-                       max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS, enable_prefix_caching=True)
+        self.llm = LLM(MODEL, block_size=self.block_size, num_blocks=self.num_blocks, max_num_seqs=MAX_NUM_SEQS,
+                       max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS, enable_prefix_caching=self.prefix_caching)
         self.requests = {}   # request_id -> (prompt, max_tokens)
         self.finished = {}   # request_id -> RequestOutput
         self.aborted = set()
@@ -49,7 +51,7 @@ class EngineMachine(RuleBasedStateMachine):
     def add(self, shared, own, max_tokens):
         prompt = SHARED[:shared] + own
         params = SamplingParams(max_tokens=max_tokens)
-        if len(prompt) + max_tokens - 1 > NUM_BLOCKS * BLOCK_SIZE:  # could never fit: refused
+        if len(prompt) + max_tokens - 1 > self.num_blocks * self.block_size:  # could never fit: refused
             waiting = len(self.scheduler.waiting)
             try:
                 self.llm.add_request(prompt, params)
@@ -92,7 +94,7 @@ class EngineMachine(RuleBasedStateMachine):
     def blocks_partitioned(self):
         free, cached, used = set(self.bm.free_block_ids), set(self.bm.cached_block_ids), self.bm.used_block_ids
         assert len(free) == len(self.bm.free_block_ids)  # no block twice in the free list
-        assert free | cached | used == set(range(NUM_BLOCKS))
+        assert free | cached | used == set(range(self.num_blocks))
         assert not (free & cached) and not (free & used) and not (cached & used)
 
     @invariant()
@@ -100,7 +102,7 @@ class EngineMachine(RuleBasedStateMachine):
         holders = Counter(b for seq in self.scheduler.running for b in seq.block_table)
         for seq in self.scheduler.running:
             assert len(set(seq.block_table)) == len(seq.block_table)
-            assert len(seq.block_table) * BLOCK_SIZE >= seq.num_computed_tokens
+            assert len(seq.block_table) * self.block_size >= seq.num_computed_tokens
         assert all(not seq.block_table for seq in self.scheduler.waiting)  # waiting holds nothing
         for block in self.bm.blocks:
             assert block.ref_count == holders[block.block_id], block
@@ -134,7 +136,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert not self.llm.has_unfinished_requests(), "requests left unfinished: starvation"
         # no leaks: every block is free or in the prefix cache's LRU pool
         assert not self.bm.used_block_ids
-        assert self.bm.num_free_blocks == NUM_BLOCKS
+        assert self.bm.num_free_blocks == self.num_blocks
         assert set(self.finished) | self.aborted == set(self.requests)
         for request_id, out in self.finished.items():
             prompt, max_tokens = self.requests[request_id]
@@ -142,5 +144,13 @@ class EngineMachine(RuleBasedStateMachine):
             assert out.token_ids == greedy_alone(tuple(prompt))[:max_tokens], request_id
 
 
+class EngineMachineNoPrefixCache(EngineMachine):
+    """Odd block size (blocks straddle prompt and output unevenly), no prefix cache: all frees go
+    straight to the free list."""
+    block_size, num_blocks, prefix_caching = 3, 5, False
+
+
 EngineMachine.TestCase.settings = settings(stateful_step_count=30)
+EngineMachineNoPrefixCache.TestCase.settings = settings(stateful_step_count=30)
 TestEngineStateMachine = EngineMachine.TestCase
+TestEngineStateMachineNoPrefixCache = EngineMachineNoPrefixCache.TestCase

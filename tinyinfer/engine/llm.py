@@ -70,6 +70,18 @@ def request_metrics(seq: Sequence) -> dict:
 
 
 class LLMEngine:
+    """The engine. Arguments:
+
+    model                   a tinyinfer Model (any weight type its forward accepts)
+    block_size              positions per KV-cache block
+    num_blocks              blocks in the cache; default max_num_seqs * ceil(n_ctx / block_size),
+                            so max_num_seqs full-length requests never need preemption
+    max_num_seqs            at most this many sequences in the running batch
+    max_num_batched_tokens  at most this many tokens fed to the model per step (prefill chunks
+                            plus one per generating sequence)
+    enable_prefix_caching   reuse the keys/values of full blocks whose prefix was seen before
+    """
+
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 16,
                  max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True):
         for name, value in dict(block_size=block_size, max_num_seqs=max_num_seqs,
@@ -171,9 +183,9 @@ class LLMEngine:
         outputs = []
         for seq in grown:
             text = seq.visible_text(self.tokenizer, self.eos_id)
-            sent = getattr(seq, "_sent_text_len", 0)
-            seq._sent_text_len = max(sent, len(text))
-            out = StepOutput(seq.request_id, [seq.token_ids[-1]], text[sent:], seq.is_finished,
+            new_text = text[seq.num_streamed_chars:]  # visible text only ever grows
+            seq.num_streamed_chars += len(new_text)
+            out = StepOutput(seq.request_id, [seq.token_ids[-1]], new_text, seq.is_finished,
                              seq.finish_reason)
             if seq.is_finished:
                 out.output = self.output(seq)

@@ -75,7 +75,7 @@ class Scheduler:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
             while not bm.can_append(seq, n):
-                victim = self.running[0]  # the newest; not scheduled yet (we go oldest first)
+                victim = self.running[-1]  # the newest; not scheduled yet (we go oldest first)
                 self.preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:

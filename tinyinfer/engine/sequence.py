@@ -55,6 +55,7 @@ class Sequence:
         self.rng = np.random.default_rng(params.seed)
         self.finish_reason: str | None = None  # "stop" | "length" | "abort"
         self.stop_text_cut: int | None = None  # where a stop string begins in the output text
+        self.num_streamed_chars = 0  # output text already handed out by step() (streaming)
         self.metrics = dict(arrival=arrival_time, first_scheduled_time=None, first_token_time=None,
                             finish_time=None)
 
