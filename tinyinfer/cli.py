@@ -139,6 +139,12 @@ def cmd_bench(args):
     bench_main(argv)
 
 
+def cmd_serve(args):
+    from .engine.server import serve
+
+    serve(resolve_model_path(args.model), host=args.host, port=args.port, max_num_seqs=args.max_num_seqs)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -189,6 +195,13 @@ def build_parser():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions")
+    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    p.add_argument("--max-num-seqs", type=int, default=16, help="at most this many requests in the running batch")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

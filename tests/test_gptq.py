@@ -1,0 +1,147 @@
+"""GPTQ writes valid ggml Q4_0 blocks that beat round-to-nearest where it counts; ternary is ternary."""
+import os
+
+import numpy as np
+import pytest
+
+import tinyinfer
+from conftest import ROOT, small_model
+from tinyinfer.quant import QTensor, quantize
+from tinyinfer.quant.gptq import (awq_scale_model, awq_search_scale, calibration_windows, gptq_quantize_matrix,
+                                  gptq_quantize_model, hessian, inverse_cholesky_upper, layer_objective)
+from tinyinfer.quant.lowbit import ternarize, ternary_model
+from tinyinfer.quant.model import linear_weight_names, quantize_model
+
+
+def correlated_inputs(rng, M, K):
+    """(M, K) inputs with correlated features of uneven size, like real activations."""
+    mix = np.eye(K) + 2 * rng.standard_normal((K, K)) / np.sqrt(K)  # (K, K)
+    return (rng.standard_normal((M, K)) @ mix) * np.exp(rng.standard_normal(K))  # (M, K)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gptq_lowers_the_layer_objective_below_rtn(seed):
+    rng = np.random.default_rng(seed)
+    N, K, M = 48, 128, 1024
+    x = correlated_inputs(rng, M, K)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    H = hessian(x)
+    gptq = gptq_quantize_matrix(w, H).dequantize()
+    rtn = quantize(w, "q4_0").dequantize()
+    # the objective, computed directly as ||W X^T - What X^T||^2 and through H
+    direct = lambda w_hat: float(np.sum((x @ (w - w_hat).T.astype(np.float64)) ** 2)) / M  # noqa: E731
+    assert layer_objective(w, gptq, H) == pytest.approx(direct(gptq), rel=1e-6)
+    assert direct(gptq) < 0.8 * direct(rtn)  # measured ~0.6; a margin, not a tie
+
+
+def test_gptq_output_is_valid_q4_0():
+    rng = np.random.default_rng(3)
+    N, K = 24, 96
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    qt = gptq_quantize_matrix(w, hessian(correlated_inputs(rng, 256, K)))
+    assert isinstance(qt, QTensor) and qt.fmt == "q4_0" and qt.shape == (N, K)
+    assert qt.scales.dtype == np.float16 and qt.scales.shape == (N, K // 32)
+    assert qt.quants.dtype == np.uint8 and qt.quants.shape == (N, K // 32, 16)
+    assert np.isfinite(qt.scales).all()
+    b = qt.to_bytes()
+    assert b.size == qt.nbytes == N * (K // 32) * 18  # ggml's 18-byte blocks
+    back = QTensor.from_bytes(bytes(b), "q4_0", (N, K))
+    np.testing.assert_array_equal(back.to_bytes(), b)
+    np.testing.assert_array_equal(back.dequantize(), qt.dequantize())
+    # and the product works as for any Q4_0 weight
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    np.testing.assert_allclose(back.matmul(x), x @ qt.dequantize().T, atol=0.05 * np.abs(x @ qt.dequantize().T).max())
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 50.0])
+def test_identity_hessian_gives_rtn_bytes(scale):
+    # with no correlation between inputs no error can be moved anywhere: GPTQ is RTN exactly
+    w = np.random.default_rng(4).standard_normal((16, 64)).astype(np.float32)
+    qt = gptq_quantize_matrix(w, scale * np.eye(64))
+    np.testing.assert_array_equal(qt.to_bytes(), quantize(w, "q4_0").to_bytes())
+
+
+def test_inverse_cholesky_and_dead_inputs():
+    rng = np.random.default_rng(5)
+    x = correlated_inputs(rng, 200, 32)
+    x[:, 7] = 0  # a feature that never fires
+    H = hessian(x)
+    U = inverse_cholesky_upper(H, damp=0.01)
+    assert np.allclose(U, np.triu(U))
+    Hd = H.copy()
+    Hd[7, 7] = 1.0
+    Hd += 0.01 * np.mean(np.diag(Hd)) * np.eye(32)
+    np.testing.assert_allclose(U.T @ U @ Hd, np.eye(32), atol=1e-8)
+    qt = gptq_quantize_matrix(rng.standard_normal((8, 32)).astype(np.float32), H)
+    assert np.isfinite(qt.dequantize()).all()
+
+
+def test_clear_errors():
+    w = np.zeros((4, 64), dtype=np.float32)
+    with pytest.raises(ValueError, match="H must be"):
+        gptq_quantize_matrix(w, np.eye(32))
+    with pytest.raises(ValueError, match="q4_0"):
+        gptq_quantize_matrix(w, np.eye(64), fmt="q8_0")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        gptq_quantize_matrix(np.zeros((4, 40), dtype=np.float32), np.eye(40))
+
+
+def test_gptq_model_on_both_families(family):
+    model = small_model(family, n_embd=32, n_head=4, ffn_hidden=64, vocab_size=50, n_ctx=32)
+    calib = np.random.default_rng(6).integers(0, 50, size=(4, 16))
+    qmodel = gptq_quantize_model(model, calib, progress=False)
+    for name in linear_weight_names(model.config):
+        assert isinstance(qmodel.params[name], QTensor) and qmodel.params[name].fmt == "q4_0"
+        assert isinstance(model.params[name], np.ndarray)  # the float model is untouched
+    ids = np.arange(12) % 50
+    ref = model.logits(ids)
+    assert np.abs(qmodel.logits(ids) - ref).max() < 0.6 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="already quantized"):
+        gptq_quantize_model(quantize_model(model, "q4_0"), calib, progress=False)
+
+
+def test_gptq_beats_rtn_on_the_tiny_model():
+    from tinyinfer.corpus import token_stream
+    from tinyinfer.evaluate import evaluate
+
+    model = tinyinfer.load(os.path.join(ROOT, "models", "tiny"))
+    # a slice of the training split is enough to calibrate (and quick to tokenize when not cached)
+    train = token_stream(model.tokenizer, "train", max_docs=120, progress=False)
+    val = token_stream(model.tokenizer, "val", progress=False)
+    gptq = gptq_quantize_model(model, calibration_windows(train, 16, 128, seed=0), progress=False)
+    kl = {name: evaluate(m, val, 128, 8, reference=model)["kl_divergence"]
+          for name, m in (("rtn", quantize_model(model, "q4_0")), ("gptq", gptq))}
+    assert kl["gptq"] < 0.9 * kl["rtn"]
+
+
+def test_ternary_weights_take_three_values_a_block():
+    model = small_model("llama", n_embd=32, n_head=4, ffn_hidden=64, vocab_size=50, n_ctx=32)
+    tmodel = ternary_model(model)
+    for name in linear_weight_names(model.config):
+        w = tmodel.params[name]  # (N, K) for LLaMA
+        blocks = w.reshape(w.shape[0], -1, 32)
+        for row in blocks.reshape(-1, 32):
+            values = np.unique(row)
+            assert len(values) <= 3
+            magnitudes = np.unique(np.abs(values[values != 0]))
+            assert len(magnitudes) <= 1  # {-g, 0, +g} or a subset: one scale g per block
+    trits, scales = ternarize(np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32))
+    assert set(np.unique(trits)) <= {-1, 0, 1} and scales.shape == (4, 2) and (scales > 0).all()
+    assert np.isfinite(tmodel.logits(np.arange(10) % 50)).all()
+
+
+def test_awq_rescaling_keeps_the_function_and_never_loses_on_its_data(family):
+    model = small_model(family, n_embd=32, n_head=4, ffn_hidden=64, vocab_size=50, n_ctx=32)
+    calib = np.random.default_rng(8).integers(0, 50, size=(4, 16))
+    scaled = awq_scale_model(model, calib, progress=False)
+    ids = np.arange(12) % 50
+    ref = model.logits(ids)
+    np.testing.assert_allclose(scaled.logits(ids), ref, atol=1e-4 * np.abs(ref).max())  # same function
+    assert isinstance(quantize_model(scaled, "q4_0").params[linear_weight_names(model.config)[0]], QTensor)
+    # alpha = 0 (s = 1, plain RTN) is on the grid, so the chosen scale is at least as good on x
+    rng = np.random.default_rng(9)
+    x = correlated_inputs(rng, 512, 64).astype(np.float32)
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    s, alpha = awq_search_scale(x, [w])
+    err = lambda w_hat, xs: float(np.sum((xs @ w_hat.T - x @ w.T) ** 2))  # noqa: E731
+    assert err(quantize(w * s, "q4_0").dequantize(), x / s) <= err(quantize(w, "q4_0").dequantize(), x)
