@@ -37,7 +37,7 @@ def plot_curves(history: dict, path: Path, title: str):
     plt.close(fig)
 
 
-def write_card(run_dir, out_dir, dtype="float16", command="", seq_len=256):
+def write_card(run_dir, out_dir, dtype="float16", command="", seq_len=256, note=""):
     from . import load, save
     from .bench import machine
     from .corpus import describe, token_stream
@@ -75,7 +75,7 @@ embedded corpus (the CPython {corpus['python']} standard library and its pydoc t
 Command (resumable: run it again to continue a stopped run):
 
     {command}
-
+{chr(10) + note + chr(10) if note else ""}
 ## Held-out results (whole validation split, {metrics['tokens']:,} predicted tokens, windows of {seq_len})
 
 | loss | perplexity | top-1 next-token accuracy |
@@ -101,8 +101,9 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ap.add_argument("--command", default="")
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--note", default="", help="a paragraph about how the run went (interruptions, changes)")
     args = ap.parse_args(argv)
-    print(json.dumps(write_card(args.run_dir, args.out_dir, args.dtype, args.command, args.seq_len)))
+    print(json.dumps(write_card(args.run_dir, args.out_dir, args.dtype, args.command, args.seq_len, args.note)))
 
 
 if __name__ == "__main__":
