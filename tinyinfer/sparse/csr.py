@@ -1,0 +1,180 @@
+"""CSR (compressed sparse row) matrices by hand: the format, its NumPy product, and CSRMatrix.
+
+Lesson: lessons/05-pruning.py
+
+A pruned weight W: (N, K) is mostly zeros. CSR keeps only the nonzeros, row after row:
+
+    data     float32 (nnz,)   the nonzero values, row 0's first, then row 1's, ...
+    indices  int     (nnz,)   the column of each value, ascending within a row
+    indptr   int     (N+1,)   row n's values are data[indptr[n] : indptr[n+1]]
+
+    W = [[0, 1.5, 0],        data    = [1.5, 2, 3]
+         [0, 0,   0],  ->    indices = [1,   0, 2]
+         [2, 0,   3]]        indptr  = [0, 1, 1, 3]     (row 1 is empty: indptr[1] == indptr[2])
+
+These are exactly the arrays `scipy.sparse.csr_matrix(W)` builds from a dense array (explicit zeros
+dropped, columns sorted, int32 indices unless a size needs int64), and tests/test_sparse_csr.py
+checks that when SciPy is installed. Memory: 4 bytes of value + 4 of column per nonzero (+ one
+indptr entry a row), so CSR is smaller than dense float32 only below 50% density, and faster only
+well below that (tinyinfer/bench/sparse.py measures where).
+
+`csr_matmul_reference` is the product in NumPy, the twin of the Numba kernels in
+tinyinfer/sparse/kernels.py. TINYINFER_REFERENCE=1 makes `CSRMatrix.matmul` use it (read at every
+call, as in tinyinfer/quant).
+
+Shapes: N output features (rows), K input features (columns), B rows of activations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..quant.formats import use_reference
+
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def index_dtype(*sizes):
+    """int32 while every size fits (SciPy's rule: half the index memory), else int64."""
+    return np.int32 if max(sizes, default=0) <= INT32_MAX else np.int64
+
+
+def csr_matmul_reference(indptr, indices, data, N, x):
+    """x: float32 (B, K) -> float32 (B, N) = x @ W.T, with no Python loop.
+
+    Every stored weight meets the one x it multiplies (a gather), then each row's products are
+    summed as one segment with np.add.reduceat. reduceat cannot express an empty segment (it
+    returns the element at the start instead), so only non-empty rows are reduced; empty rows
+    stay 0. Because empty rows have no products, the segments of the non-empty rows still end
+    exactly where the next non-empty row starts.
+    """
+    B = x.shape[0]
+    out = np.zeros((B, N), dtype=np.float32)
+    products = x[:, indices] * data  # (B, nnz) float32
+    nonempty = indptr[1:] > indptr[:-1]  # (N,)
+    if nonempty.any():
+        out[:, nonempty] = np.add.reduceat(products, indptr[:-1][nonempty], axis=1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# checks that turn bad input into an error that says what came
+
+
+def _check_dense(w):
+    w = np.asarray(w) if not isinstance(w, np.ndarray) else w
+    if w.dtype == object or not np.issubdtype(w.dtype, np.floating):
+        raise TypeError(f"w must be a float array (float32; float16/float64 are converted), got dtype {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    bad = ~np.isfinite(w)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"w has {int(bad.sum())} NaN/Inf values, the first at [{row}, {col}] ({w[row, col]}); "
+                         f"a sparse matrix stores only finite weights")
+    return w
+
+
+def _check_x(x, K):
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.dtype == object or not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x must be a float array (float32; float16/float64 are converted), got dtype {x.dtype}")
+    if x.ndim == 0 or x.shape[-1] != K:
+        raise ValueError(f"x must have shape (K,) or (..., K) with K = {K}, got shape {x.shape}")
+    x2 = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # (B, K)
+    if not np.isfinite(x2).all():
+        bad = ~np.isfinite(x2)
+        raise ValueError(f"x has {int(bad.sum())} NaN/Inf values (first at flat row {np.argwhere(bad)[0][0]})")
+    return x2, x.shape[:-1]
+
+
+def _check_arrays(indptr, indices, data, shape):
+    try:
+        N, K = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be two ints (N, K), got {shape!r}") from None
+    if N < 0 or K < 0:
+        raise ValueError(f"shape must be non-negative (N, K), got {(N, K)}")
+    for name, arr in (("indptr", indptr), ("indices", indices)):
+        if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype not in (np.int32, np.int64):
+            raise TypeError(f"{name} must be a 1-D int32 or int64 array, got {getattr(arr, 'dtype', type(arr))} "
+                            f"with shape {getattr(arr, 'shape', None)}")
+    if not isinstance(data, np.ndarray) or data.ndim != 1 or data.dtype != np.float32:
+        raise TypeError(f"data must be a 1-D float32 array, got {getattr(data, 'dtype', type(data))}")
+    if indptr.size != N + 1:
+        raise ValueError(f"indptr must have N + 1 = {N + 1} entries for shape {(N, K)}, got {indptr.size}")
+    if indices.size != data.size:
+        raise ValueError(f"indices ({indices.size}) and data ({data.size}) must have one entry per nonzero each")
+    if indptr[0] != 0 or indptr[-1] != data.size or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"indptr must rise from 0 to nnz = {data.size}, got {indptr[0]} .. {indptr[-1]} "
+                         f"(non-decreasing: {bool(np.all(np.diff(indptr) >= 0))})")
+    if indices.size and (indices.min() < 0 or indices.max() >= K):
+        raise ValueError(f"indices must lie in 0 .. K-1 = {K - 1}, got {indices.min()} .. {indices.max()}")
+    return N, K
+
+
+# --------------------------------------------------------------------------------------------
+# CSRMatrix: what the model holds in place of a dense pruned weight
+
+
+class CSRMatrix:
+    """A (N, K) float32 matrix in CSR form; `matmul(x)` is x @ W.T, like a dense linear weight."""
+
+    def __init__(self, indptr, indices, data, shape):
+        self.shape = _check_arrays(indptr, indices, data, shape)
+        self.indptr = indptr  # int (N+1,)
+        self.indices = indices  # int (nnz,)
+        self.data = data  # float32 (nnz,)
+
+    @classmethod
+    def from_dense(cls, w):
+        """w: float (N, K) -> CSRMatrix of its nonzeros (the arrays scipy.sparse.csr_matrix(w) builds)."""
+        w = _check_dense(w)
+        N, K = w.shape
+        rows, cols = np.nonzero(w)  # row-major order: rows ascending, columns ascending within a row
+        idx = index_dtype(N, K, rows.size)
+        indptr = np.zeros(N + 1, dtype=idx)
+        np.cumsum(np.bincount(rows, minlength=N), out=indptr[1:])  # (N+1,) running count of nonzeros
+        return cls(indptr, cols.astype(idx), w[rows, cols], (N, K))
+
+    def to_dense(self):
+        """float32 (N, K) with zeros where nothing is stored."""
+        N, K = self.shape
+        w = np.zeros((N, K), dtype=np.float32)
+        rows = np.repeat(np.arange(N), np.diff(self.indptr))  # (nnz,) the row of every stored value
+        w[rows, self.indices] = self.data
+        return w
+
+    # --- sizes ---
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data + indices + indptr (what the format costs in memory)."""
+        return int(self.data.nbytes + self.indices.nbytes + self.indptr.nbytes)
+
+    @property
+    def density(self) -> float:
+        """Fraction of the N * K entries that are stored (0.0 for an empty shape)."""
+        N, K = self.shape
+        return self.nnz / (N * K) if N * K else 0.0
+
+    def __repr__(self):
+        return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, density={self.density:.3f}, {self.nbytes} bytes)"
+
+    # --- arithmetic ---
+
+    def matmul(self, x):
+        """x: (K,) or (..., K) -> float32 (N,) or (..., N) = x @ W.T (float16/float64 x converted)."""
+        N, K = self.shape
+        x2, lead = _check_x(x, K)  # (B, K) float32
+        if use_reference():
+            out = csr_matmul_reference(self.indptr, self.indices, self.data, N, x2)
+        else:
+            from . import kernels  # imports Numba only when a fast path is first needed
+
+            out = kernels.csr_matmul(self.indptr, self.indices, self.data, N, x2)
+        return out.reshape(*lead, N)

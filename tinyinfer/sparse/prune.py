@@ -1,0 +1,327 @@
+"""Pruning: which weights to drop, as 0/1 masks; and structured pruning into smaller dense models.
+
+Lesson: lessons/05-pruning.py
+
+A mask is a float32 array of 0s and 1s shaped like its weight; `w * mask` is the pruned weight.
+Masks are name -> array dicts, the form `AdamW.step(..., masks=masks)` takes to keep pruned
+weights (and their optimizer state) at zero while the rest train (tinyinfer/train.py).
+
+Unstructured (any single weight may go):
+
+* magnitude_masks / global_magnitude_masks: drop the smallest |w|, exactly like
+  torch.nn.utils.prune.l1_unstructured / global_unstructured: amount a float in [0, 1] drops
+  k = round(a * n) entries (Python's round: halves to even), an int drops exactly that many; with
+  `previous` masks only the still-unpruned entries are counted and ranked, so 0.5 then 0.5 leaves
+  25%. Global ranks all given matrices together (a layer of small weights loses more).
+* wanda_masks: score |W[n, k]| * ||X[:, k]||_2 (the weight times the size of the input it meets,
+  Sun et al. 2023) and drop the lowest k = round(a * K) in *each output row*; the input column norms
+  come from calibration text, `collect_input_norms`.
+* nm_masks: N:M semi-structured, e.g. 2:4: in every group of M consecutive weights along K keep the
+  N largest (the pattern sparse tensor cores accelerate).
+
+Ties: every ranking is `np.argsort(scores, kind="stable")` over the entries in row-major order
+(for the global ranking: the matrices concatenated in the dict's order), so among equal scores
+the entry that comes *first* is pruned first. torch's topk leaves ties unspecified; ours is
+deterministic and platform-independent.
+
+Layouts: the unstructured functions take `weights: name -> (N, K)` arrays; `linear_weights(model)`
+gives a model's linear weights that way (GPT-2's Conv1D weights stored (K, N) are transposed) and
+`to_param_layout(masks, config)` turns (N, K) masks back into the shapes of model.params, which
+AdamW.step and sparsify_model take.
+
+Structured (whole heads or neurons, so the matrices get smaller and stay dense):
+
+* prune_mlp_neurons: drop the F-neurons whose down_proj column has the smallest L2 norm; the result
+  is a smaller dense Model with ffn_hidden = F - n_remove. ModelConfig has one ffn_hidden for all
+  layers, so every layer loses the same number (per-layer widths would need a config change).
+* prune_heads: drop the attention heads whose o_proj columns have the smallest L2 norm. Dropping a
+  head is exactly zeroing its o_proj columns (its output can no longer reach the residual stream).
+  ModelConfig derives the head dim as n_embd / n_head, so a config with fewer heads of the same
+  size cannot be expressed: prune_heads returns the same-sized model with the heads zeroed (q rows,
+  o_proj columns, and for plain multi-head attention the head's k/v rows too), plus the masks.
+  GQA (n_kv_head < n_head): we remove *query heads within groups*, the same number from every KV
+  group, and keep every K/V head. Removing a whole K/V group would cut n_head/n_kv_head query heads
+  at once (coarse), and an uneven removal could never become a valid config (n_head must stay a
+  multiple of n_kv_head). The price: the KV cache does not shrink.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..model import Model, forward, layer_names, linear_weight
+
+# --------------------------------------------------------------------------------------------
+# counting: torch's rules for `amount`
+
+
+def count_to_prune(amount, n, name="amount") -> int:
+    """k entries to drop out of n: round(amount * n) for a float in [0, 1], or amount itself for an int."""
+    if isinstance(amount, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a float in [0, 1] or an int count, got {amount!r}")
+    if isinstance(amount, (int, np.integer)):
+        if not 0 <= amount <= n:
+            raise ValueError(f"{name} = {amount} (a count) must be between 0 and the {n} prunable entries")
+        return int(amount)
+    if isinstance(amount, (float, np.floating)) and 0.0 <= amount <= 1.0:
+        return round(float(amount) * n)  # Python's round, halves to even, as torch
+    raise ValueError(f"{name} must be a float in [0, 1] (a fraction) or an int (a count), got {amount!r}")
+
+
+def _drop_lowest(scores, alive, k):
+    """0/1 float32 mask like scores: the k lowest scores among alive entries set to 0 (stable ties)."""
+    flat_scores = scores.reshape(-1)
+    alive_flat = alive.reshape(-1)
+    candidates = np.flatnonzero(alive_flat)  # ascending flat indices, so a stable sort keeps that order for ties
+    order = np.argsort(flat_scores[candidates], kind="stable")
+    mask = alive_flat.astype(np.float32)
+    mask[candidates[order[:k]]] = 0.0
+    return mask.reshape(scores.shape)
+
+
+def _alive(w, previous, name):
+    if previous is None or name not in previous:
+        return np.ones(w.shape, dtype=bool)
+    p = np.asarray(previous[name])
+    if p.shape != w.shape:
+        raise ValueError(f"previous[{name!r}] has shape {p.shape}, the weight has {w.shape}")
+    return p != 0
+
+
+# --------------------------------------------------------------------------------------------
+# unstructured: magnitude (per layer and global), Wanda
+
+
+def magnitude_masks(weights: dict, amount, previous: dict | None = None) -> dict:
+    """Per matrix: drop round(amount * alive) of the smallest |w| among the entries still alive."""
+    masks = {}
+    for name, w in weights.items():
+        alive = _alive(w, previous, name)
+        k = count_to_prune(amount, int(alive.sum()))
+        masks[name] = _drop_lowest(np.abs(w), alive, k)
+    return masks
+
+
+def global_magnitude_masks(weights: dict, amount, previous: dict | None = None) -> dict:
+    """All matrices ranked together: drop round(amount * total alive) of the smallest |w| overall."""
+    names = list(weights)
+    sizes = [weights[n].size for n in names]
+    scores = np.concatenate([np.abs(weights[n]).reshape(-1) for n in names])  # (total,)
+    alive = np.concatenate([_alive(weights[n], previous, n).reshape(-1) for n in names])
+    k = count_to_prune(amount, int(alive.sum()))
+    flat = _drop_lowest(scores, alive, k)
+    pieces = np.split(flat, np.cumsum(sizes)[:-1])
+    return {n: p.reshape(weights[n].shape) for n, p in zip(names, pieces)}
+
+
+def wanda_masks(weights: dict, input_norms: dict, amount) -> dict:
+    """Wanda: score |W| * ||X_col||_2, drop the lowest round(amount * K) of each output row.
+
+    weights: name -> (N, K); input_norms: name -> (K,) L2 norm of each input feature over the
+    calibration tokens (collect_input_norms). Every row keeps the same number of weights.
+    """
+    masks = {}
+    for name, w in weights.items():
+        if name not in input_norms:
+            raise KeyError(f"input_norms has no entry for {name!r}; collect_input_norms gives one per linear layer")
+        N, K = w.shape
+        norms = np.asarray(input_norms[name], dtype=np.float64)
+        if norms.shape != (K,):
+            raise ValueError(f"input_norms[{name!r}] must have shape (K,) = ({K},), got {norms.shape}")
+        scores = np.abs(w.astype(np.float64)) * norms[None, :]  # (N, K)
+        k = count_to_prune(amount, K)
+        order = np.argsort(scores, axis=1, kind="stable")[:, :k]  # (N, k) lowest per row, ties: lower column first
+        mask = np.ones((N, K), dtype=np.float32)
+        np.put_along_axis(mask, order, 0.0, axis=1)
+        masks[name] = mask
+    return masks
+
+
+def nm_masks(weights: dict, n: int = 2, m: int = 4, input_norms: dict | None = None) -> dict:
+    """N:M along K: in each group of m consecutive weights of a row keep the n largest scores.
+
+    Score |w|, or Wanda's |w| * ||X_col|| when input_norms is given. K must be a multiple of m.
+    """
+    if not (isinstance(n, int) and isinstance(m, int) and 0 <= n <= m and m >= 1):
+        raise ValueError(f"n:m must be ints with 0 <= n <= m, m >= 1, got {n}:{m}")
+    masks = {}
+    for name, w in weights.items():
+        N, K = w.shape
+        if K % m:
+            raise ValueError(f"{name} has K = {K} input features, not a multiple of m = {m}")
+        scores = np.abs(w.astype(np.float64))
+        if input_norms is not None:
+            scores = scores * np.asarray(input_norms[name], dtype=np.float64)[None, :]
+        groups = scores.reshape(N, K // m, m)  # (N, K/m, m)
+        drop = np.argsort(groups, axis=-1, kind="stable")[..., : m - n]  # lowest m-n of each group
+        mask = np.ones(groups.shape, dtype=np.float32)
+        np.put_along_axis(mask, drop, 0.0, axis=-1)
+        masks[name] = mask.reshape(N, K)
+    return masks
+
+
+# --------------------------------------------------------------------------------------------
+# a model's linear weights, masks in the model's layout, calibration statistics
+
+
+def linear_weight_names(config) -> list:
+    """Parameter names of every linear layer inside the blocks (not the embedding or the head)."""
+    roles = ("qkv", "o", "up", "down") if config.family == "gpt2" else ("q", "k", "v", "o", "gate", "up", "down")
+    return [layer_names(config, i)[role] + ".weight" for i in range(config.n_layer) for role in roles]
+
+
+def linear_weights(model: Model) -> dict:
+    """name -> (N, K) weight of every block linear layer (GPT-2's (K, N) Conv1D seen transposed)."""
+    return {name: linear_weight(model.params, model.config, name[: -len(".weight")])
+            for name in linear_weight_names(model.config)}
+
+
+def to_param_layout(masks: dict, config) -> dict:
+    """(N, K) masks -> the shapes model.params stores (GPT-2's Conv1D weights are (K, N))."""
+    linear = set(linear_weight_names(config))
+    return {name: np.ascontiguousarray(m.T) if config.family == "gpt2" and name in linear else m
+            for name, m in masks.items()}
+
+
+def apply_masks(model: Model, masks: dict) -> Model:
+    """A new Model whose params are multiplied by the masks (param layout); the rest shared."""
+    params = dict(model.params)
+    for name, mask in masks.items():
+        if name not in params:
+            raise KeyError(f"masks has {name!r}, which is not a parameter of the model")
+        if np.shape(mask) != params[name].shape:
+            raise ValueError(f"masks[{name!r}] has shape {np.shape(mask)}, params[{name!r}] has "
+                             f"{params[name].shape} (masks must be in the params' layout: to_param_layout)")
+        params[name] = (params[name] * mask).astype(params[name].dtype)
+    return Model(model.config, params, model.tokenizer)
+
+
+def collect_input_norms(model: Model, ids) -> dict:
+    """name -> float32 (K,): ||X[:, k]||_2 of each linear layer's input over all calibration tokens.
+
+    ids: (T,) or (B, T) token ids. Runs the training forward once with caches; each linear layer's
+    cache holds its input x (B, T, K) under the layer's name (tinyinfer/model.py, ops.linear_forward).
+    """
+    arr, _ = model.check_ids(ids)
+    caches = {}
+    forward(model.params, model.config, arr, caches=caches)
+    norms = {}
+    for name in linear_weight_names(model.config):
+        i = int(name.split(".")[2])  # "model.layers.3.self_attn..." / "transformer.h.3.attn..."
+        x = caches["layers"][i][name[: -len(".weight")]][0]  # (B, T, K)
+        x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        norms[name] = np.sqrt((x2 * x2).sum(axis=0)).astype(np.float32)
+    return norms
+
+
+# --------------------------------------------------------------------------------------------
+# structured: MLP neurons (a smaller dense model) and attention heads (zeroed, see the docstring)
+
+
+def _lowest_per_layer(scores, n_remove):
+    """scores (L, U) -> sorted int arrays of the n_remove lowest units per layer (stable ties)."""
+    return [np.sort(np.argsort(s, kind="stable")[:n_remove]) for s in scores]
+
+
+def neuron_scores(model: Model) -> np.ndarray:
+    """(n_layer, F): L2 norm of each MLP neuron's down_proj column (how much it can write)."""
+    cfg = model.config
+    return np.stack([np.linalg.norm(linear_weight(model.params, cfg, layer_names(cfg, i)["down"]), axis=0)
+                     for i in range(cfg.n_layer)])
+
+
+def mlp_neuron_masks(model: Model, n_remove: int) -> dict:
+    """Masks (param layout) zeroing the n_remove lowest-scoring neurons of every layer."""
+    cfg = model.config
+    if not isinstance(n_remove, int) or not 0 <= n_remove < cfg.ffn_hidden:
+        raise ValueError(f"n_remove must be an int in 0 .. ffn_hidden-1 = {cfg.ffn_hidden - 1}, got {n_remove!r}")
+    masks = {}
+    for i, gone in enumerate(_lowest_per_layer(neuron_scores(model), n_remove)):
+        names = layer_names(cfg, i)
+        for role in ("up", "gate", "down"):
+            if role not in names:
+                continue
+            shape = (cfg.n_embd, cfg.ffn_hidden) if role == "down" else (cfg.ffn_hidden, cfg.n_embd)  # (N, K)
+            mask = np.ones(shape, np.float32)
+            if role == "down":
+                mask[:, gone] = 0  # (C, F): the neurons' output columns
+            else:
+                mask[gone, :] = 0  # (F, C): the neurons' input rows
+            masks[names[role] + ".weight"] = mask
+            if cfg.family == "gpt2" and role == "up":
+                bias = np.ones(cfg.ffn_hidden, np.float32)
+                bias[gone] = 0
+                masks[names[role] + ".bias"] = bias
+    return to_param_layout(masks, cfg)
+
+
+def prune_mlp_neurons(model: Model, n_remove: int) -> Model:
+    """A smaller dense Model: n_remove MLP neurons fewer in every layer (ffn_hidden - n_remove).
+
+    Its logits equal those of the full model with mlp_neuron_masks applied.
+    """
+    mlp_neuron_masks(model, n_remove)  # the same argument checks
+    cfg = model.config
+    new_cfg = ModelConfig.from_dict({**cfg.to_dict(), "ffn_hidden": cfg.ffn_hidden - n_remove})
+    params = dict(model.params)
+    gpt2 = cfg.family == "gpt2"
+    for i, gone in enumerate(_lowest_per_layer(neuron_scores(model), n_remove)):
+        keep = np.setdiff1d(np.arange(cfg.ffn_hidden), gone)  # (F',) sorted: neurons stay in order
+        names = layer_names(cfg, i)
+        for role in ("up", "gate"):
+            if role in names:  # (F, C) in HF Linear; GPT-2's c_fc is (C, F)
+                name = names[role] + ".weight"
+                params[name] = np.ascontiguousarray(params[name][:, keep] if gpt2 else params[name][keep])
+        if gpt2:
+            params[names["up"] + ".bias"] = params[names["up"] + ".bias"][keep].copy()
+        down = names["down"] + ".weight"  # (C, F) in HF Linear; GPT-2's c_proj is (F, C)
+        params[down] = np.ascontiguousarray(params[down][keep] if gpt2 else params[down][:, keep])
+    return Model(new_cfg, params, model.tokenizer)
+
+
+def head_scores(model: Model) -> np.ndarray:
+    """(n_layer, H): L2 norm of each head's o_proj columns (how much the head can write)."""
+    cfg = model.config
+    H, D, C = cfg.n_head, cfg.head_dim, cfg.n_embd
+    return np.stack([np.linalg.norm(linear_weight(model.params, cfg, layer_names(cfg, i)["o"]).reshape(C, H, D),
+                                    axis=(0, 2)) for i in range(cfg.n_layer)])
+
+
+def head_masks(model: Model, n_remove: int) -> dict:
+    """Masks (param layout) removing n_remove query heads per layer (see the module docstring for GQA)."""
+    cfg = model.config
+    H, G, D, C = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_embd
+    per_group = H // G
+    if not isinstance(n_remove, int) or not 0 <= n_remove < H or (G < H and n_remove % G):
+        need = f"a multiple of n_kv_head = {G} (the same number from every KV group)" if G < H else "an int"
+        raise ValueError(f"n_remove must be {need} in 0 .. n_head-1 = {H - 1}, got {n_remove!r}")
+    scores = head_scores(model)  # (L, H)
+    masks = {}
+    for i in range(cfg.n_layer):
+        if G < H:  # the lowest n_remove/G query heads inside each group; K/V heads stay
+            gone = np.concatenate([g * per_group + np.argsort(scores[i, g * per_group:(g + 1) * per_group],
+                                                              kind="stable")[: n_remove // G] for g in range(G)])
+        else:
+            gone = np.argsort(scores[i], kind="stable")[:n_remove]
+        names = layer_names(cfg, i)
+        out_rows = np.ones((H, D), np.float32)  # one flag per output feature of q (and k, v under MHA)
+        out_rows[gone] = 0
+        out_rows = out_rows.reshape(H * D)
+        o_mask = np.ones((C, H * D), np.float32) * out_rows[None, :]  # (C, H*D): the heads' columns
+        if cfg.family == "gpt2":  # fused c_attn (N = 3C): the head's q, k and v rows; and its biases
+            qkv_rows = np.tile(out_rows, 3)  # (3C,)
+            masks[names["qkv"] + ".weight"] = np.ones((3 * C, C), np.float32) * qkv_rows[:, None]
+            masks[names["qkv"] + ".bias"] = qkv_rows.copy()
+        else:
+            masks[names["q"] + ".weight"] = np.ones((H * D, C), np.float32) * out_rows[:, None]
+            if G == H:  # plain multi-head: the head's own k and v go too
+                masks[names["k"] + ".weight"] = masks[names["q"] + ".weight"].copy()
+                masks[names["v"] + ".weight"] = masks[names["q"] + ".weight"].copy()
+        masks[names["o"] + ".weight"] = o_mask
+    return to_param_layout(masks, cfg)
+
+
+def prune_heads(model: Model, n_remove: int):
+    """(model with n_remove heads per layer zeroed, the masks). Same config: see the module docstring."""
+    masks = head_masks(model, n_remove)
+    return apply_masks(model, masks), masks
