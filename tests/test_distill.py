@@ -1,0 +1,42 @@
+"""The distillation loss: its gradient, its limits, its errors."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinyinfer.distill import kd_loss_backward, kd_loss_forward
+from tinyinfer.gradcheck import numerical_grad
+from tinyinfer.ops import cross_entropy_forward
+
+
+@given(B=st.integers(1, 3), T=st.integers(1, 4), V=st.integers(2, 7), temperature=st.floats(0.5, 5.0),
+       alpha=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_kd_gradient_matches_finite_differences(B, T, V, temperature, alpha, seed):
+    rng = np.random.default_rng(seed)
+    s, t = rng.standard_normal((B, T, V)) * 2, rng.standard_normal((B, T, V)) * 2
+    y = rng.integers(0, V, (B, T))
+    loss, _, cache = kd_loss_forward(s, t, y, temperature, alpha)
+    analytic = kd_loss_backward(1.0, cache)
+    numeric = numerical_grad(lambda: kd_loss_forward(s, t, y, temperature, alpha)[0], s)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_limits():
+    rng = np.random.default_rng(0)
+    s, t = rng.standard_normal((4, 9)), rng.standard_normal((4, 9))
+    y = rng.integers(0, 9, 4)
+    # alpha = 0 is plain cross-entropy
+    assert kd_loss_forward(s, t, y, 3.0, 0.0)[0] == pytest.approx(cross_entropy_forward(s, y)[0])
+    # a student equal to its teacher has zero KL, whatever T
+    assert kd_loss_forward(t, t, y, 4.0, 1.0)[1]["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert kd_loss_forward(s, t, y, 4.0, 1.0)[1]["kl"] > 0
+
+
+def test_errors():
+    s = np.zeros((2, 5))
+    with pytest.raises(ValueError, match="teacher_logits"):
+        kd_loss_forward(s, np.zeros((2, 4)), np.zeros(2, int))
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss_forward(s, s, np.zeros(2, int), temperature=0)
+    with pytest.raises(ValueError, match="alpha"):
+        kd_loss_forward(s, s, np.zeros(2, int), alpha=1.5)

@@ -1,0 +1,60 @@
+"""Knowledge distillation: a student learns from the teacher's whole output distribution.
+
+Lesson: lessons/06-distillation.py
+
+Hinton, Vinyals & Dean (2015): soften both distributions with a temperature T, so the teacher's
+small probabilities ("dark knowledge": which wrong answers are nearly right) carry weight, and
+match them with KL(teacher || student). The gradient of that term shrinks like 1/T², so it is
+multiplied by T² to keep its scale as T changes. It is mixed with the ordinary hard-label
+cross-entropy by a weight alpha:
+
+    loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, labels)
+
+averaged over positions. kd_loss_forward / kd_loss_backward follow the op convention of
+tinyinfer/ops.py, and tests/test_distill.py checks the backward against finite differences.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import log_softmax
+
+
+def kd_loss_forward(student_logits, teacher_logits, targets, temperature=2.0, alpha=0.5):
+    """student_logits, teacher_logits: (..., V); targets: int (...) -> (loss, {"loss", "kl", "ce"}, cache).
+
+    The middle dict reports the two terms separately, for loss curves.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"teacher_logits has shape {teacher_logits.shape}, student_logits {student_logits.shape}; "
+                         "they must match")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    V = student_logits.shape[-1]
+    s = student_logits.reshape(-1, V)
+    t = teacher_logits.reshape(-1, V).astype(s.dtype, copy=False)
+    y = targets.reshape(-1)
+    n = y.size
+    log_ps_T = log_softmax(s / temperature)  # student, softened
+    log_pt_T = log_softmax(t / temperature)  # teacher, softened
+    pt_T = np.exp(log_pt_T)
+    kl = float((pt_T * (log_pt_T - log_ps_T)).sum() / n)
+    log_ps = log_softmax(s)
+    ce = float(-log_ps[np.arange(n), y].mean())
+    loss = alpha * temperature ** 2 * kl + (1.0 - alpha) * ce
+    cache = (log_ps_T, pt_T, log_ps, y, temperature, alpha, student_logits.shape)
+    return loss, {"loss": loss, "kl": kl, "ce": ce}, cache
+
+
+def kd_loss_backward(dloss, cache):
+    """d loss / d student_logits, shape (..., V). The teacher gets no gradient."""
+    log_ps_T, pt_T, log_ps, y, temperature, alpha, shape = cache
+    n = y.size
+    # d KL / d s = (softmax(s/T) - softmax(t/T)) / T per position; times T^2 leaves a factor T
+    dsoft = alpha * temperature * (np.exp(log_ps_T) - pt_T)
+    dhard = np.exp(log_ps)
+    dhard[np.arange(n), y] -= 1.0
+    dhard *= 1.0 - alpha
+    return ((dsoft + dhard) * (dloss / n)).reshape(shape)
