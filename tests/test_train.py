@@ -88,6 +88,7 @@ def test_resuming_a_finished_run_changes_nothing_and_training_lowers_the_loss(tm
         np.testing.assert_array_equal(before[k], again.params[k])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_divergence_is_reported_not_hidden(tmp_path):
     config = small_config("llama")
     params = init_params(config)
