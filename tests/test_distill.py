@@ -40,3 +40,27 @@ def test_errors():
         kd_loss_forward(s, s, np.zeros(2, int), temperature=0)
     with pytest.raises(ValueError, match="alpha"):
         kd_loss_forward(s, s, np.zeros(2, int), alpha=1.5)
+
+
+def test_distilled_student_moves_towards_its_teacher(tmp_path):
+    """On random labels only the teacher carries signal: distilling must bring the student far
+    closer to it than training on the labels alone does, from the same start and steps."""
+    from conftest import small_config, small_model
+    from tinyinfer.distill import distillation_loss_fn
+    from tinyinfer.evaluate import evaluate
+    from tinyinfer.model import Model, init_params
+    from tinyinfer.train import TrainConfig, train
+
+    teacher = small_model("llama", vocab_size=37, n_embd=32, n_head=4, ffn_hidden=48)
+    teacher.params["lm_head.weight"] *= 3  # a confident teacher: its distribution has shape to learn
+    stream = np.random.default_rng(0).integers(0, 37, 3000)
+    config = small_config("llama", vocab_size=37, n_embd=32, n_layer=2)
+    tc = TrainConfig(seq_len=8, batch_size=4, max_steps=60, warmup_steps=2, eval_every=100, lr=1e-2)
+    kl = lambda m: evaluate(m, stream, 8, 20, reference=teacher)["kl_divergence"]  # noqa: E731
+    before = kl(Model(config, init_params(config, 0)))
+    runs = {}
+    for alpha in (1.0, 0.0):
+        runs[alpha] = kl(train(config, tc, stream, stream[:200], tmp_path / str(alpha), progress=False,
+                               log=lambda *_: None, loss_fn=distillation_loss_fn(teacher, 2.0, alpha)))
+    assert runs[1.0] < 0.75 * before  # measured: 1.03 -> 0.66
+    assert runs[1.0] < 0.7 * runs[0.0]  # labels alone: 1.09

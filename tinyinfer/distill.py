@@ -58,3 +58,21 @@ def kd_loss_backward(dloss, cache):
     dhard[np.arange(n), y] -= 1.0
     dhard *= 1.0 - alpha
     return ((dsoft + dhard) * (dloss / n)).reshape(shape)
+
+
+def distillation_loss_fn(teacher, temperature=2.0, alpha=0.5):
+    """A loss_fn for tinyinfer.train.train: the teacher's logits are computed on the fly.
+
+    That costs a teacher forward pass per step (the lesson measures how much); the student's
+    backward pass is the model's own, fed with the KD loss's gradient instead of plain CE's.
+    """
+    from .model import backward, forward
+
+    def loss_fn(params, config, inputs, targets):
+        teacher_logits = teacher.logits(inputs)  # (B, T, V), no gradient
+        caches = {}
+        student_logits = forward(params, config, inputs, caches=caches)
+        loss, _, cache = kd_loss_forward(student_logits, teacher_logits, targets, temperature, alpha)
+        return loss, backward(kd_loss_backward(1.0, cache), params, config, caches)
+
+    return loss_fn

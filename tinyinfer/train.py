@@ -135,7 +135,7 @@ def load_train_state(out_dir: Path):
 
 def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, out_dir,
           tokenizer=None, max_minutes=None, progress=True, init_from: dict | None = None, log=print,
-          stop_at_step: int | None = None):
+          stop_at_step: int | None = None, loss_fn=None):
     """Train (or resume) a model; checkpoints to out_dir every tc.eval_every steps and at the end.
 
     Resuming: when out_dir holds train_state.safetensors, training continues from its step with its
@@ -143,6 +143,9 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     is recomputed for the new length). Stops early, after a checkpoint, when max_minutes pass, at
     stop_at_step, or on Ctrl-C; running the same call again continues exactly where it stopped.
     Returns the trained Model.
+
+    loss_fn(params, config, inputs, targets) -> (loss, grads) replaces the plain next-token
+    cross-entropy (tinyinfer/distill.py passes one that asks a teacher for soft targets).
     """
     from tqdm import tqdm
 
@@ -187,7 +190,7 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
         window_loss, window_start = [], time.time()
         while step < tc.max_steps and not stop["now"]:
             inputs, targets = sample_batch(train_stream, tc, step)
-            loss, grads = loss_and_grads(params, model_config, inputs, targets)
+            loss, grads = (loss_fn or loss_and_grads)(params, model_config, inputs, targets)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning rate")
             norm = clip_grad_norm(grads, tc.grad_clip)
