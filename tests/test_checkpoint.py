@@ -127,7 +127,7 @@ def test_real_hub_configs():
     (LLAMA_HUB_CONFIG, {"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
     (LLAMA_HUB_CONFIG, {"attention_bias": True}, "attention_bias must be False"),
     (LLAMA_HUB_CONFIG, {"mlp_bias": True}, "mlp_bias must be False"),
-    (LLAMA_HUB_CONFIG, {"head_dim": 128}, "head_dim must equal hidden_size / num_attention_heads"),
+    (LLAMA_HUB_CONFIG, {"head_dim": 127}, "even for RoPE"),
     (LLAMA_HUB_CONFIG, {"rope_scaling": {"rope_type": "llama3", "factor": 32.0}}, "rope_type 'llama3'"),
     (LLAMA_HUB_CONFIG, {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_type 'yarn'"),
     (LLAMA_HUB_CONFIG, {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "different rope_theta"),
@@ -354,3 +354,20 @@ def test_load_missing_paths_raise_file_not_found(tmp_path):
 def test_load_rejects_float16_compute_dtype(tmp_path):
     with pytest.raises(CheckpointError, match=r"dtype must be one of \('float32', 'float64'\), got float16"):
         load(tmp_path, dtype=np.float16)
+
+
+def test_llama_head_dim_apart_from_hidden_size_round_trips(tmp_path):
+    """head_dim need not be C / H (pruned heads, some published models): shapes follow H * D."""
+    import tinyinfer
+    from tinyinfer.model import Model, init_params
+
+    cfg = ModelConfig(family="llama", vocab_size=50, n_layer=1, n_embd=32, n_head=3, n_kv_head=1,
+                      head_dim=8, ffn_hidden=40, n_ctx=16)
+    assert param_shapes(cfg)["model.layers.0.self_attn.q_proj.weight"] == (24, 32)
+    assert param_shapes(cfg)["model.layers.0.self_attn.o_proj.weight"] == (32, 24)
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+    model = Model(cfg, init_params(cfg, 0))
+    assert model.num_params() == sum(v.size for v in model.params.values())
+    tinyinfer.save(model, tmp_path)
+    ids = np.arange(10) % 50
+    np.testing.assert_array_equal(tinyinfer.load(tmp_path).logits(ids), model.logits(ids))

@@ -68,10 +68,14 @@ def config_from_hf(d: dict) -> ModelConfig:
     if not isinstance(d, dict):
         raise CheckpointError(f"config must be a dict (parsed config.json), got {type(d).__name__}")
     model_type = d.get("model_type")
-    if model_type == "gpt2":
-        return _gpt2_from_hf(d)
-    if model_type == "llama":
-        return _llama_from_hf(d)
+    readers = {"gpt2": _gpt2_from_hf, "llama": _llama_from_hf}
+    if model_type in readers:
+        try:
+            return readers[model_type](d)
+        except CheckpointError:
+            raise
+        except ValueError as e:  # ModelConfig's own checks: still a problem of this config file
+            raise CheckpointError(f"config describes no valid model: {e}") from None
     raise CheckpointError(f"config model_type must be 'gpt2' or 'llama', got {model_type!r}")
 
 
@@ -115,12 +119,7 @@ def _llama_from_hf(d: dict) -> ModelConfig:
     _expect(d, "attention_bias", False, (False,), "tinyinfer's LLaMA attention has no biases")
     _expect(d, "mlp_bias", False, (False,), "tinyinfer's LLaMA MLP has no biases")
     hidden, heads = _required(d, "hidden_size"), _required(d, "num_attention_heads")
-    head_dim = d.get("head_dim")
-    if head_dim is not None and (not isinstance(hidden, int) or not isinstance(heads, int)
-                                 or heads < 1 or head_dim * heads != hidden):
-        raise CheckpointError(
-            f"llama config head_dim must equal hidden_size / num_attention_heads = {hidden} / {heads} "
-            f"(tinyinfer derives D from C and H), got {head_dim!r}")
+    head_dim = d.get("head_dim")  # None: hidden_size / heads; may differ (pruned heads, some models)
     return ModelConfig(
         family="llama",
         vocab_size=_required(d, "vocab_size"),
@@ -133,6 +132,7 @@ def _llama_from_hf(d: dict) -> ModelConfig:
         norm_eps=float(d.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default, not LayerNorm's
         rope_theta=_rope_theta(d),
         tie_word_embeddings=d.get("tie_word_embeddings", False),  # untied unless the file says so
+        head_dim=head_dim,
     )
 
 

@@ -37,6 +37,7 @@ class ModelConfig:
     norm_eps: float = 1e-5         # epsilon inside LayerNorm / RMSNorm
     rope_theta: float = 10000.0    # RoPE base frequency (llama only)
     tie_word_embeddings: bool = True  # output head shares the token embedding matrix
+    head_dim: int | None = None    # D; None means C // H. LLaMA may differ (e.g. after pruning heads)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -47,8 +48,15 @@ class ModelConfig:
                 raise ValueError(f"config.{name} must be a positive int, got {value!r}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.n_embd % self.n_head:
-            raise ValueError(f"config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            self.head_dim = self.n_embd // self.n_head
+        if not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ValueError(f"config.head_dim must be a positive int, got {self.head_dim!r}")
+        if self.family == "gpt2" and self.head_dim * self.n_head != self.n_embd:
+            raise ValueError(f"config.head_dim must be n_embd / n_head = {self.n_embd // self.n_head} for gpt2, "
+                             f"got {self.head_dim}")
         if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
             raise ValueError(f"config.n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.family == "gpt2" and self.n_kv_head != self.n_head:
@@ -58,11 +66,7 @@ class ModelConfig:
         if self.ffn_hidden is None:
             self.ffn_hidden = 4 * self.n_embd if self.family == "gpt2" else llama_ffn_hidden(self.n_embd)
         if self.family == "llama" and self.head_dim % 2:
-            raise ValueError(f"head dim n_embd/n_head = {self.head_dim} must be even for RoPE")
-
-    @property
-    def head_dim(self) -> int:  # D
-        return self.n_embd // self.n_head
+            raise ValueError(f"head dim = {self.head_dim} must be even for RoPE")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,7 +86,8 @@ class ModelConfig:
         if self.family == "gpt2":
             block = 2 * 2 * C + C * 3 * C + 3 * C + C * C + C + C * F + F + F * C + C
             return V * C + self.n_ctx * C + L * block + 2 * C
-        block = 2 * C + C * C + 2 * C * kv + C * C + 3 * C * F
+        qo = self.n_head * self.head_dim  # H*D, which equals C unless head_dim was set apart
+        block = 2 * C + C * qo + 2 * C * kv + qo * C + 3 * C * F
         head = 0 if self.tie_word_embeddings else V * C
         return V * C + L * block + C + head
 

@@ -142,7 +142,7 @@ def block_forward(x, params, config, i, positions, kv_cache=None, caches=None):
         y, c = ops.attention_forward(q, k, v)  # (B, H, T, D)
         if caches is not None:
             caches["attn"] = c
-    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
     x = x + _linear(y, params, config, names["o"], caches)
 
     # --- MLP ---
