@@ -48,6 +48,11 @@ def test_clear_errors():
     assert proc.returncode != 0 and "preset" in proc.stderr
 
 
+def test_bench_suites_are_reachable():
+    help_text = run("bench", "--help").stdout
+    assert all(suite in help_text for suite in ("foundation", "engine", "quant", "sparse"))
+
+
 def test_bench_runs_and_reports_ratios(tmp_path):
     out = tmp_path / "bench.json"
     run("bench", "--model", "tiny", "--rounds", "1", "--json", str(out))

@@ -133,10 +133,15 @@ def cmd_quantize(args):
 
 
 def cmd_bench(args):
-    from .bench.foundation import main as bench_main
+    from .bench import engine, foundation, quant, sparse
 
-    argv = ["--model", args.model, "--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
-    bench_main(argv)
+    suites = {"foundation": foundation, "engine": engine, "quant": quant, "sparse": sparse}
+    argv = ["--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
+    if args.suite in ("foundation", "engine"):
+        argv += ["--model", args.model]
+    if args.quick and args.suite == "engine":
+        argv.append("--quick")
+    suites[args.suite].main(argv)
 
 
 def cmd_serve(args):
@@ -190,8 +195,12 @@ def build_parser():
     p.add_argument("--quantize-head", action="store_true", help="also quantize an untied output head")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("bench", help="training and decode tokens/s, as ratios measured in one process")
+    p = sub.add_parser("bench", help="speed, as ratios measured in one process against a baseline")
+    p.add_argument("suite", nargs="?", default="foundation", choices=["foundation", "engine", "quant", "sparse"],
+                   help="foundation: training and decode tokens/s (default); engine: KV cache, batching, "
+                        "prefix cache; quant: Q8_0/Q4_0 kernels; sparse: CSR kernels vs density")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--quick", action="store_true", help="engine suite: a small workload")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(func=cmd_bench)
