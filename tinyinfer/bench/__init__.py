@@ -35,7 +35,12 @@ def machine() -> dict:
         import numba
 
         info["numba"] = numba.__version__
-        info["numba_threading_layer"] = os.environ.get("NUMBA_THREADING_LAYER", "default")
+        try:  # the layer actually loaded, once any parallel kernel has run
+            info["numba_threading_layer"] = numba.threading_layer()
+        except ValueError:  # none has run yet: the layer that will be chosen
+            from ..quant import kernels  # noqa: F401  (it selects workqueue on import; see its docstring)
+
+            info["numba_threading_layer"] = str(numba.config.THREADING_LAYER) + " (configured)"
     except ImportError:
         pass
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"):
