@@ -105,6 +105,14 @@ def test_collect_input_norms_reads_each_linear_layers_input():
     assert norms[p + "mlp.down_proj.weight"].shape == (model.config.ffn_hidden,)
 
 
+def test_input_norms_in_batches_equal_one_pass():
+    model = small_model("llama")
+    ids = np.random.default_rng(2).integers(0, model.config.vocab_size, size=(5, 7))
+    whole, batched = prune.collect_input_norms(model, ids), prune.collect_input_norms(model, ids, batch_size=2)
+    for name in whole:
+        np.testing.assert_allclose(batched[name], whole[name], rtol=1e-6)
+
+
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
 def test_nm_pattern_holds(n, m):
     weights = random_weights(7, shapes=((6, 16), (3, 8)))
@@ -153,19 +161,24 @@ def test_pruned_neurons_give_a_smaller_model_with_the_masked_logits(family):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family, n_remove", [("llama", 2), ("gpt2", 1), ("gpt2", 3)])
-def test_pruned_heads_equal_zeroed_o_proj_columns(family, n_remove):
+IDS = np.array([[1, 5, 9, 2, 7, 30], [3, 3, 0, 36, 4, 4]])
+
+
+@pytest.mark.parametrize("family, amount", [("llama", 2), ("llama", 0.5), ("gpt2", 1), ("gpt2", 3), ("gpt2", 0.5)])
+def test_head_masks_remove_the_weakest_heads(family, amount):
     model = small_model(family)
     cfg = model.config
-    pruned, masks = prune.prune_heads(model, n_remove)
-    assert pruned.config == cfg  # the config cannot hold fewer heads of the same size (see prune.py)
+    masks = prune.head_masks(model, amount)
     o_names = [n for n in masks if n.endswith(("o_proj.weight", "attn.c_proj.weight"))]
+    masked = prune.apply_masks(model, masks)
     only_o = prune.apply_masks(model, {n: masks[n] for n in o_names})
-    ids = np.array([[1, 5, 9, 2, 7, 30], [3, 3, 0, 36, 4, 4]])
-    np.testing.assert_allclose(pruned.logits(ids), only_o.logits(ids), rtol=1e-5, atol=1e-5)
+    # zeroing a head's o_proj columns alone already removes it
+    np.testing.assert_allclose(masked.logits(IDS), only_o.logits(IDS), rtol=1e-5, atol=1e-5)
+    n_remove = prune.heads_to_remove(cfg, amount)
+    assert n_remove == (2 if isinstance(amount, float) else amount)
     scores = prune.head_scores(model)
     for i in range(cfg.n_layer):
-        w_o = prune.linear_weights(pruned)[o_names[i]].reshape(cfg.n_embd, cfg.n_head, cfg.head_dim)
+        w_o = prune.linear_weights(masked)[o_names[i]].reshape(cfg.n_embd, cfg.n_head, cfg.head_dim)
         gone = np.flatnonzero(np.abs(w_o).sum(axis=(0, 2)) == 0)
         assert gone.size == n_remove
         if cfg.n_kv_head < cfg.n_head:  # GQA: the same number from every group
@@ -173,8 +186,47 @@ def test_pruned_heads_equal_zeroed_o_proj_columns(family, n_remove):
             assert np.all(np.bincount(groups, minlength=cfg.n_kv_head) == n_remove // cfg.n_kv_head)
         else:
             assert scores[i, gone].max() <= np.delete(scores[i], gone).min()
-    with pytest.raises(ValueError, match="n_remove"):
-        prune.head_masks(small_model("llama"), 1)  # 4 heads in 2 KV groups: remove 0, 2
+
+
+@pytest.mark.parametrize("n_kv_head, amount, new_h, new_g", [(2, 2, 2, 2), (2, 0.5, 2, 2), (1, 3, 1, 1),
+                                                             (4, 1, 3, 3), (4, 0.5, 2, 2)])
+def test_pruned_llama_heads_give_a_smaller_model_with_the_masked_logits(n_kv_head, amount, new_h, new_g):
+    model = small_model("llama", n_kv_head=n_kv_head)
+    cfg = model.config
+    smaller = prune.prune_heads(model, amount)
+    new = smaller.config
+    assert (new.n_head, new.n_kv_head, new.head_dim) == (new_h, new_g, cfg.head_dim)
+    assert new.num_params() < cfg.num_params()
+    q = smaller.params["model.layers.0.self_attn.q_proj.weight"]
+    o = smaller.params["model.layers.0.self_attn.o_proj.weight"]
+    k = smaller.params["model.layers.0.self_attn.k_proj.weight"]
+    assert q.shape == (new_h * cfg.head_dim, cfg.n_embd) and o.shape == (cfg.n_embd, new_h * cfg.head_dim)
+    assert k.shape == (new_g * cfg.head_dim, cfg.n_embd)  # GQA keeps every K/V head; MHA loses them with q
+    masked = prune.apply_masks(model, prune.head_masks(model, amount))
+    np.testing.assert_allclose(smaller.logits(IDS), masked.logits(IDS), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(smaller.generate(IDS[0, :3], 6), masked.generate(IDS[0, :3], 6))  # KV cache
+
+
+def test_pruned_gpt2_heads_stay_zeroed_in_a_same_size_model():
+    model = small_model("gpt2")
+    pruned = prune.prune_heads(model, 2)
+    assert pruned.config == model.config  # GPT-2's config needs n_head * head_dim = n_embd
+    masked = prune.apply_masks(model, prune.head_masks(model, 2))
+    for name, value in masked.params.items():
+        np.testing.assert_array_equal(pruned.params[name], value)
+
+
+def test_structured_amounts_are_checked():
+    llama = small_model("llama")  # 4 heads in 2 KV groups, F = 24
+    with pytest.raises(ValueError, match="multiple of n_kv_head = 2"):
+        prune.head_masks(llama, 1)
+    with pytest.raises(ValueError, match="at least one must stay"):
+        prune.prune_heads(llama, 4)
+    with pytest.raises(ValueError, match="at least one must stay"):
+        prune.prune_heads(llama, 0.9)  # round(0.9 * 2) = 2 of each group of 2
+    with pytest.raises(ValueError, match="at least one must stay"):
+        prune.prune_mlp_neurons(llama, 1.0)
+    assert prune.prune_mlp_neurons(llama, 0.25).config.ffn_hidden == 24 - 6
 
 
 def test_sparse_model_equals_masked_dense_model(family):

@@ -323,14 +323,11 @@ def load(path, dtype=np.float32):
         raise CheckpointError(f"{config_path}: {e}") from None
     tensors, source, metadata = _read_weights(folder)
     params = _normalise_names(tensors, config, source)
-    quantized = _quantized_names(metadata)
-    params = _check_params(params, config, source, skip=quantized)
-    params = {name: array if name in quantized else array.astype(dtype_name, copy=False)
+    params = _join_packed(params, metadata, source)  # QTensors, CSRMatrix objects from their stored tensors
+    packed = frozenset(name for name, value in params.items() if not isinstance(value, np.ndarray))
+    params = _check_params(params, config, source, skip=packed)
+    params = {name: array if name in packed else array.astype(dtype_name, copy=False)
               for name, array in params.items()}
-    if quantized:  # ggml block bytes back into QTensors (tinyinfer/quant/model.py)
-        from .quant.model import join_after_loading
-
-        params = join_after_loading(params, metadata)
     tokenizer = _load_tokenizer(folder)
 
     from .model import Model  # imported here so checkpoint.py never depends on model.py at import time
@@ -405,21 +402,33 @@ def _drop_tied_head(params: dict, cfg: ModelConfig, source: Path) -> None:
     del params["lm_head.weight"]
 
 
-def _quantized_names(metadata: dict) -> frozenset:
-    from .quant.model import QUANT_METADATA_KEY
+def _packed_kinds() -> dict:
+    """metadata key -> (class, module) of each kind of non-dense weight a file may hold.
 
-    if QUANT_METADATA_KEY not in metadata:
-        return frozenset()
-    try:
-        return frozenset(json.loads(metadata[QUANT_METADATA_KEY]))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"metadata {QUANT_METADATA_KEY!r} is not a JSON object ({e})") from None
+    Each module's split_for_saving(model) stores its weights as plain tensors and describes them
+    under its own key; join_after_loading(tensors, metadata) rebuilds them.
+    """
+    from .quant import model as quant_model
+    from .sparse import model as sparse_model
+
+    return {quant_model.QUANT_METADATA_KEY: (quant_model.QTensor, quant_model),  # ggml block bytes
+            sparse_model.SPARSE_METADATA_KEY: (sparse_model.CSRMatrix, sparse_model)}  # indptr, indices, data
+
+
+def _join_packed(params: dict, metadata: dict, source) -> dict:
+    for key, (_cls, module) in _packed_kinds().items():
+        if key in metadata:
+            try:
+                params = module.join_after_loading(params, metadata)
+            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{source}: metadata {key!r}: {e}") from None
+    return params
 
 
 def _check_params(params: dict, cfg: ModelConfig, source: Path, skip=frozenset()) -> dict[str, np.ndarray]:
     """Exactly the expected tensors, each with its shape, a float dtype and finite values.
 
-    Names in `skip` (quantized weights) must be present; QTensor checks their shapes and bytes.
+    Names in `skip` (quantized or sparse weights) must be present; their classes check their arrays.
     Returns them in param_shapes order, so a loaded model iterates like a freshly built one.
     """
     expected = param_shapes(cfg)
@@ -470,14 +479,22 @@ def save(model, path, dtype=np.float32, bos_token_id: int | None = None,
     """
     dtype_name = _dtype_name(dtype, SAVE_DTYPES, "dtype")
     cfg = model.config
-    from .quant.model import split_for_saving
-
-    quantized = frozenset(n for n, v in model.params.items() if not isinstance(v, np.ndarray))
-    params = _check_params(dict(model.params), cfg, source="model.params", skip=quantized)
-    stored, metadata = split_for_saving(model) if quantized else ({}, {})
+    packed = frozenset(n for n, v in model.params.items() if not isinstance(v, np.ndarray))
+    params = _check_params(dict(model.params), cfg, source="model.params", skip=packed)
+    stored, metadata, kinds = {}, {}, _packed_kinds().values()
+    for name in sorted(packed):
+        if not any(isinstance(model.params[name], cls) for cls, _module in kinds):
+            raise CheckpointError(f"model.params[{name!r}] is a {type(model.params[name]).__name__}; expected "
+                                  f"a float array, a QTensor or a CSRMatrix")
+    for cls, module in kinds:
+        if any(isinstance(model.params[name], cls) for name in packed):  # only the kinds present
+            tensors, described = module.split_for_saving(model)  # every param; keep this kind's tensors
+            stored.update({n: t for n, t in tensors.items()
+                           if isinstance(t, np.ndarray) and (n in packed or n not in params)})
+            metadata.update(described)
     for name, array in params.items():
-        if name in quantized:
-            continue  # already ggml block bytes
+        if name in packed:
+            continue  # already stored as its kind's plain tensors
         with np.errstate(over="ignore"):  # overflow is reported just below, naming the tensor
             stored[name] = array.astype(dtype_name, copy=False)
         _check_values(name, stored[name], source=f"model.params cast to {dtype_name}")

@@ -82,6 +82,77 @@ def cmd_train(args):
 
 
 # --------------------------------------------------------------------------------------------
+# distill
+
+
+def cmd_distill(args):
+    """Train a student preset on a teacher's softened outputs (tinyinfer/distill.py), resumably.
+
+    --labels-only trains the same student on the same batches with plain cross-entropy and no
+    teacher forward pass: the baseline that distillation has to beat. The settings go to
+    OUT/distill.json before training (so a run stopped early still says what it was) and into
+    history.json's "distill" key after it.
+    """
+    from . import load
+    from .corpus import token_stream
+    from .distill import distillation_loss_fn, record_run_settings
+    from .presets import get_preset
+    from .train import train
+
+    if not args.temperature > 0:
+        raise SystemExit(f"error: --temperature must be > 0, got {args.temperature}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise SystemExit(f"error: --alpha must be in [0, 1], got {args.alpha}")
+    model_config, tc = get_preset(args.preset)
+    for field in ("max_steps", "batch_size", "seq_len", "eval_every", "seed"):
+        if getattr(args, field) is not None:
+            setattr(tc, field, getattr(args, field))
+    if args.lr is not None:
+        tc.lr, tc.min_lr = args.lr, args.lr / 10
+    if not (Path(args.teacher).exists() or (models_dir() / args.teacher).exists()):
+        raise SystemExit(f"error: --teacher {args.teacher!r} is neither a folder nor a shipped model in {models_dir()}")
+    teacher_path = resolve_model_path(args.teacher)
+    teacher = load(teacher_path)
+    if teacher.config.vocab_size != model_config.vocab_size:
+        raise SystemExit(f"error: --teacher {args.teacher!r} has vocab_size {teacher.config.vocab_size} but the "
+                         f"{args.preset} preset has {model_config.vocab_size}; the student learns the teacher's "
+                         "distribution over tokens, so both need the same vocabulary")
+    if teacher.tokenizer is None:
+        raise SystemExit(f"error: --teacher {args.teacher!r} has no tokenizer.json; the student must use the "
+                         "teacher's tokenizer")
+    for name, n_ctx in (("teacher", teacher.config.n_ctx), (f"{args.preset} preset", model_config.n_ctx)):
+        if tc.seq_len > n_ctx:
+            raise SystemExit(f"error: --seq-len {tc.seq_len} is longer than the {name}'s context n_ctx = {n_ctx}")
+
+    out_dir = Path(args.out or f"runs/{args.preset}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"teacher": str(teacher_path), "teacher_params": teacher.num_params(),
+                "labels_only": args.labels_only,
+                "temperature": None if args.labels_only else args.temperature,
+                "alpha": None if args.labels_only else args.alpha}
+    record_run_settings(out_dir, settings)  # refuses to resume with other settings
+    teacher.tokenizer.save(out_dir / "tokenizer.json")  # the student speaks the teacher's tokens
+
+    train_stream = token_stream(teacher.tokenizer, "train", args.max_docs)
+    val_stream = token_stream(teacher.tokenizer, "val", args.max_docs)
+    loss = ("cross-entropy on the labels only" if args.labels_only else
+            f"KD at temperature {args.temperature}, alpha {args.alpha}")
+    print(f"{args.preset}: {model_config.num_params():,} parameters "
+          f"({model_config.num_params() / teacher.num_params():.1%} of the teacher's {teacher.num_params():,}); "
+          f"{loss}; {len(train_stream):,} training tokens, {tc.max_steps * tc.batch_size * tc.seq_len:,} planned")
+    loss_fn = None if args.labels_only else distillation_loss_fn(teacher, args.temperature, args.alpha)
+    t0 = time.time()
+    train(model_config, tc, train_stream, val_stream, out_dir, tokenizer=teacher.tokenizer,
+          max_minutes=args.max_minutes, loss_fn=loss_fn)
+    # train() starts history.json afresh on a new run but keeps unknown keys when it resumes
+    history_path = out_dir / "history.json"
+    history = json.loads(history_path.read_text())
+    history["distill"] = settings
+    history_path.write_text(json.dumps(history, indent=1))
+    print(f"done in {time.time() - t0:.0f} s; student in {out_dir}")
+
+
+# --------------------------------------------------------------------------------------------
 # eval and generate
 
 
@@ -132,6 +203,35 @@ def cmd_quantize(args):
           f"{weight_bytes(qmodel) / 1e6:.2f} MB; written to {args.out}")
 
 
+def cmd_prune(args):
+    """One-shot pruning (no fine-tuning), then CSR for the layers sparse enough to pay, then save."""
+    from . import load, save
+    from .sparse.model import DEFAULT_MIN_SPARSITY, prune_model, sparsify_model, sparsity_report, weight_stats
+
+    min_sparsity = DEFAULT_MIN_SPARSITY if args.min_sparsity is None else args.min_sparsity
+    model = load(resolve_model_path(args.model))
+    calib_ids = None
+    if args.method == "wanda":
+        from .corpus import token_stream
+        from .evaluate import eval_windows
+
+        if model.tokenizer is None:
+            raise SystemExit("error: wanda calibrates on corpus text, but the model folder has no tokenizer.json")
+        seq_len = min(args.calib_seq_len, model.config.n_ctx)
+        calib_ids = eval_windows(token_stream(model.tokenizer, "train"), seq_len, args.calib_windows)[:, :-1]
+    pruned = prune_model(model, args.method, args.amount, calib_ids)
+    stored = sparsify_model(pruned, None, min_sparsity=min_sparsity)
+    save(stored, args.out)
+    layers = sparsity_report(stored).values()
+    n_csr = sum(kind == "csr" for _, kind in layers)
+    print(f"{args.method} {args.amount}: {n_csr} of {len(layers)} linear layers stored as CSR "
+          f"(sparsity >= {min_sparsity}), the rest dense")
+    before, after = weight_stats(model), weight_stats(stored)
+    for key in ("params", "nonzeros", "bytes"):
+        print(f"  {key:9s} {before[key]:>12,} -> {after[key]:>12,}  ({after[key] / before[key]:.1%})")
+    print(f"written to {args.out}; measure the damage with: tinyinfer eval --model {args.out}")
+
+
 def cmd_bench(args):
     from .bench import engine, foundation, quant, sparse
 
@@ -171,6 +271,25 @@ def build_parser():
     p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("distill", help="train a student preset on a teacher's soft targets (resumable)")
+    p.add_argument("--teacher", default="teacher", help="teacher model folder or shipped model name (default teacher)")
+    p.add_argument("--preset", default="student", help="the student's preset (default student)")
+    p.add_argument("--out", help="output folder (default runs/PRESET); an existing run there is resumed")
+    p.add_argument("--temperature", type=float, default=2.0, help="softens both distributions (> 0, default 2)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="weight of the KD term; 1 - alpha goes to the labels' cross-entropy (default 0.5)")
+    p.add_argument("--labels-only", action="store_true",
+                   help="plain cross-entropy, no teacher forward pass: the baseline to compare against")
+    p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) when this much time has passed")
+    p.add_argument("--max-steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (the cosine ends at a tenth of it)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("eval", help="held-out loss, perplexity and top-1 accuracy on the embedded corpus")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     p.add_argument("--seq-len", type=int, default=256)
@@ -194,6 +313,25 @@ def build_parser():
     p.add_argument("--out", required=True, help="output folder (loadable with tinyinfer.load)")
     p.add_argument("--quantize-head", action="store_true", help="also quantize an untied output head")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("prune", help="prune once (no fine-tuning), store sparse layers as CSR, save",
+                       description="One-shot pruning: weights are removed and nothing is retrained, so "
+                                   "expect the held-out loss to rise (check it with tinyinfer eval). Layers "
+                                   "at least --min-sparsity zeros are stored as CSR, the rest dense.")
+    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+    p.add_argument("--method", required=True, choices=["magnitude", "global", "wanda", "2:4", "heads", "neurons"],
+                   help="magnitude: smallest |w| per layer; global: smallest |w| over all layers; wanda: "
+                        "|w| x input norm per row (calibrated); 2:4: 2 of every 4; heads / neurons: whole "
+                        "attention heads / MLP neurons (a smaller dense model)")
+    p.add_argument("--amount", type=float, default=0.5,
+                   help="fraction to remove, per layer (global: overall); 2:4 needs 0.5 (default 0.5)")
+    p.add_argument("--out", required=True, help="output folder (loadable with tinyinfer.load)")
+    p.add_argument("--calib-windows", type=int, default=32, help="wanda: windows of training text (default 32)")
+    p.add_argument("--calib-seq-len", type=int, default=256, help="wanda: tokens per window (default 256)")
+    p.add_argument("--min-sparsity", type=float, default=None,
+                   help="store a layer as CSR from this fraction of zeros (default: the measured speed "
+                        "crossover, tinyinfer/sparse/model.py DEFAULT_MIN_SPARSITY)")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("bench", help="speed, as ratios measured in one process against a baseline")
     p.add_argument("suite", nargs="?", default="foundation", choices=["foundation", "engine", "quant", "sparse"],

@@ -76,3 +76,26 @@ def distillation_loss_fn(teacher, temperature=2.0, alpha=0.5):
         return loss, backward(kd_loss_backward(1.0, cache), params, config, caches)
 
     return loss_fn
+
+
+def record_run_settings(out_dir, settings: dict):
+    """Write out_dir/distill.json, or refuse (ValueError naming the flags) if a run there differs.
+
+    A resumed run must keep its loss: one whose temperature, alpha or teacher changed half-way
+    compares with nothing. settings: {"teacher": path, "labels_only", "temperature", "alpha", ...}.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(out_dir) / "distill.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        keys = ["labels_only"] if before.get("labels_only") != settings["labels_only"] else ["temperature", "alpha"]
+        changed = [f"--{key.replace('_', '-')} (was {before.get(key)}, now {settings[key]})"
+                   for key in keys if before.get(key) != settings[key]]
+        if Path(before["teacher"]).resolve() != Path(settings["teacher"]).resolve():
+            changed.append(f"--teacher (was {before['teacher']}, now {settings['teacher']})")
+        if changed:
+            raise ValueError(f"{out_dir} holds a run with other settings: {', '.join(changed)}; "
+                             "resume with the same settings or choose a new --out")
+    path.write_text(json.dumps(settings, indent=1))

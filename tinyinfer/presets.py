@@ -7,6 +7,8 @@ teacher  LLaMA family, 2.16M parameters, trained on 21.5M tokens (~10 tokens per
          is taken against it.
 tiny     LLaMA family, ~160K parameters, a few minutes of training: the model of the fast tests.
          Same tokenizer as the teacher.
+student  LLaMA family, 209K parameters (9.7% of the teacher), one layer: the model that
+         `tinyinfer distill` trains from the teacher (lessons/06-distillation.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,28 @@ PRESETS = {
                     n_kv_head=2, n_ctx=256, ffn_hidden=192, tie_word_embeddings=True),
         TrainConfig(seq_len=128, batch_size=8, max_steps=1500, lr=3e-3, min_lr=3e-4,
                     warmup_steps=100, eval_every=250, eval_windows=32),
+    ),
+    # 98,304 (embedding, tied head) + 1 * 110,784 (block) + 96 (final norm) = 209,184 parameters,
+    # 9.66% of the teacher's 2,164,800 (the budget is 10%).
+    #
+    # Why one wide layer and not two or three narrow ones: at this size a batch-1 decode step is
+    # not arithmetic but Python and NumPy call overhead, paid once per op, and the ops come per
+    # layer. Measured on 2 cores, random weights, 64 tokens after a 16-token prompt, as ratios
+    # against the teacher's shape in one process:
+    #     2 layers, C=64  (164K): 3.9x     2 layers, C=32 (58K): 4.3x   <- halving C buys ~10%
+    #     3 layers, C=64  (213K): 2.8x     1 layer,  C=96 (209K): 6.2x  <- dropping a layer buys ~55%
+    # (~0.075 ms per layer and ~0.035 ms fixed per token, whatever C). So the >= 5x decode target
+    # is met only by one layer, and the parameter budget then goes into channels. The price: one
+    # layer cannot form an induction head (copying a name seen earlier takes two attention
+    # layers in series), which is exactly the kind of skill distillation is asked to make up for.
+    "student": (
+        ModelConfig(family="llama", vocab_size=TOKENIZER_VOCAB, n_layer=1, n_embd=96, n_head=4,
+                    n_kv_head=2, n_ctx=512, ffn_hidden=288, tie_word_embeddings=True),
+        # 4000 steps x 8 x 256 = 8.2M tokens (~39 per parameter). Distilling, the teacher's forward
+        # pass is ~3/4 of a step (measured ~5.6K tokens/s on 2 cores: ~25 minutes); --labels-only
+        # (no teacher) runs ~4x faster over the same tokens, for the fair comparison.
+        TrainConfig(seq_len=256, batch_size=8, max_steps=4000, lr=3e-3, min_lr=3e-4,
+                    warmup_steps=200, eval_every=500, eval_windows=48),
     ),
 }
 

@@ -29,20 +29,27 @@ gives a model's linear weights that way (GPT-2's Conv1D weights stored (K, N) ar
 `to_param_layout(masks, config)` turns (N, K) masks back into the shapes of model.params, which
 AdamW.step and sparsify_model take.
 
-Structured (whole heads or neurons, so the matrices get smaller and stay dense):
+Structured (whole heads or neurons, so the matrices get smaller and stay dense). `amount` is an
+int (that many units removed from every layer) or a float in [0, 1] (that fraction of each layer's
+units, rounded as count_to_prune does). One-shot: nothing is fine-tuned afterwards.
 
 * prune_mlp_neurons: drop the F-neurons whose down_proj column has the smallest L2 norm; the result
   is a smaller dense Model with ffn_hidden = F - n_remove. ModelConfig has one ffn_hidden for all
   layers, so every layer loses the same number (per-layer widths would need a config change).
 * prune_heads: drop the attention heads whose o_proj columns have the smallest L2 norm. Dropping a
-  head is exactly zeroing its o_proj columns (its output can no longer reach the residual stream).
-  ModelConfig derives the head dim as n_embd / n_head, so a config with fewer heads of the same
-  size cannot be expressed: prune_heads returns the same-sized model with the heads zeroed (q rows,
-  o_proj columns, and for plain multi-head attention the head's k/v rows too), plus the masks.
-  GQA (n_kv_head < n_head): we remove *query heads within groups*, the same number from every KV
-  group, and keep every K/V head. Removing a whole K/V group would cut n_head/n_kv_head query heads
-  at once (coarse), and an uneven removal could never become a valid config (n_head must stay a
-  multiple of n_kv_head). The price: the KV cache does not shrink.
+  head is exactly zeroing its o_proj columns (its output can no longer reach the residual stream),
+  so the pruned model's logits equal those of the same-size model with head_masks applied.
+  LLaMA: a genuinely smaller dense Model. Its config keeps head_dim D and sets n_head = H - n_remove
+  (ModelConfig.head_dim lets H' * D differ from C); q_proj loses the heads' D-row blocks and
+  o_proj their D-column blocks. GQA (n_kv_head G < H): we remove *query heads within groups*, the
+  same number from every KV group, and keep every K/V head, so H' stays a multiple of G. Removing
+  a whole K/V group would cut H/G query heads at once (coarse), and an uneven removal could never
+  become a valid config. The price: k_proj, v_proj and the KV cache do not shrink. Plain
+  multi-head attention (G = H): a removed head takes its own K/V head with it, so G' = H' and
+  k_proj / v_proj shrink too.
+  GPT-2: its config requires H * D = C (HF's GPT2Config has no head_dim), so prune_heads returns
+  the same-size model with the heads zeroed (their q, k, v rows and biases in c_attn, their c_proj
+  rows); only the zeros show it.
 """
 from __future__ import annotations
 
@@ -196,26 +203,34 @@ def apply_masks(model: Model, masks: dict) -> Model:
     return Model(model.config, params, model.tokenizer)
 
 
-def collect_input_norms(model: Model, ids) -> dict:
+def collect_input_norms(model: Model, ids, batch_size: int | None = None) -> dict:
     """name -> float32 (K,): ||X[:, k]||_2 of each linear layer's input over all calibration tokens.
 
-    ids: (T,) or (B, T) token ids. Runs the training forward once with caches; each linear layer's
+    ids: (T,) or (B, T) token ids. Runs the training forward with caches; each linear layer's
     cache holds its input x (B, T, K) under the layer's name (tinyinfer/model.py, ops.linear_forward).
+    batch_size: run that many rows of ids at a time (the caches of every layer are held at once,
+    so a large calibration set would not fit otherwise); squared norms add up across batches.
     """
     arr, _ = model.check_ids(ids)
-    caches = {}
-    forward(model.params, model.config, arr, caches=caches)
-    norms = {}
-    for name in linear_weight_names(model.config):
-        i = int(name.split(".")[2])  # "model.layers.3.self_attn..." / "transformer.h.3.attn..."
-        x = caches["layers"][i][name[: -len(".weight")]][0]  # (B, T, K)
-        x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        norms[name] = np.sqrt((x2 * x2).sum(axis=0)).astype(np.float32)
-    return norms
+    arr = arr.reshape(-1, arr.shape[-1])  # (B, T)
+    step = arr.shape[0] if batch_size is None else int(batch_size)
+    if step < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    names = linear_weight_names(model.config)
+    sum_sq = {}
+    for start in range(0, arr.shape[0], step):
+        caches = {}
+        forward(model.params, model.config, arr[start:start + step], caches=caches)
+        for name in names:
+            i = int(name.split(".")[2])  # "model.layers.3.self_attn..." / "transformer.h.3.attn..."
+            x = caches["layers"][i][name[: -len(".weight")]][0]  # (B, T, K)
+            x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            sum_sq[name] = sum_sq.get(name, 0.0) + (x2 * x2).sum(axis=0)  # (K,)
+    return {name: np.sqrt(sum_sq[name]).astype(np.float32) for name in names}
 
 
 # --------------------------------------------------------------------------------------------
-# structured: MLP neurons (a smaller dense model) and attention heads (zeroed, see the docstring)
+# structured: MLP neurons and attention heads (smaller dense models; GPT-2 heads zeroed)
 
 
 def _lowest_per_layer(scores, n_remove):
@@ -230,11 +245,19 @@ def neuron_scores(model: Model) -> np.ndarray:
                      for i in range(cfg.n_layer)])
 
 
-def mlp_neuron_masks(model: Model, n_remove: int) -> dict:
-    """Masks (param layout) zeroing the n_remove lowest-scoring neurons of every layer."""
+def neurons_to_remove(config, amount) -> int:
+    """How many MLP neurons every layer loses: an int as is, a float as a fraction of F (at least one stays)."""
+    F = config.ffn_hidden
+    n_remove = count_to_prune(amount, F)
+    if n_remove >= F:
+        raise ValueError(f"amount = {amount!r} would remove all {F} MLP neurons of a layer; at least one must stay")
+    return n_remove
+
+
+def mlp_neuron_masks(model: Model, amount) -> dict:
+    """Masks (param layout) zeroing the lowest-scoring neurons of every layer (see neurons_to_remove)."""
     cfg = model.config
-    if not isinstance(n_remove, int) or not 0 <= n_remove < cfg.ffn_hidden:
-        raise ValueError(f"n_remove must be an int in 0 .. ffn_hidden-1 = {cfg.ffn_hidden - 1}, got {n_remove!r}")
+    n_remove = neurons_to_remove(cfg, amount)
     masks = {}
     for i, gone in enumerate(_lowest_per_layer(neuron_scores(model), n_remove)):
         names = layer_names(cfg, i)
@@ -255,13 +278,13 @@ def mlp_neuron_masks(model: Model, n_remove: int) -> dict:
     return to_param_layout(masks, cfg)
 
 
-def prune_mlp_neurons(model: Model, n_remove: int) -> Model:
+def prune_mlp_neurons(model: Model, amount) -> Model:
     """A smaller dense Model: n_remove MLP neurons fewer in every layer (ffn_hidden - n_remove).
 
     Its logits equal those of the full model with mlp_neuron_masks applied.
     """
-    mlp_neuron_masks(model, n_remove)  # the same argument checks
     cfg = model.config
+    n_remove = neurons_to_remove(cfg, amount)
     new_cfg = ModelConfig.from_dict({**cfg.to_dict(), "ffn_hidden": cfg.ffn_hidden - n_remove})
     params = dict(model.params)
     gpt2 = cfg.family == "gpt2"
@@ -287,22 +310,47 @@ def head_scores(model: Model) -> np.ndarray:
                                     axis=(0, 2)) for i in range(cfg.n_layer)])
 
 
-def head_masks(model: Model, n_remove: int) -> dict:
-    """Masks (param layout) removing n_remove query heads per layer (see the module docstring for GQA)."""
+def heads_to_remove(config, amount) -> int:
+    """How many query heads every layer loses: an int as is, a float as a fraction of H.
+
+    Under GQA the count is per KV group (round(amount * H/G) from each of the G groups), so an int
+    must be a multiple of G. At least one head (per group) must stay.
+    """
+    H, G = config.n_head, config.n_kv_head
+    per_group = H // G
+    if G < H and isinstance(amount, (float, np.floating)):
+        n_remove = G * count_to_prune(amount, per_group)  # the same fraction of every group
+    else:
+        n_remove = count_to_prune(amount, H)
+    if G < H and n_remove % G:
+        raise ValueError(f"amount = {amount!r} heads must be a multiple of n_kv_head = {G} "
+                         f"(the same number from each of the {G} KV groups of {per_group} heads)")
+    if n_remove >= H:
+        raise ValueError(f"amount = {amount!r} would remove all {H // G if G < H else H} heads "
+                         f"{'of each KV group' if G < H else 'of a layer'}; at least one must stay")
+    return n_remove
+
+
+def heads_removed(model: Model, amount) -> list:
+    """Per layer, the sorted indices of the query heads to remove (lowest head_scores; GQA: per group)."""
+    cfg = model.config
+    H, G = cfg.n_head, cfg.n_kv_head
+    n_remove, per_group = heads_to_remove(cfg, amount), H // G
+    scores = head_scores(model)  # (L, H)
+    if G == H:
+        return _lowest_per_layer(scores, n_remove)
+    # the lowest n_remove/G query heads inside each group; K/V heads stay
+    return [np.sort(np.concatenate([g * per_group + np.argsort(s[g * per_group:(g + 1) * per_group],
+                                                               kind="stable")[: n_remove // G]
+                                    for g in range(G)])) for s in scores]
+
+
+def head_masks(model: Model, amount) -> dict:
+    """Masks (param layout) zeroing the removed query heads of every layer (see heads_removed)."""
     cfg = model.config
     H, G, D, C = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_embd
-    per_group = H // G
-    if not isinstance(n_remove, int) or not 0 <= n_remove < H or (G < H and n_remove % G):
-        need = f"a multiple of n_kv_head = {G} (the same number from every KV group)" if G < H else "an int"
-        raise ValueError(f"n_remove must be {need} in 0 .. n_head-1 = {H - 1}, got {n_remove!r}")
-    scores = head_scores(model)  # (L, H)
     masks = {}
-    for i in range(cfg.n_layer):
-        if G < H:  # the lowest n_remove/G query heads inside each group; K/V heads stay
-            gone = np.concatenate([g * per_group + np.argsort(scores[i, g * per_group:(g + 1) * per_group],
-                                                              kind="stable")[: n_remove // G] for g in range(G)])
-        else:
-            gone = np.argsort(scores[i], kind="stable")[:n_remove]
+    for i, gone in enumerate(heads_removed(model, amount)):
         names = layer_names(cfg, i)
         out_rows = np.ones((H, D), np.float32)  # one flag per output feature of q (and k, v under MHA)
         out_rows[gone] = 0
@@ -321,7 +369,32 @@ def head_masks(model: Model, n_remove: int) -> dict:
     return to_param_layout(masks, cfg)
 
 
-def prune_heads(model: Model, n_remove: int):
-    """(model with n_remove heads per layer zeroed, the masks). Same config: see the module docstring."""
-    masks = head_masks(model, n_remove)
-    return apply_masks(model, masks), masks
+def prune_heads(model: Model, amount) -> Model:
+    """Remove `amount` query heads per layer (an int, or a float fraction of H; see heads_to_remove).
+
+    LLaMA: a smaller dense Model (n_head - n_remove heads of the same head_dim; under MHA also
+    n_kv_head - n_remove). GPT-2: the same-size model with the heads zeroed, because its config
+    requires n_head * head_dim = n_embd. Either way the logits equal
+    `apply_masks(model, head_masks(model, amount))`'s. See the module docstring for GQA.
+    """
+    cfg = model.config
+    if cfg.family == "gpt2":
+        return apply_masks(model, head_masks(model, amount))
+    H, G, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+    removed = heads_removed(model, amount)
+    n_remove = len(removed[0]) if removed else 0
+    new_cfg = ModelConfig.from_dict({**cfg.to_dict(), "n_head": H - n_remove,
+                                     "n_kv_head": G - n_remove if G == H else G})
+    params = dict(model.params)
+    for i, gone in enumerate(removed):
+        keep = np.setdiff1d(np.arange(H), gone)  # (H',) sorted: heads (and their KV groups) stay in order
+        rows = (keep[:, None] * D + np.arange(D)[None, :]).reshape(-1)  # (H'*D,) features of kept heads
+        names = layer_names(cfg, i)
+        q, o = names["q"] + ".weight", names["o"] + ".weight"
+        params[q] = np.ascontiguousarray(params[q][rows])  # (H*D, C) -> (H'*D, C)
+        params[o] = np.ascontiguousarray(params[o][:, rows])  # (C, H*D) -> (C, H'*D)
+        if G == H:  # plain multi-head: head h reads K/V head h, which goes with it
+            for role in ("k", "v"):
+                name = names[role] + ".weight"
+                params[name] = np.ascontiguousarray(params[name][rows])  # (G*D, C) -> (G'*D, C)
+    return Model(new_cfg, params, model.tokenizer)
