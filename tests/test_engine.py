@@ -54,12 +54,48 @@ def test_paged_logits_equal_full_recompute(family):
         batch = [(seq, c[step]) for seq, c in zip(seqs, chunks) if step < len(c)]
         for seq, n in batch:
             manager.append(seq, n)
-        logits, query_start = runner.forward([s for s, _ in batch], [n for _, n in batch])  # (T, V)
+        ns = [n for _, n in batch]
+        snapshot = [(b.copy(), v.copy()) for b, v in zip(runner.kv_cache.key_cache, runner.kv_cache.value_cache)]
+        last = runner.forward([s for s, _ in batch], ns)  # (S, V): what the engine samples from
+        for layer, (b, v) in enumerate(snapshot):  # undo the step's cache writes, then feed it again
+            runner.kv_cache.key_cache[layer][:], runner.kv_cache.value_cache[layer][:] = b, v
+        logits = runner.forward([s for s, _ in batch], ns, all_columns=True)  # (T, V)
+        query_start = np.concatenate([[0], np.cumsum(ns)])
+        np.testing.assert_allclose(last, logits[query_start[1:] - 1], rtol=1e-12, atol=1e-12)
         for (seq, n), a in zip(batch, query_start):
             start = seq.num_computed_tokens
             np.testing.assert_allclose(logits[a:a + n], full[int(seq.request_id)][start:start + n],
                                        rtol=1e-10, atol=1e-10)
             seq.num_computed_tokens += n
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_batched_decode_attention_equals_full_recompute(family):
+    """Several sequences of different lengths decoding together (the batched path of attend),
+    mixed with one still prefilling (the per-sequence path), give a full recompute's logits."""
+    model = small_model(family, dtype=np.float64, seed=2, n_ctx=40)
+    block_size, num_blocks = 4, 40
+    runner = ModelRunner(model, num_blocks, block_size)
+    manager = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+    rng = np.random.default_rng(1)
+    manager.free_block_ids = type(manager.free_block_ids)(rng.permutation(num_blocks).tolist())
+    lengths = [13, 6, 22, 9]
+    seqs = [Sequence(str(i), rng.integers(0, 37, n).tolist(), SamplingParams(), block_size, 0.0)
+            for i, n in enumerate(lengths)]
+    full = [forward(model.params, model.config, np.array([seq.token_ids]))[0] for seq in seqs]
+    # prefill all but the last 4 tokens of the first three; the fourth prefills in chunks meanwhile
+    plan = [[n - 4, 1, 1, 1, 1] for n in lengths[:3]] + [[2, 2, 2, 2, 1]]
+    for step in range(5):
+        batch = [(seq, p[step]) for seq, p in zip(seqs, plan)]
+        for seq, n in batch:
+            manager.append(seq, n)
+        ns = [n for _, n in batch]
+        last = runner.forward([s for s, _ in batch], ns)  # (S, V)
+        assert len(runner.kv_cache.decode_seqs) == [0, 3, 3, 3, 4][step]  # batched ones
+        for (seq, n), row in zip(batch, last):
+            seq.num_computed_tokens += n
+            np.testing.assert_allclose(row, full[int(seq.request_id)][seq.num_computed_tokens - 1],
+                                       rtol=1e-10, atol=1e-10)
 
 
 # ---- greedy tokens do not depend on the batch ---------------------------------------------------

@@ -160,11 +160,15 @@ def block_forward(x, params, config, i, positions, kv_cache=None, caches=None):
     return x + _linear(a, params, config, names["down"], caches)
 
 
-def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positions=None):
+def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positions=None,
+            logits_rows=None):
     """ids: int (B, T) at positions start_pos .. start_pos+T-1 -> logits (B, T, V).
 
     positions (T,) overrides start_pos with any positions, one per column: the engine packs the
     new tokens of many sequences into one row (B = 1) and its cache keeps them apart.
+    logits_rows (R,) int: compute logits only for these columns -> (B, R, V). Inference needs
+    the next-token logits of a sequence's last column only; the (T, C) @ (C, V) head over a whole
+    prompt is often the largest product of a prefill (V = 4096 > C = 192 for the teacher).
     caches: pass a dict to collect everything backward() needs (training).
     """
     B, T = ids.shape
@@ -181,6 +185,10 @@ def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positi
         x = block_forward(x, params, config, i, positions, kv_cache, layer_cache)
         if caches is not None:
             caches["layers"].append(layer_cache)
+    if logits_rows is not None:
+        if caches is not None:
+            raise ValueError("logits_rows is for inference; training (caches given) needs every column")
+        x = x[:, logits_rows]  # (B, R, C)
     x, c = _norm_forward(x, params, config, final_norm_name(config))
     head = params[head_name(config)]  # (V, C)
     if caches is not None:
@@ -363,7 +371,7 @@ class Model:
         cache = ContiguousKVCache(self.config, B, self.dtype, max_len=T + max_new_tokens)
         out = np.zeros((B, T + max_new_tokens), dtype=np.int64)
         out[:, :T] = arr
-        logits = forward(self.params, self.config, arr, 0, cache)[:, -1]  # prefill: (B, V)
+        logits = forward(self.params, self.config, arr, 0, cache, logits_rows=[-1])[:, -1]  # prefill: (B, V)
         done = np.zeros(B, dtype=bool)
         for step in range(max_new_tokens):
             nxt = np.array([sample_token(logits[b], rngs[b], temperature, top_k, top_p) for b in range(B)])

@@ -40,21 +40,24 @@ class ModelRunner:
         ids = np.array([t for chunk in ids for t in chunk], dtype=np.int64)[None, :]  # (1, T)
         return ids, np.concatenate(positions), step
 
-    def forward(self, seqs: list[Sequence], num_new_tokens: list[int]):
-        """Feed each seq its next num_new_tokens in one packed pass -> (logits (T, V), query_start (S+1,))."""
+    def forward(self, seqs: list[Sequence], num_new_tokens: list[int], all_columns: bool = False):
+        """Feed each seq its next num_new_tokens in one packed pass -> logits (S, V) of each
+        sequence's last fed column (the only ones that predict a token), or, with all_columns,
+        of every packed column (T, V) (tests compare those with a full recompute)."""
         ids, positions, step = self.prepare(seqs, num_new_tokens)
         self.kv_cache.set_step(step)
         model = self.model
-        logits = forward(model.params, model.config, ids, kv_cache=self.kv_cache, positions=positions)
-        return logits[0], step.query_start  # (T, V)
+        last = None if all_columns else step.query_start[1:] - 1  # (S,)
+        logits = forward(model.params, model.config, ids, kv_cache=self.kv_cache, positions=positions,
+                         logits_rows=last)
+        return logits[0]  # (S, V) or (T, V)
 
     def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> list[int | None]:
         """One step: feed each seq its num_new_tokens; a token for each seq whose chunk reached
         its last token (None for a prefill chunk that stops short of it)."""
-        logits, query_start = self.forward(seqs, num_new_tokens)  # (T, V), (S+1,)
-        last = query_start[1:] - 1  # (S,): each sequence's last fed column predicts its next token
+        logits = self.forward(seqs, num_new_tokens)  # (S, V)
         tokens = []
-        for seq, n, row in zip(seqs, num_new_tokens, logits[last]):  # row: (V,)
+        for seq, n, row in zip(seqs, num_new_tokens, logits):  # row: (V,)
             if seq.num_computed_tokens + n < seq.num_tokens:
                 tokens.append(None)  # a middle chunk of a long prompt: nothing to sample yet
                 continue
