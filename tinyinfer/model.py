@@ -167,8 +167,8 @@ def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positi
     positions (T,) overrides start_pos with any positions, one per column: the engine packs the
     new tokens of many sequences into one row (B = 1) and its cache keeps them apart.
     logits_rows (R,) int: compute logits only for these columns -> (B, R, V). Inference needs
-    the next-token logits of a sequence's last column only; the (T, C) @ (C, V) head over a whole
-    prompt is often the largest product of a prefill (V = 4096 > C = 192 for the teacher).
+    the next-token logits of a sequence's last column only, and the (T, C) @ (C, V) head over a
+    whole prompt is wasted work (V = 1024 is 5x C = 192 for the teacher: a big share of a prefill).
     caches: pass a dict to collect everything backward() needs (training).
     """
     B, T = ids.shape
