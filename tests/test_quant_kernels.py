@@ -149,3 +149,26 @@ def test_large_problem_takes_the_parallel_path_and_agrees():
         for parallel in (False, True):
             out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
             assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_extreme_quants_pair_sums_stay_exact(fmt, parallel):
+    # The block step adds neighbouring products in int32 (vpmaddwd): with every weight quant at its
+    # extreme (-128 for q8_0 as a GGUF file may hold, -8 for q4_0) and x at +-127, a block's sum is
+    # as large as it gets; integers that large are exact in float32, so the only error left is the
+    # float32 rounding of the scaled sums.
+    rng = np.random.default_rng(4)
+    N, NB = 7, 5
+    w_scales = rng.uniform(0.5, 2, (N, NB)).astype(np.float32)
+    if fmt == "q8_0":
+        w_quants = rng.choice(np.array([-128, 127, -127], np.int8), size=(N, NB, BLOCK))
+    else:
+        w_quants = np.zeros((N, NB, BLOCK // 2), np.uint8)  # every nibble 0: the value -8
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), size=(3, NB * BLOCK))  # quantizes to +-127
+    ref = quantized_matmul_reference(fmt, w_scales, w_quants, x)
+    out = kernels.quantized_matmul(fmt, w_scales, w_quants, x, parallel=parallel)
+    xq, xd = quantize_activations(x)
+    wq = w_quants.astype(np.float32) if fmt == "q8_0" else np.full((N, NB, BLOCK), -8.0, np.float32)
+    terms = np.einsum("bkj,nkj,bk,nk->bn", np.abs(xq.astype(np.float32)), np.abs(wq), xd, w_scales)
+    assert np.all(np.abs(out - ref) <= 1e-5 * terms)

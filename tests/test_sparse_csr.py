@@ -147,3 +147,18 @@ def test_constructor_checks_the_arrays():
         CSRMatrix(m.indptr, m.indices, m.data, (3, 2))
     with pytest.raises(TypeError, match="data must be a 1-D float32"):
         CSRMatrix(m.indptr, m.indices, m.data.astype(np.float64), (3, 3))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_spmv_every_row_length_around_the_unroll(parallel):
+    # The SpMV takes four nonzeros a step, then the last 0..3 one by one: rows of 0..13 nonzeros.
+    rng = np.random.default_rng(5)
+    N, K = 14, 20
+    w = np.zeros((N, K), np.float32)
+    for n in range(N):
+        w[n, rng.choice(K, size=n, replace=False)] = rng.standard_normal(n)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    m = CSRMatrix.from_dense(w)
+    out = kernels.csr_matmul(m.indptr, m.indices, m.data, N, x, parallel=parallel)
+    ref = csr_matmul_reference(m.indptr, m.indices, m.data, N, x)
+    assert np.all(np.abs(out - ref) <= tolerance(w, x))

@@ -26,7 +26,7 @@ def _no_fastmath_kernels():
     from ..quant import kernels
 
     return {name: njit(fastmath=False)(getattr(kernels, name).py_func)
-            for name in ("q8_0_matvec_rows", "q4_0_matvec_rows", "q8_0_matmul_rows", "q4_0_matmul_rows")}
+            for name in ("q8_0_rows", "q4_0_rows")}
 
 
 def _variant_call(fmt, qt, x, rows_kernel):
@@ -42,12 +42,7 @@ def _variant_call(fmt, qt, x, rows_kernel):
         xd = np.empty((B, NB), np.float32)
         kernels.quantize_activations(x, xq, xd)
         out = np.empty((B, N), np.float32)
-        if B == 1:
-            wq = qt.quants if fmt == "q8_0" else qt.quants.view(np.uint64)
-            rows_kernel(qt._scales_f32, wq, xd[0], xq[0], out[0], 0, N)
-        else:
-            xqT = np.ascontiguousarray(xq.astype(np.float32).transpose(1, 2, 0))
-            rows_kernel(qt._scales_f32, qt.quants, np.ascontiguousarray(xd.T), xqT, out, 0, N)
+        rows_kernel(qt._scales_f32, qt.quants, xd, xq.astype(np.int16), out, 0, N)
         return out
     return call
 
@@ -77,8 +72,7 @@ def run(n=4096, k=4096, batch=32, rounds=7, variants=False, seed=0):
                 cases[f"{fmt} matmul B={batch} {tag}"] = (
                     lambda par=par: kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, xb, par), lambda: xb @ W.T)
             for shape, x, base in (("matvec B=1", x1b, lambda: W @ x1), (f"matmul B={batch}", xb, lambda: xb @ W.T)):
-                name = f"{fmt}_{'matvec' if x.shape[0] == 1 else 'matmul'}_rows"
-                call = _variant_call(fmt, qt, x, slow[name])
+                call = _variant_call(fmt, qt, x, slow[f"{fmt}_rows"])
                 call()  # compile
                 cases[f"{fmt} {shape} serial no-fastmath"] = (call, base)
         for label, (fast, base) in cases.items():

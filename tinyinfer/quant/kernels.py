@@ -9,21 +9,31 @@ integer products, exact, times the two scales:
     out[b, n] = sum over blocks k of  (sum_j xq[b,k,j] * wq[n,k,j]) * xd[b,k] * wd[n,k]
 
 `formats.quantized_matmul_reference` is the same formula in NumPy; tests/test_quant_kernels.py
-checks every kernel against it. Two shapes of work need two loop orders:
+checks every kernel against it.
 
-* decode, x: (1, K) -> `*_matvec_rows`. One long row of W at a time; each block's 32 products
-  are summed in an int32 slot. Numba widens small integers to int64 (slow: vpmuldq); an int32
-  accumulator over a loop whose length is a run-time value (32, but not a literal) lets LLVM's loop
-  vectorizer emit vpmaddwd, int16 pairs multiplied and added into int32. The per-block sums go
-  to a float32 buffer and a second, vectorized loop multiplies them by the scales.
-* prefill/batch, x: (B, K) -> `*_matmul_rows`. The batch goes innermost: for each weight w[n,k,j],
-  `sums[b] += w * xq[b,k,j]` over b is a plain vector multiply-add with no horizontal sums. It is
-  done in float32, which is still exact: every partial sum is an integer below 32*127*127 < 2**24.
-  Four rows of W share each load of x.
+One kernel, `*_rows`, serves decode (B = 1) and batches, in llama.cpp's shape: no horizontal sum
+per block. A block's 32 int8 products are added in neighbouring pairs into 16 int32 lanes (exact;
+x86's vpmaddwd does exactly this), the lanes are converted to float32 and multiplied by the
+block's combined scale wd[n,k] * xd[b,k] into 16 float32 accumulator lanes (one fused multiply-add),
+and the lanes are summed once per output. On AVX-512 that is 4 instructions a block:
+vpmovsxbw (load + widen 32 weights), vpmaddwd, vcvtdq2ps, vfmadd231ps with the scale broadcast.
+x is widened to int16 once per call. Q4_0 unpacks its 16 bytes to [low nibbles, high nibbles] - 8,
+which is the block's 32 signed values in order, and then takes the same path.
 
-Q4_0 weights: 16 packed bytes a block. The matvec unpacks them eight bytes at a time with 64-bit
-masks (low nibbles = elements 0..15, high nibbles = 16..31) into unsigned 0..15 and subtracts
-8 * sum(xq) per block afterwards: sum((q - 8) * x) = sum(q * x) - 8 * sum(x).
+Why explicit vectors: LLVM's loop vectorizer did not find this shape from plain loops (measured,
+4096 x 4096, numba 0.68 / LLVM 20): the old kernel summed each block with a run-time-length int32
+loop, which LLVM vectorized for 64+ elements, so a 32-element block ran in its 8-wide remainder
+loop plus a horizontal sum (~9 cycles a block, 1.5 ms); 16-lane float accumulators in an array
+were vectorized but reloaded and stored every block, behind per-block aliasing checks (2.0 ms);
+with a constant 32 LLVM unrolled the block and vectorized across blocks with shuffles (10-25 ms).
+So `float32x16` below is a Numba type whose value is an LLVM `<16 x float>` (a register), and
+`q8_0_block_step` / `q4_0_block_step` are intrinsics of a few lines of generic LLVM vector IR
+(sext, mul, shufflevector, sitofp, fmul/fadd with "contract"): portable IR, from which LLVM picks
+vpmaddwd on x86. `kernel.inspect_asm(kernel.signatures[0])` shows the loop.
+Measured (busy 2-core EPYC, load average 5-8, interleaved, minimum of 21 rounds; the quiet-machine
+NumPy `W @ x` is 1.85 ms): serial matvec Q8_0 0.59-0.69 ms (old kernel 1.50 ms), Q4_0 0.64 ms
+(old 2.1 ms). Summation order: lanes and two accumulators instead of block after block, so the
+result differs from the twin by float32 rounding only (tests bound it by 1e-5 of sum |terms|).
 
 Threads: `parallel=True` kernels split the rows over Numba's threads. Numba's default OpenMP
 layer cost ~8 ms per parallel region on this kind of machine; the workqueue layer ~44 us
@@ -31,11 +41,15 @@ layer cost ~8 ms per parallel region on this kind of machine; the workqueue laye
 chosen once per process, at the first parallel call anywhere in Numba. Workqueue does not allow
 two Python threads to run parallel kernels at once: call from one thread, or set another layer.
 By default only batches (B > 1) of at least PARALLEL_MIN_WORK multiply-adds run in parallel;
-decode (B = 1) runs serial (see quantized_matmul for the measurement); `parallel=True/False`
+decode (B = 1) runs serial: on the busy 2-core machine the parallel matvec was 1.8-3.5x slower than
+the serial one (the second thread waits for a core another process holds; with the old kernel the
+"parallel is slower" report came from the same cause as far as we could tell, not from inlining).
+Re-measure on an idle machine with `python -m tinyinfer.bench.quant --variants`. `parallel=True/False`
 forces either, `numba.set_num_threads(1)` forces serial everywhere.
 
-fastmath=True on every kernel: it let LLVM vectorize the float32 sums over blocks (~2x on the
-matvec here); the integer parts are exact either way. Kernels are compiled on first use and cached
+fastmath=True on the row kernels only lets LLVM vectorize the short scale loop; the block step's
+vector IR carries its own flags ("contract": fuse multiply and add), and its integer parts are
+exact either way. Kernels are compiled on first use and cached
 on disk (cache=True).
 """
 from __future__ import annotations
@@ -44,7 +58,10 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
 from .formats import BLOCK
 
@@ -52,7 +69,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"  # read at the first parallel launch, not before
 
 PARALLEL_MIN_WORK = 1 << 22  # multiply-adds (B * N * K) below which one thread is faster
-ROWS_PER_TASK = 64  # rows of W a thread takes at a time (a multiple of the 4-row tile)
+ROWS_PER_TASK = 64  # rows of W a thread takes at a time
 
 # --------------------------------------------------------------------------------------------
 # activations to Q8_0 blocks (bit-identical to formats.quantize_activations; no fastmath, so the
@@ -81,121 +98,171 @@ def quantize_activations(x, xq, xd):
 
 
 # --------------------------------------------------------------------------------------------
-# decode: one activation row, rows n0..n1 of W
+# explicit SIMD: a 16-lane float32 vector that Numba can hold in a variable, and the block step
+#
+# Each intrinsic below is a few lines of LLVM IR written with llvmlite. The IR is generic (vector
+# types, sext, mul, shufflevector), not x86 intrinsics: LLVM picks the instructions, so the code
+# runs on any CPU Numba supports; on x86 the shapes below are the ones LLVM turns into vpmaddwd.
+
+LANES = 16  # float32 lanes of one accumulator: one zmm register (AVX-512) or two ymm (AVX2)
+_F32xL = ir.VectorType(ir.FloatType(), LANES)
+_I8x16, _I8x32 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(8), 32)
+_I16x32, _I32x32 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(32), 32)
 
 
-@njit(cache=True, fastmath=True)
-def q8_0_matvec_rows(wd, wq, xd, xq, out, n0, n1):
-    """wd float32 (N, NB), wq int8 (N, NB, 32), xd float32 (NB,), xq int8 (NB, 32) -> out[n0:n1]."""
-    NB, bs = xq.shape  # bs = 32, read at run time so LLVM vectorizes the loop as a reduction
-    block_sums = np.empty(NB, np.float32)
-    acc = np.zeros(1, np.int32)  # an int32 slot keeps the products' sum in int32 (vpmaddwd)
-    for n in range(n0, n1):
-        for k in range(NB):
-            acc[0] = 0
-            for j in range(bs):
-                acc[0] += wq[n, k, j] * xq[k, j]
-            block_sums[k] = acc[0]
-        total = np.float32(0.0)
-        for k in range(NB):  # vectorized with fastmath: the blocks' order is free
-            total += block_sums[k] * wd[n, k] * xd[k]
-        out[n] = total
+class Float32Lanes(types.Type):
+    """Numba type of a <16 x float> LLVM vector: a register, not an array in memory."""
+
+    def __init__(self):
+        super().__init__(name="float32x16")
 
 
-@njit(cache=True, fastmath=True)
-def q4_0_matvec_rows(wd, wq64, xd, xq, out, n0, n1):
-    """wq64: the packed nibbles viewed as uint64 (N, NB, 2); otherwise as q8_0_matvec_rows."""
-    NB, bs = xq.shape
-    xsum = np.empty(NB, np.int32)  # sum of each x block, for the -8 offset
-    for k in range(NB):
-        s = np.int32(0)
-        for j in range(bs):
-            s += xq[k, j]
-        xsum[k] = s
-    nibbles64 = np.empty(4, np.uint64)  # one block unpacked: 32 bytes of 0..15
-    nibbles = nibbles64.view(np.int8)  # int8 (not uint8), so the products stay int8 x int8
-    low = np.uint64(0x0F0F0F0F0F0F0F0F)
-    four = np.uint64(4)
-    block_sums = np.empty(NB, np.float32)
-    acc = np.zeros(1, np.int32)
-    for n in range(n0, n1):
-        for k in range(NB):
-            w0 = wq64[n, k, 0]  # bytes 0..7: elements 0..7 (low nibbles), 16..23 (high)
-            w1 = wq64[n, k, 1]  # bytes 8..15: elements 8..15, 24..31
-            nibbles64[0] = w0 & low
-            nibbles64[1] = w1 & low
-            nibbles64[2] = (w0 >> four) & low
-            nibbles64[3] = (w1 >> four) & low
-            acc[0] = 0
-            for j in range(bs):
-                acc[0] += nibbles[j] * xq[k, j]
-            block_sums[k] = acc[0] - 8 * xsum[k]
-        total = np.float32(0.0)
-        for k in range(NB):
-            total += block_sums[k] * wd[n, k] * xd[k]
-        out[n] = total
+float32x16 = Float32Lanes()
+
+
+@register_model(Float32Lanes)
+class _Float32LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _F32xL)
+
+
+def _indices(*values):
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), list(values))
+
+
+def _load(context, builder, aryty, ary, inds, vector_type):
+    """The vector starting at ary[inds] (the last axis contiguous; unaligned load)."""
+    array = context.make_array(aryty)(context, builder, value=ary)
+    ptr = cgutils.get_item_pointer(context, builder, aryty, array, inds, wraparound=False)
+    return builder.load(builder.bitcast(ptr, vector_type.as_pointer()), align=1)
+
+
+def _pair_dots(builder, w, x):
+    """w <32 x i8>, x <32 x i16> -> <16 x i32>: lane l = w[2l] x[2l] + w[2l+1] x[2l+1], exact.
+
+    Products of neighbours added in int32: exactly what x86's vpmaddwd does in one instruction
+    (and LLVM recognizes this shape as it)."""
+    prod = builder.mul(builder.sext(w, _I32x32), builder.sext(x, _I32x32))  # (32,) int32
+    return builder.add(builder.shuffle_vector(prod, prod, _indices(*range(0, 32, 2))),
+                       builder.shuffle_vector(prod, prod, _indices(*range(1, 32, 2))))
+
+
+def _scaled_add(context, builder, acc, pairs, scales_ty, scales, inds):
+    """acc + float32(pairs) * scales[inds] (one scale, broadcast to all lanes; fused multiply-add)."""
+    s = builder.load(_scalar_ptr(context, builder, scales_ty, scales, inds))
+    s = builder.insert_element(ir.Constant(_F32xL, None), s, ir.Constant(ir.IntType(32), 0))
+    s = builder.shuffle_vector(s, s, _indices(*[0] * LANES))  # broadcast
+    prod = builder.fmul(builder.sitofp(pairs, _F32xL), s, flags=("contract",))
+    return builder.fadd(acc, prod, flags=("contract",))
+
+
+def _scalar_ptr(context, builder, aryty, ary, inds):
+    array = context.make_array(aryty)(context, builder, value=ary)
+    return cgutils.get_item_pointer(context, builder, aryty, array, inds, wraparound=False)
+
+
+@intrinsic
+def lanes_zero(typingctx):
+    """A float32x16 of zeros."""
+    return float32x16(), lambda context, builder, sig, args: ir.Constant(_F32xL, None)
+
+
+@intrinsic
+def lanes_sum(typingctx, v):
+    """float32: the sum of the 16 lanes, as a tree (8 + 8, 4 + 4, 2 + 2, 1 + 1)."""
+    def codegen(context, builder, sig, args):
+        (v,) = args
+        n = LANES
+        while n > 1:
+            n //= 2
+            v = builder.fadd(builder.shuffle_vector(v, v, _indices(*range(n))),
+                             builder.shuffle_vector(v, v, _indices(*range(n, 2 * n))))
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+    return types.float32(v), codegen
+
+
+@intrinsic
+def q8_0_block_step(typingctx, acc, wq, n, k, x16, scales, b):
+    """acc + float32(pairs) * scales[b, k], pairs the <16 x i32> pair dots of wq[n, k, :] and x16[b, k, :].
+
+    wq int8 (N, NB, 32); x16 int16 (B, NB, 32); scales float32 (B, NB) = wd[n, :] * xd[b, :].
+    On AVX-512: vpmovsxbw (load + widen w), vpmaddwd, vcvtdq2ps, vfmadd231ps: 4 instructions a block.
+    """
+    def codegen(context, builder, sig, args):
+        acc, wq, n, k, x16, scales, b = args
+        zero = context.get_constant(types.intp, 0)
+        w = _load(context, builder, sig.args[1], wq, [n, k, zero], _I8x32)  # (32,) int8
+        x = _load(context, builder, sig.args[4], x16, [b, k, zero], _I16x32)  # (32,) int16
+        return _scaled_add(context, builder, acc, _pair_dots(builder, w, x), sig.args[5], scales, [b, k])
+    return float32x16(acc, wq, n, k, x16, scales, b), codegen
+
+
+@intrinsic
+def q4_0_block_step(typingctx, acc, wq, n, k, x16, scales, b):
+    """As q8_0_block_step, wq the packed nibbles uint8 (N, NB, 16).
+
+    The 16 bytes hold elements 0..15 in their low nibbles and 16..31 in their high ones, so
+    [low nibbles, high nibbles] - 8 is the block's 32 signed values in order, as int8.
+    """
+    def codegen(context, builder, sig, args):
+        acc, wq, n, k, x16, scales, b = args
+        zero = context.get_constant(types.intp, 0)
+        packed = _load(context, builder, sig.args[1], wq, [n, k, zero], _I8x16)  # (16,) bytes
+        low = builder.and_(packed, ir.Constant(_I8x16, [15] * 16))
+        high = builder.lshr(packed, ir.Constant(_I8x16, [4] * 16))
+        w = builder.sub(builder.shuffle_vector(low, high, _indices(*range(32))), ir.Constant(_I8x32, [8] * 32))
+        x = _load(context, builder, sig.args[4], x16, [b, k, zero], _I16x32)
+        return _scaled_add(context, builder, acc, _pair_dots(builder, w, x), sig.args[5], scales, [b, k])
+    return float32x16(acc, wq, n, k, x16, scales, b), codegen
 
 
 # --------------------------------------------------------------------------------------------
-# batch: B activation rows, rows n0..n1 of W, four at a time
+# rows n0..n1 of W against every activation row b: out[b, n] for n in n0..n1
+#
+# One loop order serves decode (B = 1) and batches: for each row of W, its 128 block scales are
+# multiplied by each x row's (a short vectorized loop), then each x row takes one pass over the
+# W row, two accumulators (two independent FMA chains) of 16 lanes each. The W row (K bytes) is
+# read from memory once and stays in L1 for the other x rows; x (B * K * 2 bytes) stays in L2.
 
 
 @njit(cache=True, fastmath=True)
-def q8_0_matmul_rows(wd, wq, xdT, xqT, out, n0, n1):
-    """xqT float32 (NB, 32, B) and xdT float32 (NB, B): the activation blocks, batch innermost.
-
-    out: float32 (B, N); fills columns n0..n1.
-    """
-    NB, bs, B = xqT.shape
-    half = bs // 2
-    sums = np.empty((4, B), np.float32)  # exact integers (< 2**24) held in float32
-    acc = np.empty((4, B), np.float32)
-    for r0 in range(n0, n1, 4):
-        R = min(4, n1 - r0)
-        acc[:] = 0
-        for k in range(NB):
-            sums[:] = 0
-            for j in range(half):  # elements j and j + 16 in one pass: half the loads/stores of sums
-                for r in range(R):
-                    w0 = np.float32(wq[r0 + r, k, j])
-                    w1 = np.float32(wq[r0 + r, k, j + half])
-                    for b in range(B):
-                        sums[r, b] += w0 * xqT[k, j, b] + w1 * xqT[k, j + half, b]
-            for r in range(R):
-                s = wd[r0 + r, k]
-                for b in range(B):
-                    acc[r, b] += sums[r, b] * (s * xdT[k, b])
-        for r in range(R):
-            for b in range(B):
-                out[b, r0 + r] = acc[r, b]
+def q8_0_rows(wd, wq, xd, x16, out, n0, n1):
+    """wd float32 (N, NB), wq int8 (N, NB, 32), xd float32 (B, NB), x16 int16 (B, NB, 32) -> out[:, n0:n1]."""
+    B, NB = xd.shape
+    scales = np.empty((B, NB), np.float32)  # wd[n, k] * xd[b, k]: the scale of block k's pair sums
+    for n in range(n0, n1):
+        for b in range(B):
+            for k in range(NB):
+                scales[b, k] = wd[n, k] * xd[b, k]
+        for b in range(B):
+            acc0 = lanes_zero()
+            acc1 = lanes_zero()
+            for k in range(0, NB - 1, 2):
+                acc0 = q8_0_block_step(acc0, wq, n, k, x16, scales, b)
+                acc1 = q8_0_block_step(acc1, wq, n, k + 1, x16, scales, b)
+            if NB % 2:
+                acc0 = q8_0_block_step(acc0, wq, n, NB - 1, x16, scales, b)
+            out[b, n] = lanes_sum(acc0) + lanes_sum(acc1)
 
 
 @njit(cache=True, fastmath=True)
-def q4_0_matmul_rows(wd, wq, xdT, xqT, out, n0, n1):
-    """As q8_0_matmul_rows, wq the packed nibbles uint8 (N, NB, 16)."""
-    NB, bs, B = xqT.shape
-    half = bs // 2
-    sums = np.empty((4, B), np.float32)
-    acc = np.empty((4, B), np.float32)
-    for r0 in range(n0, n1, 4):
-        R = min(4, n1 - r0)
-        acc[:] = 0
-        for k in range(NB):
-            sums[:] = 0
-            for j in range(half):
-                for r in range(R):
-                    byte = np.int32(wq[r0 + r, k, j])
-                    w_low = np.float32((byte & 15) - 8)  # element j
-                    w_high = np.float32((byte >> 4) - 8)  # element j + 16
-                    for b in range(B):
-                        sums[r, b] += w_low * xqT[k, j, b] + w_high * xqT[k, j + half, b]
-            for r in range(R):
-                s = wd[r0 + r, k]
-                for b in range(B):
-                    acc[r, b] += sums[r, b] * (s * xdT[k, b])
-        for r in range(R):
-            for b in range(B):
-                out[b, r0 + r] = acc[r, b]
+def q4_0_rows(wd, wq, xd, x16, out, n0, n1):
+    """As q8_0_rows, wq the packed nibbles uint8 (N, NB, 16)."""
+    B, NB = xd.shape
+    scales = np.empty((B, NB), np.float32)
+    for n in range(n0, n1):
+        for b in range(B):
+            for k in range(NB):
+                scales[b, k] = wd[n, k] * xd[b, k]
+        for b in range(B):
+            acc0 = lanes_zero()
+            acc1 = lanes_zero()
+            for k in range(0, NB - 1, 2):
+                acc0 = q4_0_block_step(acc0, wq, n, k, x16, scales, b)
+                acc1 = q4_0_block_step(acc1, wq, n, k + 1, x16, scales, b)
+            if NB % 2:
+                acc0 = q4_0_block_step(acc0, wq, n, NB - 1, x16, scales, b)
+            out[b, n] = lanes_sum(acc0) + lanes_sum(acc1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,31 +270,21 @@ def q4_0_matmul_rows(wd, wq, xdT, xqT, out, n0, n1):
 
 
 @njit(cache=True, parallel=True)
-def q8_0_matvec_parallel(wd, wq, xd, xq, out, rows_per_task):
+def q8_0_parallel(wd, wq, xd, x16, out, rows_per_task):
     N = wq.shape[0]
     for t in prange((N + rows_per_task - 1) // rows_per_task):
-        q8_0_matvec_rows(wd, wq, xd, xq, out, t * rows_per_task, min(N, (t + 1) * rows_per_task))
+        q8_0_rows(wd, wq, xd, x16, out, t * rows_per_task, min(N, (t + 1) * rows_per_task))
 
 
 @njit(cache=True, parallel=True)
-def q4_0_matvec_parallel(wd, wq64, xd, xq, out, rows_per_task):
-    N = wq64.shape[0]
-    for t in prange((N + rows_per_task - 1) // rows_per_task):
-        q4_0_matvec_rows(wd, wq64, xd, xq, out, t * rows_per_task, min(N, (t + 1) * rows_per_task))
-
-
-@njit(cache=True, parallel=True)
-def q8_0_matmul_parallel(wd, wq, xdT, xqT, out, rows_per_task):
+def q4_0_parallel(wd, wq, xd, x16, out, rows_per_task):
     N = wq.shape[0]
     for t in prange((N + rows_per_task - 1) // rows_per_task):
-        q8_0_matmul_rows(wd, wq, xdT, xqT, out, t * rows_per_task, min(N, (t + 1) * rows_per_task))
+        q4_0_rows(wd, wq, xd, x16, out, t * rows_per_task, min(N, (t + 1) * rows_per_task))
 
 
-@njit(cache=True, parallel=True)
-def q4_0_matmul_parallel(wd, wq, xdT, xqT, out, rows_per_task):
-    N = wq.shape[0]
-    for t in prange((N + rows_per_task - 1) // rows_per_task):
-        q4_0_matmul_rows(wd, wq, xdT, xqT, out, t * rows_per_task, min(N, (t + 1) * rows_per_task))
+ROW_KERNELS = {"q8_0": q8_0_rows, "q4_0": q4_0_rows}
+PARALLEL_KERNELS = {"q8_0": q8_0_parallel, "q4_0": q4_0_parallel}
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,23 +305,13 @@ def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None):
     out = np.empty((B, N), dtype=np.float32)
     if B == 0:
         return out
+    x16 = xq.astype(np.int16)  # (B, NB, 32): widened once here, not once per row of W
+    w_quants = np.ascontiguousarray(w_quants)  # the block steps load each block as one vector
     if parallel is None:
-        # Decode stays serial: a 4096 x 4096 matvec takes ~1.6 ms on one core, and on a 2-core
-        # machine whose other core is busy the parallel one waited for its slow thread (2-4x
-        # slower, measured). A batch gained ~1.5x from the second thread even then.
+        # decode stays serial: see the module docstring for the measurement
         parallel = B > 1 and numba.get_num_threads() > 1 and B * N * K >= PARALLEL_MIN_WORK
-    if B == 1:
-        args = (w_scales, w_quants if fmt == "q8_0" else w_quants.view(np.uint64), xd[0], xq[0], out[0])
-        if parallel:
-            (q8_0_matvec_parallel if fmt == "q8_0" else q4_0_matvec_parallel)(*args, ROWS_PER_TASK)
-        else:
-            (q8_0_matvec_rows if fmt == "q8_0" else q4_0_matvec_rows)(*args, 0, N)
-        return out
-    xqT = np.ascontiguousarray(xq.astype(np.float32).transpose(1, 2, 0))  # (NB, 32, B)
-    xdT = np.ascontiguousarray(xd.T)  # (NB, B)
-    args = (w_scales, w_quants, xdT, xqT, out)
     if parallel:
-        (q8_0_matmul_parallel if fmt == "q8_0" else q4_0_matmul_parallel)(*args, ROWS_PER_TASK)
+        PARALLEL_KERNELS[fmt](w_scales, w_quants, xd, x16, out, ROWS_PER_TASK)
     else:
-        (q8_0_matmul_rows if fmt == "q8_0" else q4_0_matmul_rows)(*args, 0, N)
+        ROW_KERNELS[fmt](w_scales, w_quants, xd, x16, out, 0, N)
     return out

@@ -13,16 +13,26 @@ Two shapes of work, two loop orders:
   over b is a plain vector multiply-add: one gather per weight instead of one per weight per row of x.
 
 fastmath: off. FACTS.md reports a CSR gather loop 2.3x *slower* with fastmath on this kind of
-machine (LLVM vectorizes the sum with gather instructions, which are slow on AMD EPYC). Measured
+machine (LLVM vectorizes the sum with gather instructions, which are slow on AMD EPYC; here
+vgatherqps, 8 lanes with 64-bit indices, seen in the assembly). Measured
 again by `python -m tinyinfer.bench.sparse` (serial kernels, 4096 x 4096, busy 2-core EPYC, numba
 0.68, three runs): the SpMV with fastmath took 1.5-2.2x as long as without at densities 0.5 down to
-0.05 (e.g. 2.0 vs 4.0 ms at 10%); the SpMM (B = 16) took 1.03-1.09x as long with it. Without
-fastmath the SpMV sum is sequential, in the same order as the NumPy twin's reduceat; the SpMM inner
-loop vectorizes over b without fastmath because it is not a reduction.
+0.05 (e.g. 2.0 vs 4.0 ms at 10%); the SpMM (B = 16) took 1.03-1.09x as long with it. (Those were the
+one-accumulator kernel.) The SpMM inner loop vectorizes over b without fastmath because it is not
+a reduction.
 
-Column indices are cast to an unsigned type before indexing x: Numba then skips its
-negative-index wraparound test (a compare and select per gathered load); this made the serial SpMV
-~25% faster here (2.8 -> 2.1 ms at 4096 x 4096, 10% density; SciPy's C++ loop: 1.8 ms).
+Why the SpMV was slow, and the fix: one float32 accumulator per row is one chain of dependent adds,
+~4 cycles each, so the old kernel ran at ~1 nonzero per 4 cycles whatever the memory could do
+(1.5-1.6 ms at 4096 x 4096, 10% density, ~1.7M nonzeros). `spmv_rows` now keeps four accumulators
+(nonzero j goes to j mod 4) and uses unsigned offsets for data, indices and x: Numba then skips its
+negative-index wraparound test on every load (signed offsets cost a shift, an and and a cmov per
+load, seen in the assembly). Measured interleaved in one process (busy 2-core EPYC, load average ~5,
+minimum of 15 rounds): 10% density 0.79-0.87 ms (old 1.55 ms; scipy.sparse 1.42-1.48 ms, so
+~1.7x SciPy), 5% density 0.47 ms (old 0.97; SciPy 0.82). Eight accumulators were no faster; four
+accumulators with fastmath (FMA, or gathers) were within noise of these. Versus dense NumPy the
+ratio could not be measured fairly: the busy machine slowed the dense `W @ x` (64 MB, memory-bound)
+to 3-15 ms from its quiet 1.85 ms, so 0.8 ms is ~2.2x the quiet dense time, short of 3x.
+The sums are in a different order from the NumPy twin's reduceat: the tests bound the difference.
 
 Threads: rows are split into chunks of roughly equal *work* (nonzeros + one per row, read off
 indptr: `balanced_row_chunks`), not equal row counts, because a pruned matrix's rows can differ
@@ -51,7 +61,7 @@ from ..quant import kernels as _quant_kernels  # noqa: F401  (sets numba's threa
 
 PARALLEL_MIN_WORK = 1 << 24  # multiply-adds (B * nnz) from which a batch is split among threads
 CHUNKS_PER_THREAD = 4  # more chunks than threads: a slow thread takes fewer of them
-FASTMATH = False  # measured: fastmath=True made the serial SpMV 1.5-2.2x slower (module docstring)
+FASTMATH = False  # measured: fastmath=True made the one-accumulator SpMV 1.5-2.2x slower (module docstring)
 
 # --------------------------------------------------------------------------------------------
 # rows r0..r1 of the product, one thread
@@ -59,12 +69,26 @@ FASTMATH = False  # measured: fastmath=True made the serial SpMV 1.5-2.2x slower
 
 @njit(cache=True, fastmath=FASTMATH)
 def spmv_rows(indptr, indices, data, x, out, r0, r1):
-    """x float32 (K,) -> fills out[r0:r1] (float32 (N,))."""
+    """x float32 (K,) -> fills out[r0:r1] (float32 (N,)).
+
+    Four accumulators take every fourth nonzero: four independent chains of float adds instead
+    of one (each add waits ~4 cycles for the previous one). Offsets are unsigned (no
+    negative-index test on any load). Summed as (a0 + a1) + (a2 + a3) at the end of the row.
+    """
+    one, four = np.uintp(1), np.uintp(4)
     for n in range(r0, r1):
-        acc = np.float32(0.0)
-        for j in range(indptr[n], indptr[n + 1]):
-            acc += data[j] * x[np.uintp(indices[j])]  # unsigned: no negative-index wraparound test
-        out[n] = acc
+        j, end = np.uintp(indptr[n]), np.uintp(indptr[n + 1])
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        while j + four <= end:
+            a0 += data[j] * x[np.uintp(indices[j])]
+            a1 += data[j + one] * x[np.uintp(indices[j + one])]
+            a2 += data[j + np.uintp(2)] * x[np.uintp(indices[j + np.uintp(2)])]
+            a3 += data[j + np.uintp(3)] * x[np.uintp(indices[j + np.uintp(3)])]
+            j += four
+        while j < end:  # the row's last 0..3 nonzeros
+            a0 += data[j] * x[np.uintp(indices[j])]
+            j += one
+        out[n] = (a0 + a1) + (a2 + a3)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -74,7 +98,7 @@ def spmm_rows(indptr, indices, data, xT, out, r0, r1):
     acc = np.empty(B, np.float32)
     for n in range(r0, r1):
         acc[:] = 0
-        for j in range(indptr[n], indptr[n + 1]):
+        for j in range(np.uintp(indptr[n]), np.uintp(indptr[n + 1])):  # unsigned: no wraparound tests
             w = data[j]
             col = np.uintp(indices[j])
             for b in range(B):  # contiguous in xT: a vector multiply-add, no reduction
