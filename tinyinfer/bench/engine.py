@@ -70,8 +70,8 @@ from . import machine
 
 @dataclass
 class Settings:
-    num_requests: int = 32
-    max_num_seqs: int = 8
+    num_requests: int = 64
+    max_num_seqs: int = 32          # a modest server batch (vLLM's default is 256)
     block_size: int = 16
     max_num_batched_tokens: int = 512
     prompt_len: tuple = (16, 128)   # inclusive range, uniform
@@ -501,8 +501,8 @@ def main(argv=None):
     ap.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     ap.add_argument("--quick", action="store_true", help="small settings: a smoke run, not a measurement")
     ap.add_argument("--rounds", type=int, help="offline and KV-cache rounds (default 3; 1 with --quick)")
-    ap.add_argument("--num-requests", type=int, help="offline workload size (default 32; 8 with --quick)")
-    ap.add_argument("--max-num-seqs", type=int, help="batch size of (c) and (d) (default 8; 4 with --quick)")
+    ap.add_argument("--num-requests", type=int, help="offline workload size (default 64; 8 with --quick)")
+    ap.add_argument("--max-num-seqs", type=int, help="batch size of (c) and (d) (default 32; 4 with --quick)")
     ap.add_argument("--rate", type=float, help="online arrivals, requests/s (default: half of (d)'s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")

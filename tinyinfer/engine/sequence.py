@@ -56,6 +56,7 @@ class Sequence:
         self.finish_reason: str | None = None  # "stop" | "length" | "abort"
         self.stop_text_cut: int | None = None  # where a stop string begins in the output text
         self.num_streamed_chars = 0  # output text already handed out by step() (streaming)
+        self._output_bytes: list[bytes] = []  # each output token's bytes, decoded once (see _text)
         self.metrics = dict(arrival=arrival_time, first_scheduled_time=None, first_token_time=None,
                             finish_time=None)
 
@@ -118,7 +119,7 @@ class Sequence:
         if last in p.stop_token_ids or (last == eos_id and not p.ignore_eos):
             return "stop"
         if p.stop and tokenizer is not None:
-            text = tokenizer.decode(self.output_token_ids)
+            text = self._text(tokenizer, self.num_output_tokens)
             found = [i for i in (text.find(s) for s in p.stop) if i >= 0]
             if found:
                 self.stop_text_cut = min(found)  # the text ends before the earliest stop string
@@ -135,8 +136,17 @@ class Sequence:
         if self.finish_reason == "stop" and ids and (
                 ids[-1] in self.params.stop_token_ids or (ids[-1] == eos_id and not self.params.ignore_eos)):
             ids = ids[:-1]
-        text = tokenizer.decode(ids)
+        text = self._text(tokenizer, len(ids))
         return text if self.stop_text_cut is None else text[:self.stop_text_cut]
+
+    def _text(self, tokenizer, n: int) -> str:
+        """The text of the first n output tokens. A token's bytes never change, so each is looked
+        up once, when it first appears: streaming asks for the text after every step, and decoding
+        the whole output each time made a long generation quadratic in its length."""
+        out = self.output_token_ids
+        while len(self._output_bytes) < len(out):
+            self._output_bytes.append(tokenizer.decode_bytes([out[len(self._output_bytes)]]))
+        return b"".join(self._output_bytes[:n]).decode("utf-8", errors="replace")
 
     def visible_text(self, tokenizer, eos_id=None) -> str:
         """The part of the text that can be streamed now and will not change later."""
