@@ -1,0 +1,323 @@
+"""The tour: every technique of the article on the shipped models, alone and combined, measured.
+
+Lesson: lessons/09-putting-it-together.py
+
+    tinyinfer tour                       # ~10 minutes on 2 cores: table, report folder, plots
+    tinyinfer tour --quick               # ~2 minutes: smaller workload, fewer rounds
+    tinyinfer tour --json tour.json      # the same numbers, machine-readable
+
+The article multiplies 4 x 3 x 10 x 3 = 360x and says real results are 10-100x. The tour
+measures each factor on the shipped teacher (models/teacher) and student (models/student):
+
+1. one greedy decoding workload (real held-out prompts, tinyinfer/tour/decode.py);
+2. every row (tinyinfer/tour/stages.py) decodes the whole workload, all rows in one process,
+   round after round in a rotating order; a row's speedup is the median over rounds of
+   (naive baseline's seconds / its seconds), so machine noise hits both sides of every ratio;
+3. quality on a fixed slice of the held-out split (tinyinfer/evaluate.py): perplexity, top-1,
+   top-1 relative to the teacher, agreement with the teacher's top-1;
+4. speculative decoding's acceptance rate and speedup for several draft lengths k;
+5. at realistic size: GPT-2 small's shape with random weights in fp32 / Q8_0 / Q4_0
+   (tinyinfer/tour/realistic.py), where memory traffic, not Python, is the cost.
+
+The naive baseline is named and honest: the fp32 teacher, no KV cache, one request at a time,
+every token recomputing its whole prefix. Every row also gives its ratio against the stage it
+adds to, and each combination its "product of the parts", so the reader sees what multiplies.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..bench import machine
+from ..bench.engine import median_ratio
+from . import decode
+from .stages import Stage, build_models, mark_missing, stages
+
+TARGETS = {"stack_speedup": 100.0, "stack_top1_relative": 0.95, "speculative_speedup": 2.0,
+           "realistic_q8_0": 3.0, "realistic_q4_0": 5.0}
+
+
+@dataclass
+class TourSettings:
+    model: str = "teacher"           # the teacher: a folder or a shipped model name
+    student: str = "student"         # the distilled student (draft for speculative decoding)
+    pruned: str = "teacher-pruned50"  # a fine-tuned 50% sparse teacher, stored CSR
+    num_requests: int = 16           # prompts in the workload
+    prompt_len: int = 128            # held-out tokens per prompt: a paragraph of context ...
+    new_tokens: int = 128            # ... and a paragraph of answer (greedy)
+    naive_requests: int = 4          # the naive baseline decodes only the first few prompts (see measure_speed)
+    rounds: int = 3                  # timed rounds of the main table (after one warm-up)
+    eval_windows: int = 16           # held-out windows for quality
+    eval_seq_len: int = 128          # tokens per window
+    spec_ks: tuple = (1, 2, 3, 4, 6, 8)  # draft lengths of the speculative sweep
+    spec_k: int | None = None        # the table's draft length; None: the sweep's fastest
+    spec_rounds: int = 2             # timed rounds of the sweep
+    spec_requests: int = 4           # the sweep runs on the first few prompts of the workload
+    realistic_layers: int = 12       # GPT-2-small shape (12 layers); 0 skips the part
+    realistic_tokens: int = 16       # decode tokens per format and round
+    realistic_rounds: int = 2
+    realistic_config: dict | None = None  # overrides of GPT-2 small's config (tests use a tiny one)
+    seed: int = 0
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls, **overrides):
+        base = dict(num_requests=6, naive_requests=2, prompt_len=64, new_tokens=48, rounds=2, eval_windows=4,
+                    spec_ks=(2, 4),
+                    spec_rounds=1, spec_requests=2,
+                    realistic_tokens=4, realistic_rounds=1, quick=True)
+        base.update(overrides)
+        return cls(**base)
+
+
+# ------------------------------------------------------------------------------------------------
+# quality
+
+
+def measure_quality(models: dict, table: list[Stage], stream, s: TourSettings, progress=True) -> dict:
+    """model key -> evaluate() result on the same held-out windows; the teacher as reference."""
+    from tqdm.auto import tqdm
+
+    from ..evaluate import evaluate
+
+    teacher = models["teacher"]
+    seq_len = min(s.eval_seq_len, min(m.config.n_ctx for m in models.values()) - 1)
+    keys = ["teacher"] + sorted({st.model_key for st in table if st.missing is None and st.model_key != "teacher"})
+    quality = {}
+    for key in tqdm(keys, desc="held-out quality", disable=not progress, leave=False):
+        ref = None if key == "teacher" else teacher
+        quality[key] = evaluate(models[key], stream, seq_len, s.eval_windows, reference=ref)
+    return quality
+
+
+# ------------------------------------------------------------------------------------------------
+# speed
+
+
+def runner(stage: Stage, models: dict, work: list, k: int | None = None):
+    """A callable decoding the whole workload in the stage's mode: () -> (tokens, seconds)."""
+    model = models[stage.model_key]
+    if stage.mode == "naive":
+        return lambda: decode.run_naive(model, work)
+    if stage.mode == "cached":
+        return lambda: decode.run_cached(model, work)
+    if stage.mode == "engine":
+        return lambda: decode.run_engine(model, work)
+    if stage.mode == "speculative":
+        stats = stage.extra.setdefault("stats", {})
+        return lambda: decode.run_speculative(model, models["student"], work, k or stage.extra["k"], stats)
+    raise ValueError(f"stage.mode must be naive, cached, engine or speculative, got {stage.mode!r}")
+
+
+def timed(fn, tokens_out: dict, key: str):
+    """Wrap a runner for bench.engine.alternate (which wants seconds), keeping its tokens."""
+    def run():
+        toks, seconds = fn()
+        tokens_out[key] = toks
+        return seconds
+    return run
+
+
+def rotating_rounds(fns: dict, rounds: int, desc: str, progress=True) -> dict:
+    """Run self-timing callables once per round, the order rotating -> {name: [seconds per round]}.
+
+    (bench/engine.py's alternate(), with a progress bar: a round of the tour takes a while.)
+    """
+    from tqdm.auto import tqdm
+
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in tqdm(range(rounds), desc=desc, disable=not progress):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(fns[name]())
+    return times
+
+
+def speculative_sweep(models: dict, work: list, s: TourSettings, progress=True) -> list[dict]:
+    """Acceptance rate, tokens per target pass and speedup over the teacher alone, for each k."""
+    teacher, student = models["teacher"], models["student"]
+    stats = {k: {} for k in s.spec_ks}
+    tokens = {}
+    fns = {"teacher": timed(lambda: decode.run_cached(teacher, work), tokens, "teacher")}
+    for k in s.spec_ks:
+        fns[f"k={k}"] = timed(lambda k=k: decode.run_speculative(teacher, student, work, k, stats[k]), tokens, f"k={k}")
+    decode.run_speculative(teacher, student, work[:1], 2)  # warm-up
+    times = rotating_rounds(fns, s.spec_rounds, "speculative sweep (teacher alone vs each k)", progress)
+    n_tokens = sum(n for _, n in work)
+    return [{"k": k, "acceptance_rate": stats[k]["acceptance_rate"], "tokens_per_round": stats[k]["tokens_per_round"],
+             "tokens_per_s": n_tokens / statistics.median(times[f"k={k}"]),
+             "teacher_tokens_per_s": n_tokens / statistics.median(times["teacher"]),
+             "speedup_vs_teacher": median_ratio(times["teacher"], times[f"k={k}"]),
+             "identical_to_teacher": tokens[f"k={k}"] == tokens["teacher"]} for k in s.spec_ks]
+
+
+def measure_speed(table: list[Stage], models: dict, work: list, rounds: int, naive_requests: int, progress=True):
+    """Every runnable stage decodes the workload once per round, order rotating.
+
+    Returns (seconds per generated token, per round, by stage key; generated tokens by key).
+    The naive baseline is slow (minutes), so it decodes only the first naive_requests prompts:
+    every prompt has the same length and gets the same number of new tokens, so its seconds per
+    token do not depend on which prompts it decodes.
+    """
+    from tqdm.auto import tqdm
+
+    live = [st for st in table if st.missing is None]
+    tokens = {}
+    work_of = {st.key: work[:naive_requests] if st.mode == "naive" else work for st in live}
+    fns = {st.key: timed(runner(st, models, work_of[st.key]), tokens, st.key) for st in live}
+    warm = {st.key: runner(st, models, [(work[0][0], 4)]) for st in live}
+    for fn in tqdm(warm.values(), desc="warm-up", disable=not progress, leave=False):
+        fn()  # JIT compilation and first calls out of the timed rounds
+    times = rotating_rounds(fns, rounds, "timing the table (all rows, interleaved)", progress)
+    per_token = {key: [t / sum(n for _, n in work_of[key]) for t in ts] for key, ts in times.items()}
+    return per_token, tokens
+
+
+# ------------------------------------------------------------------------------------------------
+# the rows
+
+
+def weight_bytes(model) -> int:
+    from ..quant.model import weight_bytes as _weight_bytes
+
+    return _weight_bytes(model)
+
+
+def make_rows(table, models, quality, times, tokens, s: TourSettings) -> list[dict]:
+    """The table's rows. times: seconds per generated token, per round (measure_speed)."""
+    teacher_q = quality["teacher"]
+    rows = []
+    by_key = {}
+    for st in table:
+        row = {"key": st.key, "technique": st.technique, "claim": st.claim, "previous": st.previous,
+               "status": "missing" if st.missing else "measured", "note": st.missing or ""}
+        if st.missing is None:
+            seconds = times[st.key]
+            row["tokens_per_s"] = 1.0 / statistics.median(seconds)
+            row["ratio_vs_naive"] = median_ratio(times["naive"], seconds) if "naive" in times else None
+            row["ratio_vs_previous"] = (median_ratio(times[st.previous], seconds)
+                                        if st.previous in times else None)
+            model = models[st.model_key]
+            row["weight_bytes"] = weight_bytes(model) + (weight_bytes(models["student"]) if st.mode == "speculative" else 0)
+            q = teacher_q if st.same_weights_as_teacher else quality[st.model_key]
+            row.update({"perplexity": q["perplexity"], "top1": q["top1"],
+                        "top1_relative": q["top1"] / teacher_q["top1"],
+                        "top1_agreement": 1.0 if st.same_weights_as_teacher else q.get("top1_agreement"),
+                        "kl_divergence": 0.0 if st.same_weights_as_teacher else q.get("kl_divergence")})
+            mine, ref = tokens.get(st.key), tokens.get("kv_cache")
+            row["same_tokens_as_teacher"] = None if ref is None else mine == ref[:len(mine)]
+            if st.same_weights_as_teacher:
+                row["note"] = "same weights as the teacher: quality is the teacher's"
+                if row["same_tokens_as_teacher"] is False:
+                    row["note"] += "; WARNING: greedy tokens differ from the teacher's"
+            if st.mode == "speculative":
+                stats = st.extra.get("stats", {})
+                row.update({"k": st.extra["k"], "acceptance_rate": stats.get("acceptance_rate"),
+                            "tokens_per_round": stats.get("tokens_per_round")})
+                row["note"] = (f"k={st.extra['k']}, acceptance {stats.get('acceptance_rate', float('nan')):.0%}; "
+                               f"greedy output {'identical to' if row['same_tokens_as_teacher'] else 'DIFFERS from'} "
+                               f"the teacher's")
+            if st.parts and all(p in by_key and by_key[p].get("ratio_vs_previous") for p in st.parts):
+                row["product_of_parts"] = float(np.prod([by_key[p]["ratio_vs_previous"] for p in st.parts]))
+                row["note"] = (f"parts multiply to {row['product_of_parts']:.1f}x: "
+                               + " x ".join(f"{by_key[p]['ratio_vs_previous']:.2f} ({p})" for p in st.parts))
+        rows.append(row)
+        by_key[st.key] = row
+    return rows
+
+
+def targets(rows: list[dict], realistic: list[dict], sweep: list[dict]) -> list[dict]:
+    """Every target of issue 7, met or not (None when the row could not be measured)."""
+    by_key = {r["key"]: r for r in rows}
+    out = []
+    for key in ("stack_student", "stack_teacher"):
+        r = by_key.get(key, {})
+        ok = r.get("status") == "measured"
+        out.append({"target": f"{key}: >= {TARGETS['stack_speedup']:g}x tokens/s over naive at >= "
+                              f"{TARGETS['stack_top1_relative']:.0%} of the teacher's top-1",
+                    "measured": (f"{r['ratio_vs_naive']:.1f}x at {r['top1_relative']:.1%}" if ok else r.get("note")),
+                    "met": (r["ratio_vs_naive"] >= TARGETS["stack_speedup"]
+                            and r["top1_relative"] >= TARGETS["stack_top1_relative"]) if ok else None})
+    r = by_key.get("speculative", {})
+    ok = r.get("status") == "measured"
+    out.append({"target": f"speculative: >= {TARGETS['speculative_speedup']:g}x batch-1 tokens/s over the teacher "
+                          f"alone, identical greedy output",
+                "measured": (f"{r['ratio_vs_previous']:.2f}x, identical: {r['same_tokens_as_teacher']}" if ok
+                             else r.get("note")),
+                "met": (r["ratio_vs_previous"] >= TARGETS["speculative_speedup"] and bool(r["same_tokens_as_teacher"]))
+                if ok else None})
+    for fmt in ("q8_0", "q4_0"):
+        for variant in ("all", "blocks"):
+            rr = next((x for x in realistic if x["format"] == f"{fmt} ({variant})"), None)
+            out.append({"target": f"GPT-2-small shape, {fmt} ({variant}): >= {TARGETS['realistic_' + fmt]:g}x "
+                                  f"decode tokens/s over fp32",
+                        "measured": f"{rr['ratio_vs_fp32']:.2f}x" if rr else "not run",
+                        "met": rr["ratio_vs_fp32"] >= TARGETS["realistic_" + fmt] if rr else None})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def run_tour(s: TourSettings, progress: bool = True) -> dict:
+    """Everything: build, evaluate, time, sweep, realistic size -> results dict (see report.py)."""
+    from ..corpus import token_stream
+    from . import realistic
+
+    t0 = time.perf_counter()
+    models, missing = build_models(s.model, s.student, s.pruned, progress)
+    teacher = models["teacher"]
+    n_ctx = min(m.config.n_ctx for m in models.values())
+    if s.prompt_len + s.new_tokens > n_ctx:
+        raise ValueError(f"prompt_len ({s.prompt_len}) + new_tokens ({s.new_tokens}) exceeds n_ctx = {n_ctx}")
+    stream = token_stream(teacher.tokenizer, "val", progress=False)
+    work = decode.make_workload(stream, s.num_requests, s.prompt_len, s.new_tokens, s.seed)
+
+    sweep = []
+    if "student" in models and s.spec_ks:
+        sweep = speculative_sweep(models, work[:s.spec_requests], s, progress)
+    spec_k = s.spec_k or (max(sweep, key=lambda x: x["speedup_vs_teacher"])["k"] if sweep else 4)
+    table = stages(spec_k)
+    mark_missing(table, missing)
+
+    quality = measure_quality(models, table, stream, s, progress)
+    times, tokens = measure_speed(table, models, work, s.rounds, s.naive_requests, progress)
+    rows = make_rows(table, models, quality, times, tokens, s)
+
+    real = []
+    if s.realistic_layers > 0:
+        real = realistic.run(s.realistic_layers, s.realistic_tokens, s.realistic_rounds, seed=s.seed,
+                             progress=progress, config_overrides=s.realistic_config)
+    return {"machine": machine(), "settings": asdict(s), "teacher_params": teacher.num_params(),
+            "workload": {"requests": s.num_requests, "prompt_len": s.prompt_len, "new_tokens": s.new_tokens,
+                         "naive_requests": min(s.naive_requests, s.num_requests), "greedy": True,
+                         "source": "held-out split of the embedded corpus"},
+            "rows": rows, "speculative_sweep": sweep, "realistic": real,
+            "targets": targets(rows, real, sweep), "seconds_per_token": times,
+            "wall_time_s": time.perf_counter() - t0}
+
+
+def main(args) -> dict:
+    """`tinyinfer tour` (arguments parsed in tinyinfer/cli.py)."""
+    import json
+    from pathlib import Path
+
+    from .report import format_table, write_report
+
+    overrides = {k: getattr(args, k) for k in ("model", "student", "pruned", "num_requests", "prompt_len",
+                                               "new_tokens", "naive_requests", "rounds", "eval_windows", "eval_seq_len", "spec_k",
+                                               "realistic_layers", "realistic_tokens", "seed")
+                 if getattr(args, k, None) is not None}
+    s = TourSettings.quick_settings(**overrides) if args.quick else TourSettings(**overrides)
+    results = run_tour(s, progress=not getattr(args, "no_progress", False))
+    print(format_table(results))
+    paths = write_report(results, Path(args.out))
+    print(f"\nreport: {paths['report']} (plots beside it)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        print(f"json: {args.json}")
+    return results
