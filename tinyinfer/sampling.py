@@ -19,10 +19,17 @@ def check_sampling_args(temperature, top_k, top_p):
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
 
 
-def sample_token(logits, rng, temperature=0.0, top_k=None, top_p=None) -> int:
-    """One token id from logits (V,). temperature 0 means greedy (argmax, ties to the lowest id)."""
+def token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution (V,) float64 that sample_token draws from with these settings.
+
+    temperature 0 gives the one-hot of argmax (ties to the lowest id). Speculative decoding
+    (tinyinfer/speculative.py) needs these probabilities themselves, not only a draw from them.
+    """
+    logits = np.asarray(logits)
     if temperature == 0.0:
-        return int(np.argmax(logits))
+        onehot = np.zeros(logits.shape[-1])
+        onehot[int(np.argmax(logits))] = 1.0
+        return onehot
     z = logits.astype(np.float64) / temperature
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, -top_k)[-top_k]
@@ -38,4 +45,12 @@ def sample_token(logits, rng, temperature=0.0, top_k=None, top_p=None) -> int:
         mask[keep] = True
         probs = np.where(mask, probs, 0.0)
         probs /= probs.sum()
+    return probs
+
+
+def sample_token(logits, rng, temperature=0.0, top_k=None, top_p=None) -> int:
+    """One token id from logits (V,). temperature 0 means greedy (argmax, ties to the lowest id)."""
+    if temperature == 0.0:
+        return int(np.argmax(logits))  # no draw: the generator is not advanced
+    probs = token_probs(logits, temperature, top_k, top_p)
     return int(rng.choice(probs.size, p=probs))

@@ -38,39 +38,10 @@ import numpy as np
 
 from .kv_cache import ContiguousKVCache
 from .model import forward
-from .sampling import check_sampling_args
+from .sampling import check_sampling_args, token_probs  # token_probs: what sample_token draws from
 
 # --------------------------------------------------------------------------------------------
 # distributions and the verification rule (pure functions: the tests enumerate them exactly)
-
-
-def token_probs(logits, temperature=1.0, top_k=None, top_p=None):
-    """The distribution (V,) float64 that tinyinfer/sampling.py:sample_token draws from.
-
-    temperature 0 gives the one-hot of argmax (ties to the lowest id), as sample_token's greedy.
-    The filtering is sample_token's, line for line, so "the target's distribution" means exactly
-    what Model.generate would sample with the same settings.
-    """
-    logits = np.asarray(logits)
-    if temperature == 0.0:
-        onehot = np.zeros(logits.shape[-1])
-        onehot[int(np.argmax(logits))] = 1.0
-        return onehot
-    z = logits.astype(np.float64) / temperature
-    if top_k is not None and top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z < kth, -np.inf, z)
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, top_p) + 1)]
-        mask = np.zeros_like(probs, dtype=bool)
-        mask[keep] = True
-        probs = np.where(mask, probs, 0.0)
-        probs /= probs.sum()
-    return probs
 
 
 def acceptance_probability(p, q, token) -> float:

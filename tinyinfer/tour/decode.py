@@ -18,6 +18,9 @@ import time
 
 import numpy as np
 
+# The two one-at-a-time baselines are the engine benchmark's own: one piece of code measures both.
+from ..bench.engine import run_cached, run_naive  # noqa: F401 (re-exported for the tour's stages)
+
 
 def make_workload(stream, num_requests: int, prompt_len: int, new_tokens: int, seed: int = 0) -> list:
     """num_requests prompts of prompt_len real held-out tokens, each to be extended by new_tokens.
@@ -34,29 +37,6 @@ def make_workload(stream, num_requests: int, prompt_len: int, new_tokens: int, s
     rng = np.random.default_rng(seed)
     starts = np.sort(rng.choice(len(stream) - prompt_len, size=num_requests, replace=False))
     return [([int(t) for t in stream[s:s + prompt_len]], new_tokens) for s in starts]
-
-
-def run_naive(model, work):
-    """No cache: every new token runs the whole sequence so far through forward()."""
-    from ..model import forward
-
-    out = []
-    t0 = time.perf_counter()
-    for prompt, n in work:
-        seq = list(prompt)
-        for _ in range(n):
-            seq.append(int(np.argmax(forward(model.params, model.config, np.array([seq]))[0, -1])))
-        out.append(seq[len(prompt):])
-    return out, time.perf_counter() - t0
-
-
-def run_cached(model, work):
-    """One request at a time with the contiguous KV cache."""
-    out = []
-    t0 = time.perf_counter()
-    for prompt, n in work:
-        out.append(model.generate(prompt, n)[len(prompt):].tolist())
-    return out, time.perf_counter() - t0
 
 
 def run_engine(model, work, block_size: int = 16):
