@@ -313,6 +313,10 @@ def _embedding_name(cfg: ModelConfig) -> str:
 def load(path, dtype=np.float32):
     """Load a Hugging Face model folder as a tinyinfer Model (weights cast to `dtype`)."""
     folder = Path(path)
+    if folder.suffix == ".gguf" and folder.is_file():  # llama.cpp's one-file format: tinyinfer/export.py
+        from .export import load_gguf
+
+        return load_gguf(folder, dtype)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
     dtype_name = _dtype_name(dtype, LOAD_DTYPES, "dtype")
