@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 
 
 def load(path, dtype=None):
-    """A Model from a Hugging Face folder (config.json + model.safetensors, tokenizer.json if any)."""
+    """A Model from a Hugging Face folder (config.json + model.safetensors, tokenizer.json if any),
+    or from a llama.cpp GGUF file (LLaMA family; F32, F16, Q8_0 or Q4_0 tensors: tinyinfer/export.py)."""
     import numpy as np
 
     from .checkpoint import load as _load
