@@ -54,6 +54,55 @@ def test_kernels_equal_numpy_twin(fmt, parallel, problem):
     assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
 
 
+@st.composite
+def batched_problems(draw):
+    """Batches around the register tile's edges: B on both sides of multiples of TILE_X (and 33),
+    N on both sides of TILE_W and of the prefetch distance, K from one block to seven."""
+    B = draw(st.sampled_from([2, 3, 4, 5, 7, 8, 9, 33]))
+    N = draw(st.sampled_from([1, 3, 4, 5, 9, 13, 67]))
+    K = BLOCK * draw(st.sampled_from([1, 2, 3, 7]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    x = (rng.standard_normal((B, K)) * draw(st.sampled_from([1e-3, 1.0, 50.0]))).astype(np.float32)
+    if draw(st.booleans()):
+        x[draw(st.integers(0, B - 1))] = 0  # an all-zero row inside a tile
+    return w, x
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("parallel", [False, True])
+@given(problem=batched_problems())
+def test_batched_kernels_equal_numpy_twin(fmt, parallel, problem):
+    w, x = problem
+    qt = quantize(w, fmt)
+    ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
+    out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_every_tile_shape_computes_each_output_the_same_way(fmt):
+    # Rows of x land in 4-wide tiles or in the 1..3-wide tile of the remainder, rows of W in full
+    # tiles or in the last one (which repeats its last row): each output's lanes, scale products and
+    # final sum are the same operations in every case, so a row of a batch equals its own matvec.
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((10, 160)).astype(np.float32)
+    x = rng.standard_normal((7, 160)).astype(np.float32)
+    qt = quantize(w, fmt)
+    for parallel in (False, True):
+        batch = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)  # tiles 4 + 3
+        for b in range(7):
+            one = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x[b:b + 1], parallel=parallel)
+            assert np.array_equal(batch[b], one[0])
+
+
+def test_wrong_quants_dtype_is_named():
+    qt = quantize(np.ones((3, 64), np.float32), "q8_0")
+    with pytest.raises(TypeError, match="w_quants must be uint8 for q4_0, got int8"):
+        kernels.quantized_matmul("q4_0", qt._scales_f32, qt.quants, np.ones((2, 64), np.float32))
+
+
 @given(x=st.integers(0, 2**31).map(lambda s: np.random.default_rng(s).standard_normal((3, 160)).astype(np.float32)))
 def test_activation_kernel_is_bit_identical(x):
     x[0, :32] = np.round(x[0, :32] * 4) / 4  # exact .5 ties after scaling are likely here
