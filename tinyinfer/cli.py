@@ -103,6 +103,10 @@ def cmd_distill(args):
         raise SystemExit(f"error: --temperature must be > 0, got {args.temperature}")
     if not 0.0 <= args.alpha <= 1.0:
         raise SystemExit(f"error: --alpha must be in [0, 1], got {args.alpha}")
+    if args.cache_windows is not None and args.cache_windows < 1:
+        raise SystemExit(f"error: --cache-windows must be >= 1, got {args.cache_windows}")
+    if not 1 <= args.top_k <= 32767:
+        raise SystemExit(f"error: --top-k must be in [1, 32767], got {args.top_k}")
     model_config, tc = get_preset(args.preset)
     for field in ("max_steps", "batch_size", "seq_len", "eval_every", "seed"):
         if getattr(args, field) is not None:
@@ -130,6 +134,8 @@ def cmd_distill(args):
                 "labels_only": args.labels_only,
                 "temperature": None if args.labels_only else args.temperature,
                 "alpha": None if args.labels_only else args.alpha}
+    if args.cache_windows is not None:  # train on fixed windows, KD from the teacher's cached top-k
+        settings.update(cache_windows=args.cache_windows, top_k=None if args.labels_only else args.top_k)
     record_run_settings(out_dir, settings)  # refuses to resume with other settings
     teacher.tokenizer.save(out_dir / "tokenizer.json")  # the student speaks the teacher's tokens
 
@@ -140,16 +146,50 @@ def cmd_distill(args):
     print(f"{args.preset}: {model_config.num_params():,} parameters "
           f"({model_config.num_params() / teacher.num_params():.1%} of the teacher's {teacher.num_params():,}); "
           f"{loss}; {len(train_stream):,} training tokens, {tc.max_steps * tc.batch_size * tc.seq_len:,} planned")
-    loss_fn = None if args.labels_only else distillation_loss_fn(teacher, args.temperature, args.alpha)
     t0 = time.time()
-    train(model_config, tc, train_stream, val_stream, out_dir, tokenizer=teacher.tokenizer,
-          max_minutes=args.max_minutes, loss_fn=loss_fn)
+    if args.cache_windows is not None:
+        _distill_from_cache(args, teacher, model_config, tc, train_stream, val_stream, out_dir, settings)
+    else:
+        loss_fn = None if args.labels_only else distillation_loss_fn(teacher, args.temperature, args.alpha)
+        train(model_config, tc, train_stream, val_stream, out_dir, tokenizer=teacher.tokenizer,
+              max_minutes=args.max_minutes, loss_fn=loss_fn)
     # train() starts history.json afresh on a new run but keeps unknown keys when it resumes
     history_path = out_dir / "history.json"
     history = json.loads(history_path.read_text())
     history["distill"] = settings
     history_path.write_text(json.dumps(history, indent=1))
     print(f"done in {time.time() - t0:.0f} s; student in {out_dir}")
+
+
+def _distill_from_cache(args, teacher, model_config, tc, train_stream, val_stream, out_dir, settings):
+    """--cache-windows N: the teacher's top-k over N fixed windows, built once (timed, reused on resume),
+    then tinyinfer.distill.train_on_windows; --labels-only trains on the same windows without it."""
+    from .distill import (cached_distillation_loss_fn, load_or_build_cache, stream_windows, train_on_windows,
+                          window_order)
+
+    if args.labels_only:
+        windows = stream_windows(train_stream, tc.seq_len)
+        if args.cache_windows > len(windows):
+            raise SystemExit(f"error: --cache-windows {args.cache_windows} is more than the {len(windows)} windows "
+                             "of the training split")
+        windows, loss_fn = windows[window_order(len(windows))[:args.cache_windows]], None
+    else:
+        temperatures = sorted({1.0, 2.0, 4.0, float(args.temperature)})
+        path = Path(args.cache or out_dir / f"teacher_top{args.top_k}_first{args.cache_windows}.safetensors")
+        try:
+            cache = load_or_build_cache(teacher, train_stream, tc.seq_len, path, 0, args.cache_windows, args.top_k,
+                                        temperatures)
+            loss_fn = cached_distillation_loss_fn(cache, args.temperature, args.alpha)
+        except ValueError as e:
+            raise SystemExit(f"error: --cache-windows / --cache / --temperature: {e}") from None
+        if cache.k != args.top_k or len(cache.windows) != args.cache_windows:
+            raise SystemExit(f"error: --cache {path} holds top-{cache.k} over {len(cache.windows)} windows, "
+                             f"not --top-k {args.top_k} over --cache-windows {args.cache_windows}")
+        settings["cache_seconds"] = cache.seconds  # the teacher's cost, part of the run's wall time
+        print(f"teacher top-{cache.k} cache: {len(cache.windows):,} windows, built in {cache.seconds:.0f} s")
+        windows = cache.windows
+    train_on_windows(model_config, tc, windows, val_stream, out_dir, loss_fn=loss_fn, tokenizer=teacher.tokenizer,
+                     max_minutes=args.max_minutes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +284,30 @@ def cmd_bench(args):
     suites[args.suite].main(argv)
 
 
+def cmd_export(args):
+    """A model for another engine: GGUF for llama.cpp or a plain float HF folder (tinyinfer/export.py)."""
+    from . import load
+    from .export import export_gguf, export_hf
+
+    if args.format == "hf" and args.quant in ("q8_0", "q4_0"):
+        raise SystemExit(f"error: --quant {args.quant} applies to --format gguf only; transformers reads float "
+                         f"weights, so --format hf takes --quant f32 or f16")
+    model = load(resolve_model_path(args.model))
+    if args.format == "gguf":
+        path = export_gguf(model, args.out, quant=args.quant)
+        size = path.stat().st_size
+    else:
+        path = export_hf(model, args.out, dtype="float16" if args.quant == "f16" else "float32")
+        size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"{args.format} ({args.quant or 'weights as stored'}): {size / 1e6:.2f} MB written to {path}")
+
+
+def cmd_tour(args):
+    from .tour import main as tour_main
+
+    tour_main(args)
+
+
 def cmd_serve(args):
     from .engine.server import serve
 
@@ -256,6 +320,29 @@ def cmd_serve(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="tinyinfer", description="Learn how AI inference gets fast, by measuring it.")
     sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("tour", help="every technique on the shipped models, alone and combined: the article's "
+                                    "table, measured (start here)")
+    p.add_argument("--quick", action="store_true", help="a smaller workload and fewer rounds (~2 minutes)")
+    p.add_argument("--out", default="tour-report", help="report folder: report.md + PNG plots (default tour-report)")
+    p.add_argument("--json", help="also write every number (one object per row, the machine) to this file")
+    p.add_argument("--model", help="the teacher: folder or shipped model name (default teacher)")
+    p.add_argument("--student", help="the distilled student / draft model (default student)")
+    p.add_argument("--pruned", help="a fine-tuned 50%% sparse teacher (default teacher-pruned50)")
+    p.add_argument("--num-requests", type=int, help="prompts in the workload (default 16; 6 with --quick)")
+    p.add_argument("--prompt-len", type=int, help="held-out tokens per prompt (default 128; 64 with --quick)")
+    p.add_argument("--new-tokens", type=int, help="greedy tokens per prompt (default 128; 48 with --quick)")
+    p.add_argument("--naive-requests", type=int, help="prompts the slow naive baseline decodes (default 4; 2 with --quick)")
+    p.add_argument("--rounds", type=int, help="timed rounds of the table (default 3; 2 with --quick)")
+    p.add_argument("--eval-windows", type=int, help="held-out windows for quality (default 16; 4 with --quick)")
+    p.add_argument("--eval-seq-len", type=int, help="tokens per held-out window (default 128)")
+    p.add_argument("--spec-k", type=int, help="draft length of the table's speculative row (default: the sweep's best)")
+    p.add_argument("--realistic-layers", type=int,
+                   help="layers of the GPT-2-small-shaped model (default 12; 0 skips that part)")
+    p.add_argument("--realistic-tokens", type=int, help="decode tokens per format at realistic size (default 16)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tour)
 
     p = sub.add_parser("train", help="train a model on the embedded corpus (resumable)")
     p.add_argument("--preset", default="teacher", help="teacher or tiny (default teacher)")
@@ -288,6 +375,11 @@ def build_parser():
     p.add_argument("--lr", type=float, help="peak learning rate (the cosine ends at a tenth of it)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
+    p.add_argument("--cache-windows", type=int,
+                   help="run the teacher once over N fixed windows of the training split, keep its top-k, and "
+                        "train from that cache (no teacher pass per step; see lessons/06-distillation.py)")
+    p.add_argument("--top-k", type=int, default=32, help="teacher logits kept per position in the cache (default 32)")
+    p.add_argument("--cache", help="the cache file (default OUT/teacher_topK_firstN.safetensors); reused if it exists")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("eval", help="held-out loss, perplexity and top-1 accuracy on the embedded corpus")
@@ -349,6 +441,16 @@ def build_parser():
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="at most this many requests in the running batch")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a model for llama.cpp (GGUF) or transformers (HF folder)")
+    p.add_argument("--model", default="teacher", help="model folder, .gguf file or shipped model name (default teacher)")
+    p.add_argument("--format", required=True, choices=["gguf", "hf"],
+                   help="gguf: one file for llama.cpp (LLaMA family); hf: config.json + model.safetensors + "
+                        "tokenizer.json, float weights")
+    p.add_argument("--out", required=True, help="output file (gguf) or folder (hf)")
+    p.add_argument("--quant", choices=["f32", "f16", "q8_0", "q4_0"], default=None,
+                   help="weights in the file (default: as the model holds them; hf takes f32 or f16)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

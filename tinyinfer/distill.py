@@ -12,8 +12,20 @@ cross-entropy by a weight alpha:
 
 averaged over positions. kd_loss_forward / kd_loss_backward follow the op convention of
 tinyinfer/ops.py, and tests/test_distill.py checks the backward against finite differences.
+
+The teacher's forward pass costs more than the student's whole training step (about 3x the
+student's throughput, measured in benchmarks/distill.md). So the teacher can be asked once:
+build_teacher_cache runs it over fixed windows of the training stream and keeps, per position,
+its top-k logits (float16), their token ids (int16) and the exact log-mass of the other V - k
+tokens at each temperature that will be used. kd_topk_loss_forward then matches the student to
+the teacher over k + 1 buckets (the k tokens, and "everything else" as one bucket): exact on the
+top-k, and on the tail only its total mass is matched, not its shape. train_on_windows is the
+training loop the three ways share (labels only, teacher on the fly, teacher from the cache), so
+they see exactly the same batches.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -78,21 +90,353 @@ def distillation_loss_fn(teacher, temperature=2.0, alpha=0.5):
     return loss_fn
 
 
+# --------------------------------------------------------------------------------------------
+# the teacher's top-k, cached once
+
+
+def teacher_topk(teacher_logits, k, temperatures):
+    """teacher_logits (..., V) -> ids int16 (..., k), logits float16 (..., k), tail_lse float32 (..., nT).
+
+    tail_lse[..., j] = log sum over the V - k tokens outside the top-k of exp(logit / temperatures[j]):
+    with it the teacher's softened distribution over (top-k tokens, the rest) is exact at that T.
+    """
+    V = teacher_logits.shape[-1]
+    if not 1 <= k <= V:
+        raise ValueError(f"k must be in [1, vocab_size={V}], got {k!r}")
+    t = teacher_logits.reshape(-1, V).astype(np.float32, copy=False)  # (n, V)
+    ids = np.argpartition(-t, k - 1, axis=-1)[:, :k]  # (n, k), the k largest in no particular order
+    top = np.take_along_axis(t, ids, axis=-1)  # (n, k)
+    tail = t.copy()
+    np.put_along_axis(tail, ids, -np.inf, axis=-1)  # (n, V), the top-k masked out
+    tail_lse = np.empty((t.shape[0], len(temperatures)), np.float32)  # (n, nT)
+    for j, temperature in enumerate(temperatures):
+        tail_lse[:, j] = _logsumexp(tail / temperature)
+    lead = teacher_logits.shape[:-1]
+    return (ids.astype(np.int16).reshape(*lead, k), top.astype(np.float16).reshape(*lead, k),
+            tail_lse.reshape(*lead, len(temperatures)))
+
+
+def _logsumexp(x):
+    """log sum exp over the last axis; -inf when every entry is -inf (an empty tail)."""
+    m = x.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+class TeacherCache:
+    """The teacher's top-k over N fixed windows of the training stream.
+
+    windows (N, L + 1) token ids: inputs are [:, :-1], labels [:, 1:]
+    ids (N, L, k) int16, logits (N, L, k) float16, tail_lse (N, L, nT) float32 at `temperatures`
+    seconds: wall time the teacher spent building it (charged to distilled runs in the study).
+    """
+
+    def __init__(self, windows, ids, logits, tail_lse, temperatures, seconds):
+        self.windows, self.ids, self.logits, self.tail_lse = windows, ids, logits, tail_lse
+        self.temperatures = [float(x) for x in temperatures]
+        self.seconds = float(seconds)
+
+    @property
+    def k(self):
+        return self.ids.shape[-1]
+
+    def temperature_index(self, temperature):
+        for j, cached in enumerate(self.temperatures):
+            if abs(cached - temperature) < 1e-9:
+                return j
+        raise ValueError(f"temperature must be one the cache was built for {self.temperatures}, got {temperature!r}")
+
+    def save(self, path):
+        from .safetensors import write_safetensors
+
+        write_safetensors(path, {"windows": self.windows, "ids": self.ids, "logits": self.logits,
+                                 "tail_lse": self.tail_lse},
+                          {"temperatures": json.dumps(self.temperatures), "seconds": str(self.seconds)})
+
+    @classmethod
+    def load(cls, path):
+        from .safetensors import read_safetensors
+
+        t, meta = read_safetensors(path)
+        return cls(t["windows"], t["ids"], t["logits"], t["tail_lse"], json.loads(meta["temperatures"]),
+                   float(meta["seconds"]))
+
+    @staticmethod
+    def concat(first, second):
+        """Two caches of the same teacher, k and temperatures as one (their build times add up)."""
+        if first.k != second.k or first.temperatures != second.temperatures:
+            raise ValueError(f"second has top-{second.k} at {second.temperatures}; first has top-{first.k} at "
+                             f"{first.temperatures}; they must match")
+        join = lambda name: np.concatenate([getattr(first, name), getattr(second, name)])  # noqa: E731
+        return TeacherCache(join("windows"), join("ids"), join("logits"), join("tail_lse"), first.temperatures,
+                            first.seconds + second.seconds)
+
+    def subset(self, rows):
+        """The cache restricted to some windows; its cost is charged pro rata."""
+        rows = np.asarray(rows)
+        return TeacherCache(self.windows[rows], self.ids[rows], self.logits[rows], self.tail_lse[rows],
+                            self.temperatures, self.seconds * len(rows) / len(self.windows))
+
+
+def stream_windows(stream, seq_len):
+    """(N, seq_len + 1) consecutive windows of a token stream, overlapping by one token (the label)."""
+    n = (len(stream) - 1) // seq_len
+    if n < 1:
+        raise ValueError(f"the stream has {len(stream)} tokens, too few for one window of {seq_len + 1}")
+    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+    return np.asarray(stream)[idx].astype(np.uint16 if int(np.max(stream)) < 65536 else np.int64)
+
+
+def build_teacher_cache(teacher, windows, k=32, temperatures=(1.0, 2.0, 4.0), batch_size=8, progress=True):
+    """Run the teacher once over every window and keep its top-k (see teacher_topk)."""
+    import time
+
+    from tqdm import tqdm
+
+    if teacher.config.vocab_size > 32767:
+        raise ValueError(f"the cache stores token ids as int16; vocab_size {teacher.config.vocab_size} is too big")
+    N, L1 = windows.shape
+    ids = np.empty((N, L1 - 1, k), np.int16)
+    logits = np.empty((N, L1 - 1, k), np.float16)
+    tail_lse = np.empty((N, L1 - 1, len(temperatures)), np.float32)
+    started = time.time()
+    for start in tqdm(range(0, N, batch_size), desc="teacher top-k", unit="batch", disable=not progress):
+        rows = slice(start, start + batch_size)
+        out = teacher.logits(windows[rows, :-1].astype(np.int64))  # (B, L, V)
+        ids[rows], logits[rows], tail_lse[rows] = teacher_topk(out, k, temperatures)
+    return TeacherCache(windows, ids, logits, tail_lse, temperatures, time.time() - started)
+
+
+def window_order(num_windows, seed=1234):
+    """A fixed random order of a stream's windows: a cache of N windows takes the first N, so a
+    smaller cache (the study's pool) is a part of a bigger one (the shipped student's)."""
+    return np.random.default_rng(seed).permutation(num_windows)
+
+
+def load_or_build_cache(teacher, train_stream, seq_len, path, first, count, k=32, temperatures=(1.0, 2.0, 4.0),
+                        progress=True):
+    """The teacher's top-k over windows window_order[first:first + count] of the stream, read from
+    path when it exists, else built (timed) and saved there."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        return TeacherCache.load(path)
+    windows = stream_windows(train_stream, seq_len)
+    if first + count > len(windows):
+        raise ValueError(f"first + count = {first + count} windows asked for, but the stream has only "
+                         f"{len(windows)} windows of {seq_len + 1} tokens")
+    rows = window_order(len(windows))[first:first + count]
+    cache = build_teacher_cache(teacher, windows[rows], k, temperatures, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache.save(path)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------
+# KD on the cached top-k: k + 1 buckets
+
+
+def kd_topk_loss_forward(student_logits, topk_ids, topk_logits, tail_lse, targets, temperature=2.0, alpha=0.5):
+    """KD against a teacher known only by its top-k logits and the log-mass of the rest.
+
+    student_logits (..., V); topk_ids int (..., k); topk_logits (..., k); tail_lse (...): the
+    teacher's log sum exp(logit / T) over the other V - k tokens at this temperature (-inf when
+    k = V). The teacher's softened distribution becomes k + 1 buckets, q_i for its top-k tokens
+    and q_rest for the rest, exact; the student's is p_i and p_rest = 1 - sum p_i at the same T:
+
+        kl = sum_i q_i log(q_i / p_i) + q_rest log(q_rest / p_rest)
+
+    This is the full KL when k = V and never more than it otherwise (merging outcomes can only
+    lose information): the student is told how much mass the tail deserves, not how to spread it.
+    Returns (loss, {"loss", "kl", "ce"}, cache) like kd_loss_forward.
+    """
+    if topk_ids.shape != topk_logits.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(f"topk_ids {topk_ids.shape} and topk_logits {topk_logits.shape} must be (..., k) "
+                         f"with the leading shape of student_logits {student_logits.shape}")
+    if np.shape(tail_lse) != student_logits.shape[:-1]:
+        raise ValueError(f"tail_lse has shape {np.shape(tail_lse)}, expected {student_logits.shape[:-1]}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    V, k = student_logits.shape[-1], topk_ids.shape[-1]
+    s = student_logits.reshape(-1, V)
+    n = s.shape[0]
+    ids = topk_ids.reshape(n, k).astype(np.int64)
+    tz = topk_logits.reshape(n, k).astype(s.dtype) / temperature  # (n, k)
+    t_rest = np.asarray(tail_lse, dtype=s.dtype).reshape(n)  # (n,)
+    t_all = np.logaddexp(_logsumexp(tz), t_rest)  # (n,) the teacher's normaliser at T
+    log_q = tz - t_all[:, None]  # (n, k)
+    log_q_rest = t_rest - t_all  # (n,), -inf for an empty tail
+    log_ps_T = log_softmax(s / temperature)  # (n, V)
+    log_p = np.take_along_axis(log_ps_T, ids, axis=-1)  # (n, k)
+    rest = log_ps_T.copy()
+    np.put_along_axis(rest, ids, -np.inf, axis=-1)
+    log_p_rest = _logsumexp(rest)  # (n,)
+    q, q_rest = np.exp(log_q), np.exp(log_q_rest)
+    with np.errstate(invalid="ignore"):  # 0 * (-inf - -inf) for an empty tail: the term is 0
+        rest_term = np.where(q_rest > 0, q_rest * (log_q_rest - log_p_rest), 0.0)
+    kl = float(((q * (log_q - log_p)).sum() + rest_term.sum()) / n)
+    y = targets.reshape(-1)
+    log_ps = log_softmax(s)
+    ce = float(-log_ps[np.arange(n), y].mean())
+    loss = alpha * temperature ** 2 * kl + (1.0 - alpha) * ce
+    cache = (log_ps_T, ids, q, log_q_rest, log_p_rest, log_ps, y, temperature, alpha, student_logits.shape)
+    return loss, {"loss": loss, "kl": kl, "ce": ce}, cache
+
+
+def kd_topk_loss_backward(dloss, cache):
+    """d loss / d student_logits (..., V).
+
+    The KL term's gradient is (p - q_full) / T as in full KD, where q_full is the teacher's top-k
+    probabilities and, on the tail, q_rest spread in proportion to the student's own tail:
+    q_full_j = q_rest * p_j / p_rest. Times alpha T^2, that leaves alpha T (p - q_full).
+    """
+    log_ps_T, ids, q, log_q_rest, log_p_rest, log_ps, y, temperature, alpha, shape = cache
+    n = y.size
+    with np.errstate(invalid="ignore"):
+        target = np.exp(log_ps_T + np.where(np.isfinite(log_q_rest), log_q_rest - log_p_rest, -np.inf)[:, None])
+    np.put_along_axis(target, ids, q, axis=-1)  # (n, V): the teacher, its tail shaped like the student's
+    dsoft = alpha * temperature * (np.exp(log_ps_T) - target)
+    dhard = np.exp(log_ps)
+    dhard[np.arange(n), y] -= 1.0
+    dhard *= 1.0 - alpha
+    return ((dsoft + dhard) * (dloss / n)).reshape(shape)
+
+
+def cached_distillation_loss_fn(cache: TeacherCache, temperature=2.0, alpha=0.5):
+    """A loss_fn for train_on_windows: soft targets read from the cache, no teacher forward pass."""
+    from .model import backward, forward
+
+    j = cache.temperature_index(temperature)
+
+    def loss_fn(params, config, inputs, targets, rows):
+        caches = {}
+        student_logits = forward(params, config, inputs, caches=caches)  # (B, T, V)
+        loss, _, kd_cache = kd_topk_loss_forward(student_logits, cache.ids[rows], cache.logits[rows],
+                                                 cache.tail_lse[rows, :, j], targets, temperature, alpha)
+        return loss, backward(kd_topk_loss_backward(1.0, kd_cache), params, config, caches)
+
+    return loss_fn
+
+
+# --------------------------------------------------------------------------------------------
+# one training loop over fixed windows, for all three ways of training the student
+
+
+def sample_rows(num_windows, batch_size, seed, step):
+    """Which windows make batch `step`: the same (seed, step) gives the same rows, so runs that
+    differ only in their loss see the same data in the same order (and a resumed run continues it)."""
+    return np.random.default_rng([seed, step]).integers(0, num_windows, size=batch_size)
+
+
+def train_on_windows(model_config, tc, windows, val_stream, out_dir, loss_fn=None, tokenizer=None,
+                     max_minutes=None, max_seconds=None, progress=True, log=print):
+    """Train a student on batches of fixed windows (N, T + 1); resumable like tinyinfer.train.train.
+
+    loss_fn(params, config, inputs, targets, rows) -> (loss, grads); None is plain cross-entropy.
+    rows are the windows' indices (a cached teacher is looked up by them). Checkpoints every
+    tc.eval_every steps and at the end (held-out loss in history.json); stops after max_minutes
+    (or max_seconds of training, evaluation excluded) with a checkpoint; calling it again resumes.
+    """
+    import dataclasses
+    import math
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .checkpoint import save
+    from .evaluate import evaluate
+    from .model import Model, init_params, loss_and_grads
+    from .train import AdamW, clip_grad_norm, load_train_state, lr_at, save_train_state
+
+    if windows.shape[1] != tc.seq_len + 1:
+        raise ValueError(f"windows have {windows.shape[1]} tokens, expected seq_len + 1 = {tc.seq_len + 1}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history_path = out_dir / "history.json"
+    state = load_train_state(out_dir)
+    if state is not None:
+        params, (m, v, t), step, _, model_config = state
+        opt = AdamW(params, tc)
+        opt.m, opt.v, opt.t = m, v, t
+        history = json.loads(history_path.read_text())
+        log(f"resuming from step {step} in {out_dir}")
+    else:
+        params = init_params(model_config, tc.seed)
+        opt, step, history = AdamW(params, tc), 0, {"train": [], "val": [], "train_seconds": 0.0}
+    history["model_config"], history["train_config"] = model_config.to_dict(), dataclasses.asdict(tc)
+    model = Model(model_config, params, tokenizer)
+    tokens_per_step = tc.batch_size * tc.seq_len
+    plain = lambda p, c, x, y, rows: loss_and_grads(p, c, x, y)  # noqa: E731
+
+    def checkpoint():
+        val = evaluate(model, val_stream, tc.seq_len, tc.eval_windows)
+        history["val"].append({**val, "eval_tokens": val["tokens"], "step": step, "tokens": step * tokens_per_step,
+                               "train_seconds": history["train_seconds"]})
+        history["tokens_seen"] = step * tokens_per_step
+        save_train_state(out_dir, params, opt, step, tc, model_config)
+        save(model, out_dir)
+        history_path.write_text(json.dumps(history, indent=1))
+        return val
+
+    started = time.time()
+    bar = tqdm(total=tc.max_steps, initial=step, desc="student", unit="step", disable=not progress)
+    window_loss, window_seconds = [], 0.0
+    while step < tc.max_steps:
+        t0 = time.perf_counter()
+        rows = sample_rows(len(windows), tc.batch_size, tc.seed, step)
+        batch = windows[rows].astype(np.int64)  # (B, T + 1)
+        loss, grads = (loss_fn or plain)(params, model_config, batch[:, :-1], batch[:, 1:], rows)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning rate")
+        norm = clip_grad_norm(grads, tc.grad_clip)
+        lr = lr_at(step, tc)
+        opt.step(params, grads, lr)
+        step += 1
+        dt = time.perf_counter() - t0
+        history["train_seconds"] += dt  # training only: evaluation and checkpoints are not counted
+        window_loss.append(loss)
+        window_seconds += dt
+        if step % 25 == 0 or step == tc.max_steps:
+            tok_s = len(window_loss) * tokens_per_step / window_seconds
+            history["train"].append({"step": step, "tokens": step * tokens_per_step,
+                                     "loss": float(np.mean(window_loss)), "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s,
+                                     "train_seconds": history["train_seconds"]})
+            bar.set_postfix(loss=f"{np.mean(window_loss):.3f}", tok_s=f"{tok_s:.0f}")
+            window_loss, window_seconds = [], 0.0
+        bar.update(1)
+        out_of_time = ((max_minutes is not None and time.time() - started > 60 * max_minutes)
+                       or (max_seconds is not None and history["train_seconds"] >= max_seconds))
+        if step % tc.eval_every == 0 or out_of_time:
+            val = checkpoint()
+            log(f"step {step}: held-out loss {val['loss']:.4f}, top-1 {val['top1']:.3f}")
+        if out_of_time:
+            break
+    bar.close()
+    if not history["val"] or history["val"][-1]["step"] != step:
+        checkpoint()
+    return model, history
+
+
 def record_run_settings(out_dir, settings: dict):
     """Write out_dir/distill.json, or refuse (ValueError naming the flags) if a run there differs.
 
     A resumed run must keep its loss: one whose temperature, alpha or teacher changed half-way
     compares with nothing. settings: {"teacher": path, "labels_only", "temperature", "alpha", ...}.
     """
-    import json
     from pathlib import Path
 
     path = Path(out_dir) / "distill.json"
     if path.exists():
         before = json.loads(path.read_text())
-        keys = ["labels_only"] if before.get("labels_only") != settings["labels_only"] else ["temperature", "alpha"]
-        changed = [f"--{key.replace('_', '-')} (was {before.get(key)}, now {settings[key]})"
-                   for key in keys if before.get(key) != settings[key]]
+        keys = (["labels_only"] if before.get("labels_only") != settings["labels_only"] else
+                ["temperature", "alpha", "cache_windows", "top_k"])
+        changed = [f"--{key.replace('_', '-')} (was {before.get(key)}, now {settings.get(key)})"
+                   for key in keys if before.get(key) != settings.get(key)]
         if Path(before["teacher"]).resolve() != Path(settings["teacher"]).resolve():
             changed.append(f"--teacher (was {before['teacher']}, now {settings['teacher']})")
         if changed:
