@@ -46,9 +46,10 @@ PRESETS = {
     "student": (
         ModelConfig(family="llama", vocab_size=TOKENIZER_VOCAB, n_layer=1, n_embd=96, n_head=4,
                     n_kv_head=2, n_ctx=512, ffn_hidden=288, tie_word_embeddings=True),
-        # 4000 steps x 8 x 256 = 8.2M tokens (~39 per parameter). Distilling, the teacher's forward
-        # pass is ~3/4 of a step (measured ~5.6K tokens/s on 2 cores: ~25 minutes); --labels-only
-        # (no teacher) runs ~4x faster over the same tokens, for the fair comparison.
+        # 4000 steps x 8 x 256 = 8.2M tokens (~39 per parameter). With the teacher on the fly its
+        # forward pass is most of a step (3-5x the time of --labels-only, benchmarks/distill.md);
+        # `tinyinfer distill --cache-windows N` runs the teacher once over N fixed windows, keeps
+        # its top-32, and then trains at ~1.2-1.5x the time of labels only.
         TrainConfig(seq_len=256, batch_size=8, max_steps=4000, lr=3e-3, min_lr=3e-4,
                     warmup_steps=200, eval_every=500, eval_windows=48),
     ),
