@@ -102,12 +102,14 @@ def sample_batch(stream: np.ndarray, tc: TrainConfig, step: int):
 # atomically, plus history.json; the model itself also goes out in Hugging Face layout.
 
 
-def save_train_state(out_dir: Path, params, opt: AdamW, step: int, tc: TrainConfig, mc: ModelConfig):
+def save_train_state(out_dir: Path, params, opt: AdamW, step: int, tc: TrainConfig, mc: ModelConfig,
+                     masks: dict | None = None):
     from .safetensors import write_safetensors
 
     tensors = {f"param/{k}": v for k, v in params.items()}
     tensors.update({f"adam_m/{k}": v for k, v in opt.m.items()})
     tensors.update({f"adam_v/{k}": v for k, v in opt.v.items()})
+    tensors.update({f"mask/{k}": v for k, v in (masks or {}).items()})  # pruning masks, so a resume keeps them
     meta = {"step": str(step), "adam_t": str(opt.t), "train_config": json.dumps(dataclasses.asdict(tc)),
             "model_config": json.dumps(mc.to_dict())}
     tmp = out_dir / "train_state.safetensors.tmp"
@@ -115,8 +117,11 @@ def save_train_state(out_dir: Path, params, opt: AdamW, step: int, tc: TrainConf
     tmp.replace(out_dir / "train_state.safetensors")
 
 
-def load_train_state(out_dir: Path):
-    """-> (params, opt_state (m, v, t), step, TrainConfig, ModelConfig) or None if absent."""
+def load_train_state(out_dir: Path, with_masks: bool = False):
+    """-> (params, opt_state (m, v, t), step, TrainConfig, ModelConfig) or None if absent.
+
+    with_masks: append the stored pruning masks (name -> array, {} when none) to the tuple.
+    """
     from .safetensors import read_safetensors
 
     path = out_dir / "train_state.safetensors"
@@ -126,7 +131,23 @@ def load_train_state(out_dir: Path):
     group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
     tc = TrainConfig(**json.loads(meta["train_config"]))
     mc = ModelConfig.from_dict(json.loads(meta["model_config"]))
-    return group("param/"), (group("adam_m/"), group("adam_v/"), int(meta["adam_t"])), int(meta["step"]), tc, mc
+    state = group("param/"), (group("adam_m/"), group("adam_v/"), int(meta["adam_t"])), int(meta["step"]), tc, mc
+    return (*state, group("mask/")) if with_masks else state
+
+
+def check_masks(masks: dict, params: dict) -> dict:
+    """masks (name -> 0/1 array shaped like params[name]) as float arrays of params' dtype; else ValueError."""
+    checked = {}
+    for name, mask in masks.items():
+        if name not in params:
+            raise ValueError(f"masks has {name!r}, which is not a parameter of the model")
+        mask = np.asarray(mask)
+        if mask.shape != params[name].shape:
+            raise ValueError(f"masks[{name!r}] has shape {mask.shape}, params[{name!r}] has {params[name].shape}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"masks[{name!r}] must hold only 0s and 1s")
+        checked[name] = mask.astype(params[name].dtype)
+    return checked
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +156,7 @@ def load_train_state(out_dir: Path):
 
 def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, out_dir,
           tokenizer=None, max_minutes=None, progress=True, init_from: dict | None = None, log=print,
-          stop_at_step: int | None = None, loss_fn=None):
+          stop_at_step: int | None = None, loss_fn=None, masks: dict | None = None):
     """Train (or resume) a model; checkpoints to out_dir every tc.eval_every steps and at the end.
 
     Resuming: when out_dir holds train_state.safetensors, training continues from its step with its
@@ -146,6 +167,11 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
 
     loss_fn(params, config, inputs, targets) -> (loss, grads) replaces the plain next-token
     cross-entropy (tinyinfer/distill.py passes one that asks a teacher for soft targets).
+
+    masks (name -> 0/1 array shaped like the parameter, e.g. prune.to_param_layout's) fine-tune a
+    pruned model: the masked weights are zeroed at the start and AdamW.step keeps them, their
+    gradients and their Adam state at zero. They are saved with the train state, so a resumed run
+    keeps them (masks given to the call take precedence over stored ones).
     """
     from tqdm import tqdm
 
@@ -155,9 +181,10 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history_path = out_dir / "history.json"
-    state = load_train_state(out_dir)
+    state = load_train_state(out_dir, with_masks=True)
     if state is not None:
-        params, (m, v, t), step, _, model_config = state
+        params, (m, v, t), step, _, model_config, stored_masks = state
+        masks = (stored_masks or None) if masks is None else masks
         opt = AdamW(params, tc)
         opt.m, opt.v, opt.t = m, v, t
         history = json.loads(history_path.read_text()) if history_path.exists() else {"train": [], "val": []}
@@ -165,6 +192,10 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     else:
         params = init_from if init_from is not None else init_params(model_config, tc.seed)
         opt, step, history = AdamW(params, tc), 0, {"train": [], "val": []}
+    if masks is not None:
+        masks = check_masks(masks, params)
+        # masked entries become new arrays, so the caller's init_from arrays are not zeroed
+        params = {k: v * masks[k] if k in masks else v for k, v in params.items()}
     history["model_config"] = model_config.to_dict()
     history["train_config"] = dataclasses.asdict(tc)
     model = Model(model_config, params, tokenizer)
@@ -180,7 +211,7 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
         history["val"].append({**val, "eval_tokens": val["tokens"], "step": step, "tokens": step * tokens_per_step})
         history["train_seconds"] = elapsed_before + time.time() - started
         history["tokens_seen"] = step * tokens_per_step
-        save_train_state(out_dir, params, opt, step, tc, model_config)
+        save_train_state(out_dir, params, opt, step, tc, model_config, masks)
         save(model, out_dir)
         history_path.write_text(json.dumps(history, indent=1))
         return val
@@ -193,9 +224,11 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
             loss, grads = (loss_fn or loss_and_grads)(params, model_config, inputs, targets)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning rate")
+            for name, mask in (masks or {}).items():
+                grads[name] *= mask  # pruned weights get no gradient, and none counts in the clipping norm
             norm = clip_grad_norm(grads, tc.grad_clip)
             lr = lr_at(step, tc)
-            opt.step(params, grads, lr)
+            opt.step(params, grads, lr, masks=masks)
             step += 1
             window_loss.append(loss)
             if step % 25 == 0 or step == tc.max_steps:
