@@ -417,17 +417,21 @@ plt.show()
 #   one is 4 MB and may sit in cache, where arithmetic, not memory, sets the pace. The ideal line
 #   is an upper bound: the kernels also unpack nibbles and quantize x.
 # * **Batches (B = 32)** reuse each weight 32 times, so they are limited by arithmetic, and the
-#   BLAS float32 kernels are very well tuned; a quantized kernel wins much less there, or loses.
+#   BLAS float32 kernels are very well tuned. Our batch kernel (`tinyinfer/quant/kernels.py`)
+#   keeps a 4 x 4 tile of outputs in registers so each loaded weight block serves four rows of x;
+#   that brings it level with BLAS, not past it.
 # * **Threads and neighbours matter**: a second BLAS thread, a busy core (this lesson was written
 #   next to a training job), or another CPU changes every ratio. That is why `machine()` is
 #   printed with them, and why a claim such as "4x faster" means nothing without its machine.
 #
-# For reference, on the machine this lesson was written on (2 cores of an AMD EPYC, one of them
-# busy with a training job; OpenBLAS and Numba on one thread each), `python -m tinyinfer.bench.quant`
-# measured at 4096 x 4096: decode Q8_0 1.33x and Q4_0 1.45x the speed of float32, batch-32 0.57x
-# and 0.75x; at 1024 x 1024 (small settings) decode was about 0.5x and 0.4x. Far from 4x and 8x:
-# llama.cpp's hand-written SIMD kernels, on a machine with many cores sharing the memory bus, get
-# much closer to the ideal line than a Numba loop on one core.
+# For reference, on a quiet 2-core AMD EPYC VM, `python -m tinyinfer.bench.quant` measured at
+# 4096 x 4096 (NumPy with its default threads): decode Q8_0 1.25-1.43x and Q4_0 1.57-1.77x the
+# speed of float32; batch-32 0.97-1.04x and 0.87-0.96x; a batch of 2 to 5 rows 3.3-4.8x, because
+# there OpenBLAS spends most of its time repacking the float matrix. With the quantized matrix
+# already in cache, decode is 2.1x / 2.5x: in the benchmark NumPy's 64 MB matrix evicts ours every
+# round, and one core of this VM streams memory at about 13 GB/s. Far from 4x and 8x: llama.cpp's
+# hand-written SIMD kernels, on a machine with many cores sharing a wide memory bus, get much
+# closer to the ideal line (`benchmarks/RESULTS.md` has the whole table).
 #
 # ## 5. Quality: what the model loses
 #
