@@ -8,7 +8,7 @@ from conftest import small_model
 from tinyinfer.sparse import prune
 from tinyinfer.sparse.csr import CSRMatrix
 from tinyinfer.sparse.experiment import (Evaluator, calibration_ids, finetuned_rows, linear_sparsity, markdown,
-                                         one_shot_rows, structured_rows, targets)
+                                         one_shot_rows, ship, structured_rows, targets)
 from tinyinfer.sparse.finetune import (FinetuneSettings, cubic_levels, cubic_sparsity, finetune, prune_to,
                                        sparsity_of, weights_of)
 from tinyinfer.train import TrainConfig, check_masks, load_train_state, train
@@ -222,3 +222,23 @@ def test_the_report_has_every_row_and_target(tmp_path):
     for needle in ("dense control", "2:4", "wanda", "global", "heads", "neurons", "90% unstructured"):
         assert needle in text
     assert text.count("\n| magnitude, iterative |") == 6  # before and after, three stages
+
+
+def test_the_shipped_model_is_the_better_fine_tuned_one_stored_as_csr(tmp_path):
+    import tinyinfer
+
+    teacher = small_model("llama", n_ctx=32)
+    tinyinfer.save(teacher, tmp_path / "teacher")
+    streams = (_stream(teacher.config, seed=1), _stream(teacher.config, 600, seed=2))
+    settings = FinetuneSettings(steps=2, batch_size=2, seq_len=8, warmup_steps=1, check_windows=1)
+    r = finetuned_rows(teacher, Evaluator(teacher, streams[1], seq_len=16, windows=2), streams, settings, (0.5,),
+                       tmp_path / "runs", log=lambda *_: None, progress=False)
+    shipped = ship(r, tmp_path / "shipped", "cmd", tmp_path / "teacher", log=lambda *_: None)
+    best = min(r["models"], key=lambda k: r["models"][k][0]["perplexity"])
+    assert shipped["variant"] == best
+    loaded = tinyinfer.load(tmp_path / "shipped")
+    tuned = tinyinfer.load(r["models"][best][1])
+    assert all(isinstance(loaded.params[n], CSRMatrix) for n in prune.linear_weight_names(teacher.config))
+    assert shipped["file_bytes"] == (tmp_path / "shipped" / "model.safetensors").stat().st_size
+    ids = np.arange(12) % teacher.config.vocab_size
+    np.testing.assert_allclose(loaded.logits(ids), tuned.logits(ids), rtol=2e-2, atol=2e-2)  # float16 embedding

@@ -201,7 +201,7 @@ def markdown(r: dict) -> str:
              f"({r['machine'].get('cores')} cores, shared with other jobs): {r['elapsed_s'] / 60:.1f} min for the "
              f"invocation that wrote this (finished fine-tuning stages are read back, not rerun); the "
              f"{len(r['finetune_seconds'])} fine-tuning runs took {sum(r['finetune_seconds'].values()) / 60:.1f} min "
-             f"of wall time in all, two at a time on a busy machine.",
+             f"of wall time in all (the machine was shared with other jobs).",
              f"Held-out: the first {s['eval_windows']} windows of {s['eval_seq_len']} tokens of the validation "
              f"split ({r['teacher']['eval_tokens']:,} predicted tokens), the same for every row. Fine-tuning: "
              f"{s['finetune']['steps']} steps a stage, B={s['finetune']['batch_size']}, "
@@ -251,7 +251,7 @@ def ship(r: dict, out_dir: Path, command: str, teacher_dir: Path, log=print) -> 
     stats = weight_stats(shipped)
     size = (out_dir / "model.safetensors").stat().st_size
     log(f"shipped {name} to {out_dir}: {size / 1e6:.2f} MB, {stats['nonzeros']:,} nonzeros")
-    return {"variant": name, "run_dir": str(run_dir), "bytes": size, **stats, "command": command,
+    return {"variant": name, "run_dir": str(run_dir), **stats, "file_bytes": size, "command": command,
             "teacher_bytes": (teacher_dir / "model.safetensors").stat().st_size}
 
 
@@ -269,8 +269,8 @@ stay zero). Chosen as the better of 50% unstructured and 2:4 after fine-tuning.
 |---|---|
 | block linear weights | {shipped_row['linear_sparsity']:.1%} zeros, stored as CSR (float32 values, int32 columns) |
 | other weights | embedding (tied head) and norms, float16 |
-| nonzero parameters | {sh['nonzeros']:,} of {sh['params']:,} |
-| file | {sh['bytes'] / 1e6:.2f} MB model.safetensors (the dense teacher's file: {sh['teacher_bytes'] / 1e6:.2f} MB) |
+| nonzero parameters | {sh['nonzeros']:,} of {sh['params']:,} ({sh['bytes'] / 1e6:.2f} MB in memory) |
+| file | {sh['file_bytes'] / 1e6:.2f} MB model.safetensors (the dense teacher's file: {sh['teacher_bytes'] / 1e6:.2f} MB) |
 
 CSR needs 8 bytes a nonzero, so at 50% density the file is *larger* than the dense float16
 teacher, and the CSR product is slower than dense BLAS at this density (see lessons/05-pruning.py):

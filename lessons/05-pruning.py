@@ -1,0 +1,448 @@
+# Lesson 05: pruning, fewer weights.
+# Source of notebooks/05-pruning.ipynb (regenerate it with `python -m tinyinfer.lessons`).
+# Runs as a plain script too: `python lessons/05-pruning.py` from the repository root.
+
+# %% [markdown]
+# # Lesson 05 — Pruning: fewer weights
+#
+# A trained network has many weights that barely matter. Pruning sets them to zero. The article
+# this project follows describes the loop:
+#
+# > **Train, remove the smallest weights, fine-tune to recover, repeat. 50–90% of the weights can
+# > go with minimal loss, and sparse kernels turn that into speed (70% sparsity → 3x).**
+#
+# Three separate claims hide in there, and this lesson measures each on our teacher model:
+#
+# | claim | what we measure | section |
+# |---|---|---|
+# | the smallest weights can go | perplexity vs sparsity for six ways of choosing what to remove, no retraining | 2, 3 |
+# | fine-tuning recovers the loss | the loop at 50%, 70%, 90%, **against a dense model fine-tuned just as long** | 4 |
+# | zeros turn into speed | a CSR matrix-vector product vs NumPy's dense one, across densities; smaller dense models | 5, 6 |
+#
+# Where the code is:
+#
+# | piece | where |
+# |---|---|
+# | masks: magnitude (per layer, global), Wanda, N:M | `tinyinfer/sparse/prune.py: magnitude_masks`, `global_magnitude_masks`, `wanda_masks`, `nm_masks` |
+# | structured: whole heads, MLP neurons (smaller dense models) | `tinyinfer/sparse/prune.py: prune_heads`, `prune_mlp_neurons` |
+# | fine-tuning with masks, the cubic schedule | `tinyinfer/train.py: train(..., masks=)`; `tinyinfer/sparse/finetune.py` |
+# | the full experiment with dense controls | `tinyinfer/sparse/experiment.py` → `benchmarks/prune_quality.md` |
+# | CSR by hand, its NumPy twin, the Numba kernels | `tinyinfer/sparse/csr.py: CSRMatrix`, `csr_matmul_reference`; `tinyinfer/sparse/kernels.py` |
+# | a whole sparse model, save / load | `tinyinfer/sparse/model.py: sparsify_model`; `tinyinfer prune` |
+#
+# `TINYINFER_LESSON_SMALL=1` (the tests set it) makes the evaluation, the fine-tuning and the timed
+# matrix small.
+
+# %%
+# %matplotlib inline
+import os
+
+# One BLAS thread: small matrices run fastest that way, and it does not fight other jobs for the
+# cores. This only works before NumPy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinyinfer
+from tinyinfer.bench import interleaved, machine
+from tinyinfer.corpus import token_stream
+from tinyinfer.evaluate import evaluate
+from tinyinfer.sparse import CSRMatrix, prune
+from tinyinfer.sparse.csr import csr_matmul_reference
+from tinyinfer.sparse.experiment import calibration_ids
+from tinyinfer.sparse.finetune import FinetuneSettings, cubic_sparsity, finetune, prune_to
+
+SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
+# The notebook may run from the repository root (the tests) or from notebooks/ (Jupyter).
+ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
+MODEL_DIR = ROOT / "models" / "teacher"
+if not (MODEL_DIR / "model.safetensors").is_file():  # before the teacher is trained: the tiny model
+    MODEL_DIR = ROOT / "models" / "tiny"
+model = tinyinfer.load(MODEL_DIR)  # float32 (the file is float16)
+config = model.config
+train_stream = token_stream(model.tokenizer, "train", progress=False)
+val_stream = token_stream(model.tokenizer, "val", progress=False)
+EVAL = dict(seq_len=128, max_windows=6) if SMALL else dict(seq_len=256, max_windows=64)
+print(f"small settings: {SMALL}; model: {MODEL_DIR.relative_to(ROOT)}, {model.num_params():,} parameters; "
+      f"held-out: {EVAL['max_windows']} windows of {EVAL['seq_len']} tokens")
+
+# %% [markdown]
+# ## 1. What "the smallest weights" means, exactly
+#
+# Magnitude pruning keeps a 0/1 **mask** per weight matrix and uses `w * mask`. Which entries get a
+# 0 follows PyTorch's `torch.nn.utils.prune.l1_unstructured`, so our numbers mean what theirs mean:
+#
+# * **exact-k**: `amount=0.5` on a matrix of n weights zeroes exactly `k = round(0.5 * n)` entries
+#   (Python's `round`, halves to even), the k smallest `|w|`; ties go to the entry that comes first
+#   (`tinyinfer/sparse/prune.py: _drop_lowest`), so the result never depends on the platform.
+# * **repeated pruning acts on the survivors**: a second `amount=0.5` removes half of what is
+#   *left*, so 0.5 then 0.5 leaves 25% of the weights, not 0%. (An int amount removes exactly that
+#   many.) The article's loop relies on this: after fine-tuning, a pruned weight stays pruned even
+#   though its neighbours have moved.
+#
+# We look at one real weight matrix: layer 0's MLP down-projection.
+
+# %%
+weights = prune.linear_weights(model)  # name -> (N, K) every linear layer inside the blocks
+name = next(n for n in weights if n.endswith(("mlp.down_proj.weight", "mlp.c_proj.weight")))  # layer 0's
+W = weights[name]  # (N, K)
+first = prune.magnitude_masks({name: W}, 0.5)
+second = prune.magnitude_masks({name: W}, 0.5, previous=first)  # half of the survivors
+print(f"{name}: {W.shape}, {W.size:,} weights")
+print(f"after 0.5:        {int((first[name] == 0).sum()):,} zeros (round(0.5 * {W.size}) = {round(0.5 * W.size):,})")
+print(f"after 0.5 again:  {int((second[name] == 0).sum()):,} zeros = {1 - second[name].mean():.0%} sparse")
+threshold = np.abs(W[first[name] == 1]).min()
+print(f"the 50% cut: every |w| below {threshold:.4f} is gone ({threshold / W.std():.2f} standard deviations of w)")
+
+# %% [markdown]
+# What pruning does to the distribution: trained weights are roughly bell-shaped around zero;
+# magnitude pruning cuts a hole in the middle. Wanda (section 2) cuts a ragged hole, because it
+# weighs each weight by the size of the input it meets.
+
+# %%
+calib = calibration_ids(train_stream, n_windows=8 if SMALL else 32, seq_len=128, seed=0)  # (W, T)
+norms = prune.collect_input_norms(model, calib, batch_size=8)  # name -> (K,) ||X[:, k]||_2
+wanda = prune.wanda_masks({name: W}, {name: norms[name]}, 0.5)[name]
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
+bins = np.linspace(-np.abs(W).max(), np.abs(W).max(), 121)
+for ax, (label, w) in zip(axes, [("dense", W), ("magnitude 50%", W * first[name]), ("Wanda 50%", W * wanda)]):
+    ax.hist(w[w != 0].ravel(), bins=bins, color="C0" if label == "dense" else "C1")
+    ax.set_title(f"{label}: {np.count_nonzero(w):,} nonzeros")
+    ax.set_xlabel("weight value")
+axes[0].set_ylabel("count")
+fig.suptitle(f"{name}, before and after pruning (zeros not drawn)")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. Six ways to choose, one-shot (no fine-tuning)
+#
+# | method | removes | function |
+# |---|---|---|
+# | magnitude | the smallest `|w|` of each matrix (every layer equally sparse) | `magnitude_masks` |
+# | global | the smallest `|w|` over all matrices together (a layer of small weights loses more) | `global_magnitude_masks` |
+# | Wanda | the lowest `|W[n,k]| · ‖X[:,k]‖₂` in each output row; ‖X‖ from a little calibration text | `wanda_masks`, `collect_input_norms` |
+# | 2:4 | the 2 smallest of every 4 consecutive weights (what sparse tensor cores run) | `nm_masks` |
+# | heads | whole attention heads (lowest o_proj column norm): smaller q/o matrices | `prune_heads` |
+# | neurons | whole MLP neurons (lowest down_proj column norm): smaller gate/up/down | `prune_mlp_neurons` |
+#
+# Wanda's idea (Sun et al., 2023): a small weight that meets a large input matters as much as a
+# large weight meeting a small one, and a few input features of a transformer are much larger than
+# the rest. On Llama-2-7B at 50% the paper reports perplexity dense 5.12, magnitude 14.89, Wanda
+# 6.42 — without any retraining.
+#
+# The x axis is the fraction of the block linear weights removed (structured methods remove whole
+# rows and columns, so we count what is gone from the smaller matrices).
+
+# %%
+def linear_params(m):
+    return sum(int(np.prod(m.params[n].shape)) for n in prune.linear_weight_names(m.config))
+
+
+def held_out(m):
+    return evaluate(m, val_stream, EVAL["seq_len"], EVAL["max_windows"], reference=model)
+
+
+def masked(masks):
+    return prune.apply_masks(model, prune.to_param_layout(masks, config))
+
+
+base = held_out(model)
+levels = (0.3, 0.5, 0.7) if SMALL else (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+curves = {m: [] for m in ("magnitude", "global", "wanda")}  # method -> [(removed, perplexity)]
+for level in levels:
+    curves["magnitude"].append((level, held_out(masked(prune.magnitude_masks(weights, level)))["perplexity"]))
+    curves["global"].append((level, held_out(masked(prune.global_magnitude_masks(weights, level)))["perplexity"]))
+    curves["wanda"].append((level, held_out(masked(prune.wanda_masks(weights, norms, level)))["perplexity"]))
+curves["2:4"] = [(0.5, held_out(masked(prune.nm_masks(weights, 2, 4)))["perplexity"])]
+dense_linear = linear_params(model)
+H_per_group = config.n_head // config.n_kv_head
+curves["heads"], curves["neurons"] = [], []
+for k in range(1, H_per_group):  # remove k query heads of every KV group
+    small = prune.prune_heads(model, config.n_kv_head * k)
+    curves["heads"].append((1 - linear_params(small) / dense_linear, held_out(small)["perplexity"]))
+for amount in ((0.25, 0.5) if SMALL else (0.125, 0.25, 0.375, 0.5, 0.75)):
+    small = prune.prune_mlp_neurons(model, amount)
+    curves["neurons"].append((1 - linear_params(small) / dense_linear, held_out(small)["perplexity"]))
+
+fig, ax = plt.subplots(figsize=(8, 4.5))
+for (method, points), marker in zip(curves.items(), "osD*^v"):
+    xs, ys = zip(*points)
+    ax.plot(xs, ys, marker=marker, label=method, ms=8 if method == "2:4" else 5)
+ax.axhline(base["perplexity"], color="k", ls=":", label=f"dense {base['perplexity']:.2f}")
+ax.set_yscale("log")
+ax.set_xlabel("fraction of block linear weights removed")
+ax.set_ylabel("held-out perplexity (log)")
+ax.set_title(f"{MODEL_DIR.name}: one-shot pruning, no fine-tuning")
+ax.grid(alpha=0.3, which="both")
+ax.legend()
+plt.show()
+for method, points in curves.items():
+    print(f"{method:10s}" + "  ".join(f"{x:.0%}: {y:8.2f}" for x, y in points))
+
+# %% [markdown]
+# What to read off the plot (the numbers are from your run; section 4's table holds the full-size
+# ones):
+#
+# * **Structured pruning is far more expensive per weight removed** than unstructured: a whole
+#   head or neuron takes its important weights with it. Its advantage is elsewhere (section 6).
+# * **Magnitude vs Wanda.** Wanda's per-row, input-weighted choice is usually ahead at 50%
+#   and beyond — but our model is small and was trained with weight decay, and its activations
+#   have far milder outliers than a 7B model's, so the gap is much smaller than the paper's.
+#   `benchmarks/prune_quality.md` compares them over three calibration samples.
+# * **2:4 is costlier than 50% magnitude** at the same sparsity: it may not choose *which* half
+#   of a row to keep, only which 2 of each 4.
+# * Past ~70% the curves leave the chart: without retraining, the network cannot route around
+#   that many missing weights.
+#
+# ## 3. Why Wanda looks at the inputs
+#
+# The output `y[n] = Σ_k W[n,k] x[k]`. Removing `W[n,k]` changes it by `W[n,k] x[k]`, so the damage
+# scales with `|W[n,k]|·|x[k]|`, and over many tokens with `|W[n,k]|·‖X[:,k]‖₂`. The input norms
+# differ a lot between features:
+
+# %%
+x_norm = norms[name]
+print(f"{name}: input feature norms range {x_norm.min():.2f} .. {x_norm.max():.2f} "
+      f"(max / median = {x_norm.max() / np.median(x_norm):.1f})")
+agree = (first[name] == wanda).mean()
+print(f"magnitude and Wanda agree on {agree:.1%} of this matrix's keep/drop decisions")
+
+# %% [markdown]
+# ## 4. The article's loop, and the control it needs
+#
+# **Prune, fine-tune, repeat.** Fine-tuning uses the ordinary trainer with masks:
+# `tinyinfer/train.py: train(..., masks=)` multiplies each gradient by its mask (so pruned weights
+# count neither in the update nor in the clipping norm) and `AdamW.step(..., masks=)` keeps the
+# pruned weights *and their Adam moments* at exactly zero. The masks are saved with the training
+# state, so a stopped run resumes still pruned. Each new level prunes only the survivors
+# (`tinyinfer/sparse/finetune.py: prune_to`, exact counts per matrix).
+#
+# **The dense control.** Fine-tuning is more training. If our teacher is not perfectly converged
+# — and no model is — S more steps help *any* model. So the honest comparison is a pruned model
+# fine-tuned for S steps against the **unpruned model fine-tuned for the same S steps**, on the
+# same batches with the same learning-rate schedule (`finetune(model, None, ...)` with the same
+# stage). Without it, a calibration run for this project had a 50%-pruned model "beat" its own
+# teacher.
+#
+# **Schedules.** We prune in three jumps (50%, 70%, 90%). Zhu & Gupta (2017) instead raise the
+# sparsity a little at many steps along a cubic curve, `cubic_sparsity`: fast early, while many
+# redundant weights remain, and slowly at the end, when each removal hurts.
+
+# %%
+steps = np.arange(0, 1001)
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.plot(steps, [cubic_sparsity(t, 0.9, 100, 800) for t in steps], label="cubic (Zhu & Gupta), 0 → 90%")
+ax.step([0, 333, 666, 1000], [0.5, 0.7, 0.9, 0.9], where="post", label="three jumps: 50%, 70%, 90% (ours)")
+ax.set_xlabel("fine-tuning step")
+ax.set_ylabel("sparsity")
+ax.grid(alpha=0.3)
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# A miniature of the loop, run here: prune 50%, fine-tune a few steps, and fine-tune the dense
+# model the same steps. With this few steps the fine-tuning only starts to recover; the real
+# experiment below runs hundreds of steps a stage.
+
+# %%
+demo = FinetuneSettings(steps=4 if SMALL else 60, batch_size=2 if SMALL else 4, seq_len=128 if SMALL else 256,
+                        warmup_steps=2 if SMALL else 10)
+quiet = dict(progress=not SMALL, log=lambda *_: None)
+with tempfile.TemporaryDirectory() as tmp:
+    masks = prune_to(weights, 0.5)  # (N, K), exactly half of every matrix
+    pruned = masked(masks)
+    tuned = finetune(pruned, prune.to_param_layout(masks, config), train_stream, val_stream, demo, 0, f"{tmp}/p", **quiet)
+    control = finetune(model, None, train_stream, val_stream, demo, 0, f"{tmp}/d", **quiet)
+still_zero = all(np.all(tuned.params[n][m == 0] == 0) for n, m in prune.to_param_layout(masks, config).items())
+mini = {"dense": base, "50% one-shot": held_out(pruned), f"50% + {demo.steps} steps": held_out(tuned),
+        f"dense + {demo.steps} steps (control)": held_out(control)}
+for label, r in mini.items():
+    print(f"{label:28s} perplexity {r['perplexity']:8.3f}   top-1 {r['top1']:.2%}")
+print(f"pruned weights still exactly zero after fine-tuning: {still_zero}")
+
+# %% [markdown]
+# **The full experiment** (`python -m tinyinfer.sparse.experiment`, about half an hour on one
+# core) runs the loop on the teacher with a dense control at every stage, plus 2:4 + fine-tuning
+# and the one-shot methods over several calibration samples, all on the same held-out windows.
+# Its results are in `benchmarks/prune_quality.json` / `.md`; we read and plot them if present.
+
+# %%
+results_path = ROOT / "benchmarks" / "prune_quality.json"
+pq = json.loads(results_path.read_text()) if results_path.is_file() else None
+if pq is None:
+    print("benchmarks/prune_quality.json not found: run `python -m tinyinfer.sparse.experiment "
+          "--json benchmarks/prune_quality.json` to fill this section")
+else:
+    s = pq["settings"]["finetune"]
+    print(f"{s['steps']} steps a stage, B={s['batch_size']}, T={s['seq_len']}, lr {s['lr']}; "
+          f"held-out {pq['teacher']['eval_tokens']:,} tokens; teacher perplexity {pq['teacher']['perplexity']:.3f}")
+    dense_steps = [d["steps"] for d in pq["dense_control"]]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot([0] + dense_steps, [pq["teacher"]["perplexity"]] + [d["perplexity"] for d in pq["dense_control"]],
+            "k-o", label="dense control (same steps, same batches)")
+    for entry in pq["iterative"]:
+        b, a = entry["before"], entry["after"]
+        ax.plot([b["steps"], a["steps"]], [b["perplexity"], a["perplexity"]], "C1-", lw=1)
+        ax.plot(a["steps"], a["perplexity"], "C1o")
+        ax.annotate(f"{a['amount']:.0%}", (a["steps"], a["perplexity"]), textcoords="offset points", xytext=(5, 5))
+    ax.plot([], [], "C1-o", label="magnitude, prune → fine-tune (before → after)")
+    nm = pq["nm"]["after"]
+    ax.plot(nm["steps"], nm["perplexity"], "C2D", ms=8, label="2:4 + fine-tune")
+    ax.set_yscale("log")
+    ax.set_xlabel("fine-tuning steps so far")
+    ax.set_ylabel("held-out perplexity (log)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    plt.show()
+    for stage, entry in enumerate(pq["iterative"]):
+        a, d = entry["after"], pq["dense_control"][stage]
+        print(f"{a['amount']:.0%} + {a['steps']} steps: {a['perplexity']:.3f} vs dense control {d['perplexity']:.3f} "
+              f"({a['perplexity'] / d['perplexity'] - 1:+.2%}); vs the untouched teacher "
+              f"{a['perplexity'] / pq['teacher']['perplexity'] - 1:+.2%}")
+    print(f"2:4 + {nm['steps']} steps: {nm['perplexity'] / pq['dense_control'][0]['perplexity'] - 1:+.2%} vs dense control")
+    for target, t in pq["targets"].items():
+        print(f"target '{target}': {'met' if t['met'] else ('reported' if t['met'] is None else 'NOT met')}")
+
+# %% [markdown]
+# ## 5. Zeros into speed: CSR by hand
+#
+# A pruned matrix still multiplies every zero unless it is stored differently. **CSR**
+# (compressed sparse row) keeps only the nonzeros, row after row (`tinyinfer/sparse/csr.py`):
+
+# %%
+small_w = np.array([[0, 1.5, 0], [0, 0, 0], [2, 0, 3]], dtype=np.float32)
+m = CSRMatrix.from_dense(small_w)
+print("data   ", m.data, "\nindices", m.indices, "\nindptr ", m.indptr)
+x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+print("CSR product", m.matmul(x), " NumPy twin", csr_matmul_reference(m.indptr, m.indices, m.data, 3, x[None])[0],
+      " dense", small_w @ x)
+
+# %% [markdown]
+# Each nonzero costs 4 bytes of value **and** 4 bytes of column index, so CSR is smaller than
+# dense float32 only below 50% density. And speed: for every nonzero the kernel loads its index,
+# then *gathers* `x[index]` from wherever it is — a dependent, irregular load that SIMD units handle
+# poorly. A dense BLAS streams both operands in order with wide vector instructions. So the
+# sparse kernel must skip a lot of work before it wins. We time it against NumPy float32 `x @ W.T`
+# (the dense matrix with its zeros), interleaved in one process (`tinyinfer/bench/__init__.py:
+# interleaved`), random unstructured sparsity as pruning leaves it.
+
+# %%
+size = 1024 if SMALL else 4096
+densities = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02) if SMALL else (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
+rng = np.random.default_rng(0)
+x1 = rng.standard_normal(size).astype(np.float32)  # (K,) decode: one token
+speed = {}
+for density in densities:
+    dense_w = (rng.standard_normal((size, size)) * (rng.random((size, size)) < density)).astype(np.float32)  # (N, K)
+    sparse_w = CSRMatrix.from_dense(dense_w)
+    np.testing.assert_allclose(sparse_w.matmul(x1), dense_w @ x1, rtol=1e-4, atol=1e-3)
+    speed[density] = interleaved(lambda: sparse_w.matmul(x1), lambda: x1 @ dense_w.T, rounds=9 if SMALL else 15)
+    print(f"density {density:5.2f}: CSR {speed[density]['fast_s'] * 1e3:7.3f} ms, dense {speed[density]['baseline_s'] * 1e3:7.3f} ms, "
+          f"ratio {speed[density]['ratio']:5.2f}x, CSR bytes {sparse_w.nbytes / dense_w.nbytes:.2f} of dense")
+faster = [d for d in densities if speed[d]["ratio"] > 1]
+crossover = max(faster) if faster else None
+
+fig, ax = plt.subplots(figsize=(7, 4))
+ax.plot(densities, [speed[d]["ratio"] for d in densities], "o-", label="CSR (Numba) vs dense float32")
+ax.axhline(1.0, color="k", ls=":")
+if crossover is not None:
+    ax.axvline(crossover, color="C3", ls="--", label=f"crossover: faster at density ≤ {crossover}")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_xlabel("density (fraction of weights kept)")
+ax.set_ylabel("speed-up over dense (>1: CSR faster)")
+ax.set_title(f"{size}x{size} matrix-vector product, 1 thread, {machine()['cpu']}")
+ax.grid(alpha=0.3, which="both")
+ax.legend()
+plt.show()
+print(f"crossover: CSR faster than dense at density <= {crossover} (sparsity >= "
+      f"{'n/a' if crossover is None else f'{1 - crossover:.0%}'}); the machine may be busy, so rerun for stable ratios")
+
+# %% [markdown]
+# **Why unstructured sparsity rarely beats dense BLAS.** At 50% sparsity the CSR product moves
+# as many bytes as the dense one (value + index per nonzero) and does its arithmetic through
+# gathers, so it is several times *slower*; it wins only at high sparsity (the crossover above;
+# `tinyinfer bench sparse` on 4096 x 4096 puts it between 80% and 85% sparsity here, see
+# `benchmarks/sparse.json`; on small matrices call overhead pushes it further). And that is against one BLAS thread on a
+# matrix-vector product — batches (several tokens at once, prompt processing) let the dense
+# kernel reuse each weight many times and push the crossover further out. So the article's "70%
+# sparsity → 3x" is not what a general-purpose CPU gives for unstructured sparsity; real systems
+# get speed from *structure*: 2:4 on GPUs with sparse tensor cores (at most 2x on the matrix
+# multiply), block sparsity, or simply smaller dense matrices.
+#
+# For a whole model, `sparsify_model(model, masks, min_sparsity=...)` converts only the layers
+# sparse enough to pay (`tinyinfer/sparse/model.py: DEFAULT_MIN_SPARSITY`, measured with
+# `tinyinfer bench sparse`). `models/teacher-pruned50` stores the fine-tuned 50% model that way —
+# which makes it *larger* than the dense float16 file and slower, honestly so.
+#
+# ## 6. Structured pruning: speed without a sparse kernel
+#
+# Removing whole MLP neurons gives an ordinary, smaller dense model. Its forward pass is
+# simply less work:
+
+# %%
+half_neurons = prune.prune_mlp_neurons(model, 0.5)
+ids = np.asarray(val_stream[: (64 if SMALL else 256)], dtype=np.int64)
+t = interleaved(lambda: half_neurons.logits(ids), lambda: model.logits(ids), rounds=5 if SMALL else 9)
+print(f"ffn_hidden {config.ffn_hidden} -> {half_neurons.config.ffn_hidden}: "
+      f"{half_neurons.num_params():,} of {model.num_params():,} parameters; forward over {len(ids)} tokens "
+      f"{t['ratio']:.2f}x faster (median of interleaved rounds); perplexity one-shot "
+      f"{held_out(half_neurons)['perplexity']:.2f} vs {base['perplexity']:.2f}")
+
+# %% [markdown]
+# The price is quality (section 2): structured pruning needs fine-tuning or distillation
+# (lesson 06) to be usable, and our tiny embedding-heavy model spends much of its time outside
+# the MLPs, so the speed-up is far below the parameter reduction.
+#
+# ## Summary: the article's sentence, measured
+#
+# * **"50–90% can go with minimal loss."** One-shot, no (section 2). With fine-tuning, the fair
+#   reference is the dense control, not the teacher (section 4). On our teacher the gap after the
+#   fine-tuning we could afford is far from minimal (printed below from
+#   `benchmarks/prune_quality.json`). Our teacher saw ~10 tokens per parameter: a small model
+#   trained that long has little redundancy to give away. The project's PyTorch calibration run —
+#   a 5M-parameter model trained on only 0.7 tokens per parameter — lost just +1.4% at 50% and
+#   +4.7% at 70% against its dense control. How much can be pruned depends on how much the model
+#   has left unused, which is why the published results come from very large models.
+# * **"Sparse kernels turn that into speed."** Only at high sparsity for unstructured CSR on a
+#   CPU (section 5); structured pruning turns into speed directly (section 6), at a larger cost
+#   in quality per weight removed.
+
+# %%
+if pq is not None:
+    for target, t in pq["targets"].items():
+        m = t["measured"]
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in m.items()) if isinstance(m, dict) else f"{m:+.2%}"
+        verdict = "reported" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        print(f"{target}: {shown} ({verdict})")
+    if pq.get("budget"):
+        b = pq["budget"]
+        print(f"with {b['steps']} steps in one stage, 50% magnitude vs its dense control: "
+              f"{b['pruned']['perplexity'] / b['dense_control']['perplexity'] - 1:+.2%} "
+              f"(after {pq['settings']['finetune']['steps']}: "
+              f"{pq['targets']['50% unstructured + fine-tune vs dense control']['measured']:+.2%})")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Exact-k by hand.** Without `prune.py`, write magnitude pruning for one matrix with
+#    `np.argsort(kind="stable")` and check it against `magnitude_masks` on a matrix with many tied
+#    values (e.g. `np.round(W, 2)`). Then prune 0.5, 0.5, 0.5 and predict the final sparsity.
+# 2. **Which layers are fragile?** Prune one matrix at a time to 70% (magnitude) and measure the
+#    perplexity change for each role (q, k, v, o, gate, up, down) and layer. Does global
+#    magnitude pruning put the sparsity where it hurts least?
+# 3. **Calibration size.** Rerun Wanda at 50% with 1, 4, 16 and 64 calibration windows and three
+#    seeds each. How much text does it need before it reliably beats magnitude?
+# 4. **Gradual vs jumps.** Use `cubic_sparsity` to prune every 25 steps during one fine-tuning run
+#    (a loop of `prune_to` + `finetune` with a few steps each) and compare the 70% result with the
+#    three-jump schedule at the same total number of steps — and with the dense control.
+# 5. **Crossover with a batch.** Redo section 5 with `x` of shape (16, K). How far does the
+#    crossover move, and why? Compare with `python -m tinyinfer.bench.sparse`.
+# 6. **Wanda for 2:4.** `nm_masks(weights, 2, 4, input_norms=norms)` scores with Wanda's metric.
+#    Does it beat magnitude 2:4 one-shot? After fine-tuning?
