@@ -46,14 +46,11 @@ from tinyinfer.config import ModelConfig
 from tinyinfer.model import block_forward, embedding_name, init_params, layer_names
 from tinyinfer.sampling import sample_token
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
-# The notebook may run from the repository root (the tests) or from notebooks/ (Jupyter).
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
-# The teacher (2.16M parameters) is the model the later lessons measure; until it is trained
-# we fall back to the shipped tiny model (164K parameters). Both are LLaMA-family models.
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 MODEL_DIR = ROOT / "models" / "teacher"
-if not (MODEL_DIR / "model.safetensors").is_file():
-    MODEL_DIR = ROOT / "models" / "tiny"
 print(f"small settings: {SMALL}; model: {MODEL_DIR.relative_to(ROOT)}")
 
 # %% [markdown]

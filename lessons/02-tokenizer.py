@@ -36,11 +36,13 @@ import numpy as np
 from tinyinfer import corpus
 from tinyinfer.tokenizer import Tokenizer, bytes_to_unicode, pretokenize
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent  # repo root, or notebooks/
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 TMP_DIR = tempfile.TemporaryDirectory(prefix="tinyinfer-lesson02-")  # removed when the kernel exits
 TMP = Path(TMP_DIR.name)  # the only place this lesson writes
-# The shipped models (tiny now, the teacher later) share one tokenizer: vocab 1024, trained on all
+# The shipped models (tiny, teacher, student) share one tokenizer: vocab 1024, trained on all
 # documents of the corpus' training split (`tinyinfer/cli.py: get_tokenizer`).
 SHIPPED = Tokenizer.from_file(ROOT / "models" / "tiny" / "tokenizer.json")
 print(f"small settings: {SMALL}; shipped tokenizer: {SHIPPED}")

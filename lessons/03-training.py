@@ -45,8 +45,10 @@ from tinyinfer.presets import get_preset
 from tinyinfer.tokenizer import Tokenizer
 from tinyinfer.train import AdamW, TrainConfig, clip_grad_norm, lr_at, sample_batch
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent  # repo root, or notebooks/
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 print(f"small settings: {SMALL}")
 
 # %% [markdown]

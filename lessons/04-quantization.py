@@ -61,14 +61,11 @@ from tinyinfer.quant.gptq import calibration_windows, gptq_quantize_model
 from tinyinfer.quant.lowbit import ternary_model
 from tinyinfer.quant.model import linear_weight_names, quantize_model, weight_bytes
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
-# The notebook may run from the repository root (the tests) or from notebooks/ (Jupyter).
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
-# The teacher is the model the later lessons measure; until it is trained we fall back to the
-# shipped tiny model. Both are LLaMA-family models with the same tokenizer.
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 MODEL_DIR = ROOT / "models" / "teacher"
-if not (MODEL_DIR / "model.safetensors").is_file():
-    MODEL_DIR = ROOT / "models" / "tiny"
 model = tinyinfer.load(MODEL_DIR)
 config = model.config
 print(f"small settings: {SMALL}; model: {MODEL_DIR.relative_to(ROOT)}, {model.num_params():,} parameters")

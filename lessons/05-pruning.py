@@ -57,12 +57,11 @@ from tinyinfer.sparse.csr import csr_matmul_reference
 from tinyinfer.sparse.experiment import calibration_ids
 from tinyinfer.sparse.finetune import FinetuneSettings, cubic_sparsity, finetune, prune_to
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
-# The notebook may run from the repository root (the tests) or from notebooks/ (Jupyter).
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 MODEL_DIR = ROOT / "models" / "teacher"
-if not (MODEL_DIR / "model.safetensors").is_file():  # before the teacher is trained: the tiny model
-    MODEL_DIR = ROOT / "models" / "tiny"
 model = tinyinfer.load(MODEL_DIR)  # float32 (the file is float16)
 config = model.config
 train_stream = token_stream(model.tokenizer, "train", progress=False)

@@ -65,8 +65,10 @@ from tinyinfer.model import init_params, loss_and_grads
 from tinyinfer.ops import log_softmax
 from tinyinfer.presets import get_preset
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 teacher = tinyinfer.load(ROOT / "models" / "teacher")
 tok = teacher.tokenizer
 val = token_stream(tok, "val", progress=False)

@@ -63,12 +63,11 @@ from tinyinfer.engine.sequence import Sequence
 from tinyinfer.kv_cache import ContiguousKVCache
 from tinyinfer.model import Model, forward
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
-# The notebook may run from the repository root (the tests) or from notebooks/ (Jupyter).
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 MODEL_DIR = ROOT / "models" / "teacher"
-if not (MODEL_DIR / "model.safetensors").is_file():  # fall back to the tiny model if the teacher is missing
-    MODEL_DIR = ROOT / "models" / "tiny"
 model = tinyinfer.load(MODEL_DIR)
 config = model.config
 tok = model.tokenizer

@@ -59,16 +59,12 @@ from tinyinfer.tour import decode, realistic
 from tinyinfer.tour.report import format_table
 from tinyinfer.tour.stages import build_models, mark_missing, stages
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 TEACHER = ROOT / "models" / "teacher"
-if not (TEACHER / "model.safetensors").is_file():
-    TEACHER = ROOT / "models" / "tiny"
-# The distilled student of lesson 06. Until it is shipped, the tiny model stands in (same tokenizer):
-# it was trained on labels, not distilled, so expect a low acceptance rate from it as a draft.
-STUDENT = ROOT / "models" / "student"
-if not (STUDENT / "model.safetensors").is_file():
-    STUDENT = ROOT / "models" / "tiny"
+STUDENT = ROOT / "models" / "student"  # the distilled student of lesson 06
 print(f"small settings: {SMALL}; teacher: {TEACHER.relative_to(ROOT)}; student: {STUDENT.relative_to(ROOT)}")
 
 # %% [markdown]

@@ -41,11 +41,11 @@ from tinyinfer.gguf import TENSOR_BLOCKS, read_gguf
 from tinyinfer.quant.formats import BLOCK_Q8_0
 from tinyinfer.quant.model import quantize_model
 
+from tinyinfer.lessons import repo_root
+
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"
-ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent
+ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
 MODEL_DIR = ROOT / "models" / "teacher"
-if not (MODEL_DIR / "model.safetensors").is_file():
-    MODEL_DIR = ROOT / "models" / "tiny"
 model = tinyinfer.load(MODEL_DIR)
 config = model.config
 OUT = Path(tempfile.mkdtemp(prefix="tinyinfer-lesson10-"))

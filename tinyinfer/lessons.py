@@ -115,6 +115,17 @@ def notebook_text(nb) -> str:
     return text if text.endswith("\n") else text + "\n"  # what nbformat.write puts in a file
 
 
+def repo_root() -> Path:
+    """The repository folder, for a lesson's paths (models/, benchmarks/): a notebook runs from the
+    root (the tests execute it there) or from notebooks/ (Jupyter's default)."""
+    cwd = Path.cwd()
+    for folder in (cwd, cwd.parent):
+        if (folder / "models").is_dir() and (folder / "lessons").is_dir():
+            return folder
+    raise FileNotFoundError(f"run the lesson from the tinyinfer repository or its notebooks/ folder; "
+                            f"no models/ and lessons/ in {cwd} or its parent")
+
+
 def lesson_files(lessons_dir) -> list[Path]:
     """The NN-topic.py files of a lessons folder, in order."""
     folder = Path(lessons_dir)
