@@ -101,6 +101,28 @@ def test_batched_decode_attention_equals_full_recompute(family):
 # ---- greedy tokens do not depend on the batch ---------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "csr 50%", "heads removed"])
+def test_engine_runs_quantized_and_sparse_models(tiny, kind):
+    """The engine calls the model only through forward(), so a QTensor, CSR or shrunk model works
+    as it is: a batch's greedy tokens equal Model.generate's on the same weights."""
+    from tinyinfer.quant.model import quantize_model
+    from tinyinfer.sparse import CSRMatrix
+    from tinyinfer.sparse.model import prune_model, sparsify_model
+
+    if kind.startswith("q"):
+        model = quantize_model(tiny, kind)
+    elif kind == "csr 50%":
+        model = sparsify_model(prune_model(tiny, "magnitude", 0.5), min_sparsity=0.4)
+        assert any(isinstance(w, CSRMatrix) for w in model.params.values())
+    else:
+        model = prune_model(tiny, "heads", 0.5)
+    texts = ["def f(x):", "import os\n", "class A:\n    def"]
+    outs = LLM(model, block_size=16, max_num_batched_tokens=64).generate(
+        texts, SamplingParams(max_tokens=12, ignore_eos=True))
+    for text, out in zip(texts, outs):
+        assert out.token_ids == greedy_reference(model, tiny.tokenizer.encode(text), 12)
+
+
 def test_engine_greedy_matches_model_generate_on_tiny_model(tiny):
     texts = ["def f(x):", "class A:", "import os\n", "def main():\n    return"]
     llm = LLM(tiny, block_size=16, max_num_batched_tokens=64)
