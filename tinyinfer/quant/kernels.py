@@ -11,7 +11,8 @@ integer products, exact, times the two scales:
 `formats.quantized_matmul_reference` is the same formula in NumPy; tests/test_quant_kernels.py
 checks every kernel against it.
 
-One kernel, `quantized_rows`, serves decode (B = 1) and batches, in llama.cpp's shape: the output
+`quantized_rows` serves batches (B >= 2), in llama.cpp's shape (decode, B = 1, has `decode_rows`,
+the same block step one row of W at a time): the output
 is cut into register tiles of TILE_W = 4 rows of W by TILE_X = 4 rows of x (a narrower last tile
 for B % 4 rows), and each tile keeps one 16-lane float32 accumulator per (W row, x row) in a
 register for all of K. A block step loads the tile's 4 weight blocks (sign-extended to int16 once,
@@ -39,9 +40,8 @@ Measured (4096 x 4096, busy 2-core EPYC Zen 4, load average 7-8, so timings are 
 values; old = the previous one-row kernel, interleaved in one process, minimum of 9-21 rounds):
 B = 32 Q8_0 18-26 ms (old 27-38 ms, NumPy float32 x @ W.T 32-63 ms in the same rounds; 1.4-1.5x
 the old kernel, `bench.quant` ratio 2.3x NumPy), Q4_0 22-29 ms (old 35-49); B = 64 Q8_0 45-47 ms
-(NumPy 71-79); B = 2..8 1.1-2x the old kernel. B = 1 matvec is 0.74-1.0x the old kernel (Q8_0
-0.8-1.6 ms vs 0.75-1.0; interleaved W rows and scale-tile setup cost a little where nothing is
-reused; still 2x NumPy). Summation order: lanes, not block after block, so the result differs
+(NumPy 71-79); B = 2..8 1.1-2x the old kernel. B = 1 matvec was 0.74-1.0x the old kernel through the
+tile, so decode has its own kernel again (`decode_rows`, below). Summation order: lanes, not block after block, so the result differs
 from the twin by float32 rounding only (tests bound it by 1e-5 of sum |terms|).
 
 Threads: `parallel=True` kernels split the rows over Numba's threads. Numba's default OpenMP
@@ -325,6 +325,59 @@ ZERO_TILES = {cols: ZeroTile(TILE_W, cols) for cols in range(1, TILE_X + 1)}
 
 
 # --------------------------------------------------------------------------------------------
+# decode (B = 1): nothing to reuse a weight block for, so one row of W at a time, read as one
+# sequential stream. One accumulator, blocks in order, the same lane sums: every output is
+# computed exactly as quantized_rows computes it, so a sequence's logits do not depend on
+# whether it decodes alone or in a batch (tests/test_quant_kernels.py checks bit equality).
+# Measured against quantized_rows with a 4 x 1 tile, interleaved in one process on a quiet
+# machine: 1.22x (Q8_0) and 1.05x (Q4_0) faster at 4096 x 4096, 1.13-1.16x on the teacher's
+# 512 x 192: the tile's interleaved rows and its setup are pure cost for one x row.
+
+
+@intrinsic
+def row_block_step(typingctx, acc, wq, n, k, x16, scales):
+    """acc + float32(pair dots of block k of W row n and x16[0, k]) * scales[k]: one accumulator,
+    no prefetch (one row is one sequential stream, which the hardware prefetcher follows)."""
+    def codegen(context, builder, sig, args):
+        acc, wq, n, k, x16, scales = args
+        n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (2, 3))
+        zero = context.get_constant(types.intp, 0)
+        w = _weight_block(context, builder, sig.args[1], wq, n, k)  # (32,) int8
+        x = _load(context, builder, sig.args[4], x16, [zero, k, zero], _I16x32)  # (32,) int16
+        a = _scaled_add(builder, builder.extract_value(acc, 0), _pair_dots(builder, w, x),
+                        _pointer(context, builder, sig.args[5], scales, [k]))
+        return builder.insert_value(acc, a, 0)
+    return acc(acc, wq, n, k, x16, scales), codegen
+
+
+@njit(cache=True, fastmath=True)
+def decode_rows(wd, wq, xd, x16, out, n0, n1, zero):
+    """As quantized_rows for B = 1 (xd (1, NB), x16 (1, NB, 32)); zero: DECODE_TILE."""
+    NB = xd.shape[1]
+    scales = np.empty(NB, np.float32)  # wd[n, k] * xd[0, k]
+    sums = np.empty((1, 1), np.float32)
+    for n in range(n0, n1):
+        for k in range(NB):
+            scales[k] = wd[n, k] * xd[0, k]
+        acc = zero
+        for k in range(NB):  # blocks in order, as quantized_rows adds them
+            acc = row_block_step(acc, wq, n, k, x16, scales)
+        tile_sums(acc, sums)
+        out[0, n] = sums[0, 0]
+
+
+@njit(cache=True, parallel=True)
+def decode_parallel(wd, wq, xd, x16, out, zero, rows_per_task):
+    """decode_rows over all rows, split among threads."""
+    N = wq.shape[0]
+    for t in prange((N + rows_per_task - 1) // rows_per_task):
+        decode_rows(wd, wq, xd, x16, out, t * rows_per_task, min(N, (t + 1) * rows_per_task), zero)
+
+
+DECODE_TILE = ZeroTile(1, 1)
+
+
+# --------------------------------------------------------------------------------------------
 # the entry point QTensor.matmul calls
 
 
@@ -350,6 +403,12 @@ def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None):
     if parallel is None:
         # decode stays serial: see the module docstring for the measurement
         parallel = B > 1 and numba.get_num_threads() > 1 and B * N * K >= PARALLEL_MIN_WORK
+    if B == 1:
+        if parallel:
+            decode_parallel(w_scales, w_quants, xd, x16, out, DECODE_TILE, ROWS_PER_TASK)
+        else:
+            decode_rows(w_scales, w_quants, xd, x16, out, 0, N, DECODE_TILE)
+        return out
     # x rows in tiles of TILE_X, then the B % TILE_X left over in one narrower tile
     full = B - B % TILE_X
     for b0, b1 in ((0, full), (full, B)):
