@@ -422,11 +422,11 @@ plt.show()
 #   printed with them, and why a claim such as "4x faster" means nothing without its machine.
 #
 # For reference, on a quiet 2-core AMD EPYC VM, `python -m tinyinfer.bench.quant` measured at
-# 4096 x 4096 (NumPy with its default threads): decode Q8_0 1.25-1.43x and Q4_0 1.57-1.77x the
-# speed of float32; batch-32 0.97-1.04x and 0.87-0.96x; a batch of 2 to 5 rows 3.3-4.8x, because
-# there OpenBLAS spends most of its time repacking the float matrix. With the quantized matrix
-# already in cache, decode is 2.1x / 2.5x: in the benchmark NumPy's 64 MB matrix evicts ours every
-# round, and one core of this VM streams memory at about 13 GB/s. Far from 4x and 8x: llama.cpp's
+# 4096 x 4096 (NumPy with its default threads): decode Q8_0 1.8-2.6x and Q4_0 1.3-1.8x the
+# speed of float32; batch-32 1.0-1.4x and 0.9x; a batch of 2 to 5 rows 2.4-5x, because there
+# OpenBLAS spends most of its time repacking the float matrix. In the benchmark NumPy's 64 MB
+# matrix evicts ours every round, so both stream from memory, and one core of this VM reads far
+# less per second than OpenBLAS's two threads together. Far from 4x and 8x: llama.cpp's
 # hand-written SIMD kernels, on a machine with many cores sharing a wide memory bus, get much
 # closer to the ideal line (`benchmarks/RESULTS.md` has the whole table).
 #
