@@ -155,3 +155,18 @@ def test_bad_configs_are_refused():
 def test_num_params_counts_every_array_once(family):
     model = small_model(family)
     assert model.num_params() == sum(v.size for v in model.params.values())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_inference_params_give_the_same_logits(family):
+    """The engine's and speculative decoding's weight layout (model.py: TransposedWeight) is the
+    same product: logits over a few rows agree with the plain weights', and GPT-2's are untouched."""
+    from tinyinfer.model import TransposedWeight, inference_params
+
+    model = small_model(family, dtype=np.float64, seed=3)
+    fast = inference_params(model.params, model.config)
+    transposed = [n for n, w in fast.items() if isinstance(w, TransposedWeight)]
+    assert (len(transposed) == 7 * model.config.n_layer) if family == "llama" else not transposed
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 5))
+    np.testing.assert_allclose(M.forward(fast, model.config, ids), M.forward(model.params, model.config, ids),
+                               rtol=1e-12, atol=1e-12)

@@ -53,31 +53,49 @@ def linear_weight(params, config, name):
     return w.T if config.family == "gpt2" and isinstance(w, np.ndarray) else w
 
 
-GEMV_MAX_ROWS = 8  # inference products with at most this many rows of x go row by row (matmul)
-
-
 def matmul(w, x):
-    """x @ w.T for a dense (N, K) array, or w.matmul(x) for a quantized or sparse weight.
+    """x @ w.T for a dense (N, K) array, or w.matmul(x) for a quantized, sparse or transposed weight."""
+    return x @ w.T if isinstance(w, np.ndarray) else w.matmul(x)
 
-    Why a few rows go one at a time: for x with 2 to a few dozen rows, OpenBLAS's sgemm first
-    copies ("packs") the whole weight matrix into its own tile layout, every call, and for so
-    few rows that copy costs more than the arithmetic. One row at a time takes sgemv, which reads
-    w in place. Measured on the teacher's (512, 192) weights: 3 rows 131 us through sgemm, 3 x 6
-    us row by row; on GPT-2's (2304, 768), 2 rows 2.9 ms against 2 x 0.28 ms. Decode batches,
-    speculative verification (k + 1 rows) and small packed engine steps all have such shapes.
-    Each row's result is the same as multiplying that row alone (the same sgemv), so a sequence's
-    logits do not depend on how many others shared its step.
+
+class TransposedWeight:
+    """A dense (N, K) weight kept as its transpose (K, N), contiguous, for inference.
+
+    Why: x @ w.T with a few rows of x (2 to a few dozen: a batch of decoding sequences, a
+    speculative verification of k + 1 tokens) sends OpenBLAS 0.3.31's sgemm down a path that
+    copies ("packs") the whole transposed weight on every call; x @ wt with wt contiguous does
+    not. Measured on the teacher's (512, 192), one thread, quiet machine: 4 rows 73 us vs 9 us,
+    8 rows 75 vs 16, 32 rows 133 vs 81; 1 row the same (6-8 us, sgemv either way).
+    The engine and speculative decoding build these once (`inference_params`); training and
+    Model.logits keep the plain arrays, so in-place updates of model.params are always seen there.
     """
-    if not isinstance(w, np.ndarray):
-        return w.matmul(x)
-    rows = x.size // x.shape[-1] if x.shape[-1] else 0
-    if 2 <= rows <= GEMV_MAX_ROWS:
-        x2 = x.reshape(rows, x.shape[-1])  # (M, K)
-        out = np.empty((rows, w.shape[0]), dtype=np.result_type(x, w))  # (M, N)
-        for i in range(rows):
-            np.matmul(w, x2[i], out=out[i])  # sgemv: (N, K) @ (K,)
-        return out.reshape(*x.shape[:-1], w.shape[0])
-    return x @ w.T
+
+    def __init__(self, w: np.ndarray):
+        self.wt = np.ascontiguousarray(w.T)  # (K, N)
+        self.shape = w.shape  # (N, K), as the model expects of any weight
+        self.dtype = w.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.wt.nbytes
+
+    def matmul(self, x):
+        return x @ self.wt  # (..., K) @ (K, N)
+
+
+def inference_params(params: dict, config) -> dict:
+    """params with every LLaMA linear weight inside the blocks as a TransposedWeight (a copy:
+    call it again after changing params). GPT-2 stores its Conv1D weights (K, N) already, and
+    quantized or sparse weights have their own kernels, so those are passed through."""
+    if config.family != "llama":
+        return dict(params)
+    out = dict(params)
+    for i in range(config.n_layer):
+        for role in ("q", "k", "v", "o", "gate", "up", "down"):
+            name = layer_names(config, i)[role] + ".weight"
+            if isinstance(out[name], np.ndarray):
+                out[name] = TransposedWeight(out[name])
+    return out
 
 
 # --------------------------------------------------------------------------------------------

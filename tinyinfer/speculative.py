@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kv_cache import ContiguousKVCache
-from .model import forward
+from .model import forward, inference_params
 from .sampling import check_sampling_args, token_probs  # token_probs: what sample_token draws from
 
 # --------------------------------------------------------------------------------------------
@@ -131,10 +131,13 @@ def speculative_generate(target, draft, ids, max_new_tokens, k=4, temperature=0.
     stats = dict(rounds=0, drafted=0, accepted=0, draft_forwards=0)
 
     max_len = T + max_new_tokens
+    # the target's weights transposed once: a verification pass has kr + 1 rows, where
+    # x @ w.T is slow in OpenBLAS and x @ wt is not (tinyinfer/model.py: TransposedWeight)
+    target_params = inference_params(target.params, target.config)
     tcache = ContiguousKVCache(target.config, 1, target.dtype, max_len=max_len)
     dcache = ContiguousKVCache(draft.config, 1, draft.dtype, max_len=max_len)
     if T > 1:  # the target's cache holds every confirmed token but the last (the last is fed each round)
-        forward(target.params, target.config, arr[:, :-1], 0, tcache)
+        forward(target_params, target.config, arr[:, :-1], 0, tcache)
 
     while len(seq) - T < max_new_tokens:
         remaining = max_new_tokens - (len(seq) - T)
@@ -143,7 +146,7 @@ def speculative_generate(target, draft, ids, max_new_tokens, k=4, temperature=0.
 
         # one target pass over [last confirmed token, d1..dkr] at positions len(seq)-1 ...
         block = np.array([[seq[-1]] + drafts])  # (1, kr + 1)
-        logits = forward(target.params, target.config, block, len(seq) - 1, tcache)[0]  # (kr + 1, V)
+        logits = forward(target_params, target.config, block, len(seq) - 1, tcache)[0]  # (kr + 1, V)
         if greedy:
             n, nxt = verify_greedy(logits, drafts)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import forward
+from ..model import forward, inference_params
 from ..sampling import sample_token
 from .paged_attention import PackedStep, PagedKVCache
 from .sequence import Sequence
@@ -18,6 +18,8 @@ from .sequence import Sequence
 class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int):
         self.model = model
+        # the weights in the layout that suits a packed step of a few rows (model.py: TransposedWeight)
+        self.params = inference_params(model.params, model.config)
         self.block_size = block_size
         self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, model.dtype)
 
@@ -48,7 +50,7 @@ class ModelRunner:
         self.kv_cache.set_step(step)
         model = self.model
         last = None if all_columns else step.query_start[1:] - 1  # (S,)
-        logits = forward(model.params, model.config, ids, kv_cache=self.kv_cache, positions=positions,
+        logits = forward(self.params, model.config, ids, kv_cache=self.kv_cache, positions=positions,
                          logits_rows=last)
         return logits[0]  # (S, V) or (T, V)
 
