@@ -97,3 +97,28 @@ def test_divergence_is_reported_not_hidden(tmp_path):
     tc = TrainConfig(seq_len=8, batch_size=2, max_steps=3, eval_every=10)
     with pytest.raises(FloatingPointError, match="loss"):
         train(config, tc, stream, stream, tmp_path, progress=False, init_from=params)
+
+
+def test_fixed_windows_must_match_seq_len_and_feed_the_loss_their_rows(tmp_path):
+    """train(windows=...) draws batch `step` from windows[sample_rows(...)] and hands those rows
+    to loss_fn; windows of the wrong length are refused before anything runs."""
+    from tinyinfer.model import loss_and_grads
+    from tinyinfer.train import sample_rows
+
+    cfg = small_config("llama")
+    tc = TrainConfig(batch_size=2, seq_len=8, max_steps=3, eval_every=3, eval_windows=1, warmup_steps=1)
+    windows = np.random.default_rng(0).integers(0, cfg.vocab_size, (10, 9))
+    stream = windows.reshape(-1)
+    with pytest.raises(ValueError, match=r"windows must have shape \(N, seq_len \+ 1\)"):
+        train(cfg, tc, None, stream, tmp_path / "bad", windows=windows[:, :5], progress=False, log=lambda *_: None)
+    seen = []
+
+    def loss_fn(params, config, inputs, targets, rows):
+        seen.append(rows.tolist())
+        np.testing.assert_array_equal(inputs, windows[rows, :-1])
+        return loss_and_grads(params, config, inputs, targets)
+
+    train(cfg, tc, None, stream, tmp_path / "ok", windows=windows, loss_fn=loss_fn, progress=False, log=lambda *_: None)
+    assert seen == [sample_rows(10, 2, tc.seed, step).tolist() for step in range(3)]
+    history = json.loads((tmp_path / "ok" / "history.json").read_text())
+    assert 0 < history["step_seconds"] <= history["train_seconds"]

@@ -326,100 +326,23 @@ def cached_distillation_loss_fn(cache: TeacherCache, temperature=2.0, alpha=0.5)
 # one training loop over fixed windows, for all three ways of training the student
 
 
-def sample_rows(num_windows, batch_size, seed, step):
-    """Which windows make batch `step`: the same (seed, step) gives the same rows, so runs that
-    differ only in their loss see the same data in the same order (and a resumed run continues it)."""
-    return np.random.default_rng([seed, step]).integers(0, num_windows, size=batch_size)
-
-
 def train_on_windows(model_config, tc, windows, val_stream, out_dir, loss_fn=None, tokenizer=None,
                      max_minutes=None, max_seconds=None, progress=True, log=print):
-    """Train a student on batches of fixed windows (N, T + 1); resumable like tinyinfer.train.train.
+    """Train a student on batches of fixed windows (N, T + 1): tinyinfer.train.train with windows=.
 
     loss_fn(params, config, inputs, targets, rows) -> (loss, grads); None is plain cross-entropy.
-    rows are the windows' indices (a cached teacher is looked up by them). Checkpoints every
-    tc.eval_every steps and at the end (held-out loss in history.json); stops after max_minutes
-    (or max_seconds of training, evaluation excluded) with a checkpoint; calling it again resumes.
+    rows are the windows' indices (a cached teacher is looked up by them), the same for every
+    loss at a given (seed, step) (tinyinfer.train.sample_rows), so labels-only, on-the-fly and
+    cached distillation see identical batches. Resumable; max_seconds counts training steps only.
+    Returns (model, history).
     """
-    import dataclasses
-    import math
-    import time
     from pathlib import Path
 
-    from tqdm import tqdm
+    from .train import train
 
-    from .checkpoint import save
-    from .evaluate import evaluate
-    from .model import Model, init_params, loss_and_grads
-    from .train import AdamW, clip_grad_norm, load_train_state, lr_at, save_train_state
-
-    if windows.shape[1] != tc.seq_len + 1:
-        raise ValueError(f"windows have {windows.shape[1]} tokens, expected seq_len + 1 = {tc.seq_len + 1}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    history_path = out_dir / "history.json"
-    state = load_train_state(out_dir)
-    if state is not None:
-        params, (m, v, t), step, _, model_config = state
-        opt = AdamW(params, tc)
-        opt.m, opt.v, opt.t = m, v, t
-        history = json.loads(history_path.read_text())
-        log(f"resuming from step {step} in {out_dir}")
-    else:
-        params = init_params(model_config, tc.seed)
-        opt, step, history = AdamW(params, tc), 0, {"train": [], "val": [], "train_seconds": 0.0}
-    history["model_config"], history["train_config"] = model_config.to_dict(), dataclasses.asdict(tc)
-    model = Model(model_config, params, tokenizer)
-    tokens_per_step = tc.batch_size * tc.seq_len
-    plain = lambda p, c, x, y, rows: loss_and_grads(p, c, x, y)  # noqa: E731
-
-    def checkpoint():
-        val = evaluate(model, val_stream, tc.seq_len, tc.eval_windows)
-        history["val"].append({**val, "eval_tokens": val["tokens"], "step": step, "tokens": step * tokens_per_step,
-                               "train_seconds": history["train_seconds"]})
-        history["tokens_seen"] = step * tokens_per_step
-        save_train_state(out_dir, params, opt, step, tc, model_config)
-        save(model, out_dir)
-        history_path.write_text(json.dumps(history, indent=1))
-        return val
-
-    started = time.time()
-    bar = tqdm(total=tc.max_steps, initial=step, desc="student", unit="step", disable=not progress)
-    window_loss, window_seconds = [], 0.0
-    while step < tc.max_steps:
-        t0 = time.perf_counter()
-        rows = sample_rows(len(windows), tc.batch_size, tc.seed, step)
-        batch = windows[rows].astype(np.int64)  # (B, T + 1)
-        loss, grads = (loss_fn or plain)(params, model_config, batch[:, :-1], batch[:, 1:], rows)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning rate")
-        norm = clip_grad_norm(grads, tc.grad_clip)
-        lr = lr_at(step, tc)
-        opt.step(params, grads, lr)
-        step += 1
-        dt = time.perf_counter() - t0
-        history["train_seconds"] += dt  # training only: evaluation and checkpoints are not counted
-        window_loss.append(loss)
-        window_seconds += dt
-        if step % 25 == 0 or step == tc.max_steps:
-            tok_s = len(window_loss) * tokens_per_step / window_seconds
-            history["train"].append({"step": step, "tokens": step * tokens_per_step,
-                                     "loss": float(np.mean(window_loss)), "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s,
-                                     "train_seconds": history["train_seconds"]})
-            bar.set_postfix(loss=f"{np.mean(window_loss):.3f}", tok_s=f"{tok_s:.0f}")
-            window_loss, window_seconds = [], 0.0
-        bar.update(1)
-        out_of_time = ((max_minutes is not None and time.time() - started > 60 * max_minutes)
-                       or (max_seconds is not None and history["train_seconds"] >= max_seconds))
-        if step % tc.eval_every == 0 or out_of_time:
-            val = checkpoint()
-            log(f"step {step}: held-out loss {val['loss']:.4f}, top-1 {val['top1']:.3f}")
-        if out_of_time:
-            break
-    bar.close()
-    if not history["val"] or history["val"][-1]["step"] != step:
-        checkpoint()
-    return model, history
+    model = train(model_config, tc, None, val_stream, out_dir, tokenizer=tokenizer, max_minutes=max_minutes,
+                  progress=progress, log=log, loss_fn=loss_fn, windows=windows, max_train_seconds=max_seconds)
+    return model, json.loads((Path(out_dir) / "history.json").read_text())
 
 
 def record_run_settings(out_dir, settings: dict):

@@ -154,9 +154,31 @@ def check_masks(masks: dict, params: dict) -> dict:
 # the loop
 
 
+def sample_rows(num_windows, batch_size, seed, step):
+    """Which of a fixed set of windows make batch `step`: the same (seed, step) gives the same rows,
+    so runs that differ only in their loss see the same data in the same order (and a resumed run
+    continues it). tinyinfer/distill.py trains students this way, against a cache of the teacher."""
+    return np.random.default_rng([seed, step]).integers(0, num_windows, size=batch_size)
+
+
+def batch_loss(params, config, tc, step, train_stream, windows=None, loss_fn=None):
+    """(loss, grads) of batch `step`: random windows of train_stream, or rows of fixed windows
+    (then loss_fn, if any, also gets the rows: see train)."""
+    if windows is None:
+        inputs, targets = sample_batch(train_stream, tc, step)
+        return (loss_fn or loss_and_grads)(params, config, inputs, targets)
+    rows = sample_rows(len(windows), tc.batch_size, tc.seed, step)  # (B,)
+    batch = windows[rows].astype(np.int64)  # (B, T + 1)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    if loss_fn is None:
+        return loss_and_grads(params, config, inputs, targets)
+    return loss_fn(params, config, inputs, targets, rows)
+
+
 def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, out_dir,
           tokenizer=None, max_minutes=None, progress=True, init_from: dict | None = None, log=print,
-          stop_at_step: int | None = None, loss_fn=None, masks: dict | None = None):
+          stop_at_step: int | None = None, loss_fn=None, masks: dict | None = None, windows=None,
+          max_train_seconds=None):
     """Train (or resume) a model; checkpoints to out_dir every tc.eval_every steps and at the end.
 
     Resuming: when out_dir holds train_state.safetensors, training continues from its step with its
@@ -168,6 +190,12 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     loss_fn(params, config, inputs, targets) -> (loss, grads) replaces the plain next-token
     cross-entropy (tinyinfer/distill.py passes one that asks a teacher for soft targets).
 
+    windows (N, seq_len + 1) int: train on these fixed windows instead of random ones from
+    train_stream (which may then be None); batch `step` is windows[sample_rows(...)], and loss_fn
+    is called with the rows too, loss_fn(params, config, inputs, targets, rows), so a cache of
+    the teacher's outputs can be looked up by them. history.json's "step_seconds" counts training
+    steps only (no evaluation or checkpoints); max_train_seconds stops when it is reached.
+
     masks (name -> 0/1 array shaped like the parameter, e.g. prune.to_param_layout's) fine-tune a
     pruned model: the masked weights are zeroed at the start and AdamW.step keeps them, their
     gradients and their Adam state at zero. They are saved with the train state, so a resumed run
@@ -178,6 +206,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     from .checkpoint import save
     from .evaluate import evaluate
 
+    if windows is not None and (windows.ndim != 2 or windows.shape[1] != tc.seq_len + 1):
+        raise ValueError(f"windows must have shape (N, seq_len + 1) = (N, {tc.seq_len + 1}), got {windows.shape}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history_path = out_dir / "history.json"
@@ -220,8 +250,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     try:
         window_loss, window_start = [], time.time()
         while step < tc.max_steps and not stop["now"]:
-            inputs, targets = sample_batch(train_stream, tc, step)
-            loss, grads = (loss_fn or loss_and_grads)(params, model_config, inputs, targets)
+            step_start = time.perf_counter()
+            loss, grads = batch_loss(params, model_config, tc, step, train_stream, windows, loss_fn)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning rate")
             for name, mask in (masks or {}).items():
@@ -230,6 +260,7 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
             lr = lr_at(step, tc)
             opt.step(params, grads, lr, masks=masks)
             step += 1
+            history["step_seconds"] = history.get("step_seconds", 0.0) + time.perf_counter() - step_start
             window_loss.append(loss)
             if step % 25 == 0 or step == tc.max_steps:
                 tok_s = len(window_loss) * tokens_per_step / (time.time() - window_start)
@@ -247,6 +278,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
                 break
             if max_minutes is not None and time.time() - started > 60 * max_minutes:
                 log(f"stopping after {max_minutes} minutes at step {step} (resume with the same command)")
+                break
+            if max_train_seconds is not None and history["step_seconds"] >= max_train_seconds:
                 break
     finally:
         bar.close()

@@ -20,7 +20,7 @@ so an interrupted study resumes where it stopped):
 6. full-vocabulary KD with the teacher on the fly at the sweep's length, to measure what the top-k
    approximation costs.
 
-All runs see the same windows in the same order for a given seed (tinyinfer.distill.sample_rows)
+All runs see the same windows in the same order for a given seed (tinyinfer.train.sample_rows)
 and are evaluated on the same fixed held-out subset (the first --eval-windows windows of the
 validation split) against the shipped teacher: perplexity, top-1, top-1 agreement, KL(teacher||student).
 Batch-1 decode speed is student vs teacher generate(), interleaved.
@@ -112,7 +112,7 @@ def final_eval(run_dir, teacher, val_stream, eval_windows):
     model = load(run_dir)
     out = evaluate(model, val_stream, SEQ_LEN, eval_windows, reference=teacher)
     history = json.loads((Path(run_dir) / "history.json").read_text())
-    out["train_seconds"] = history["train_seconds"]
+    out["train_seconds"] = history.get("step_seconds", history["train_seconds"])  # training steps only
     out["steps"] = history["val"][-1]["step"]
     out["curve"] = [{"step": v["step"], "tokens": v["tokens"], "loss": v["loss"], "top1": v["top1"]}
                     for v in history["val"]]
@@ -362,7 +362,7 @@ def ship_student(run_dir, out_dir, command, note="", teacher_dir="models/teacher
         f"{settings.get('top_k')} logits cached over {settings.get('cache_windows')} fixed windows of 256 tokens of "
         f"the training split. The training time above counts optimizer steps only (not the periodic evaluations); "
         f"building the teacher cache took another {cache_s / 60:.1f} min, so the teacher's cost was "
-        f"{cache_s / 3600:.2f} h and the whole run {(history['train_seconds'] + cache_s) / 3600:.2f} h. The machine "
+        f"{cache_s / 3600:.2f} h and the whole run {(history.get('step_seconds', history['train_seconds']) + cache_s) / 3600:.2f} h. The machine "
         "was shared with other jobs throughout.")
     write_card(run_dir, out_dir, "float16", command, SEQ_LEN, note)
     teacher, student = load(teacher_dir), load(out_dir)
