@@ -31,6 +31,8 @@ import os
 
 import numpy as np
 
+from ..checks import check_matmul_input
+
 BLOCK = 32  # QK8_0 = QK4_0 = 32 in ggml: every block covers 32 consecutive weights of one row
 
 # One block as ggml lays it out in memory (no padding: the structs are packed to 34 and 18 bytes).
@@ -213,21 +215,6 @@ def _check_scales(scales, fmt, where):
                          f"{fmt} can only hold weights with |w| below about {limit:.4g}")
 
 
-def _check_x(x, K):
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.dtype == object or not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"x must be a float array (float32; float16/float64 are converted), got dtype {x.dtype}")
-    if x.ndim == 0 or x.shape[-1] != K:
-        raise ValueError(f"x must have shape (K,) or (..., K) with K = {K}, got shape {x.shape}")
-    x2 = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # (B, K)
-    if not np.isfinite(x2).all():
-        bad = ~np.isfinite(x2)
-        raise ValueError(f"x has {int(bad.sum())} NaN/Inf values (first at flat row {np.argwhere(bad)[0][0]}); "
-                         f"they cannot be quantized to Q8_0 blocks")
-    return x2, x.shape[:-1]
-
-
 # --------------------------------------------------------------------------------------------
 # QTensor: what the model holds in place of a dense weight
 
@@ -304,7 +291,7 @@ class QTensor:
         converted to float32; the result is always float32.
         """
         N, K = self.shape
-        x2, lead = _check_x(x, K)  # (B, K) float32
+        x2, lead = check_matmul_input(x, K, "they cannot be quantized to Q8_0 blocks")  # (B, K) float32
         if use_reference():
             out = quantized_matmul_reference(self.fmt, self._scales_f32, self.quants, x2)
         else:

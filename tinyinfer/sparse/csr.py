@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_matmul_input
 from ..quant.formats import use_reference
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -73,19 +74,6 @@ def _check_dense(w):
         raise ValueError(f"w has {int(bad.sum())} NaN/Inf values, the first at [{row}, {col}] ({w[row, col]}); "
                          f"a sparse matrix stores only finite weights")
     return w
-
-
-def _check_x(x, K):
-    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
-    if x.dtype == object or not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"x must be a float array (float32; float16/float64 are converted), got dtype {x.dtype}")
-    if x.ndim == 0 or x.shape[-1] != K:
-        raise ValueError(f"x must have shape (K,) or (..., K) with K = {K}, got shape {x.shape}")
-    x2 = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # (B, K)
-    if not np.isfinite(x2).all():
-        bad = ~np.isfinite(x2)
-        raise ValueError(f"x has {int(bad.sum())} NaN/Inf values (first at flat row {np.argwhere(bad)[0][0]})")
-    return x2, x.shape[:-1]
 
 
 def _check_arrays(indptr, indices, data, shape):
@@ -170,7 +158,7 @@ class CSRMatrix:
     def matmul(self, x):
         """x: (K,) or (..., K) -> float32 (N,) or (..., N) = x @ W.T (float16/float64 x converted)."""
         N, K = self.shape
-        x2, lead = _check_x(x, K)  # (B, K) float32
+        x2, lead = check_matmul_input(x, K)  # (B, K) float32
         if use_reference():
             out = csr_matmul_reference(self.indptr, self.indices, self.data, N, x2)
         else:
