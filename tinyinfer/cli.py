@@ -317,10 +317,19 @@ def cmd_serve(args):
 # --------------------------------------------------------------------------------------------
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="tinyinfer", description="Learn how AI inference gets fast, by measuring it.")
-    sub = parser.add_subparsers(dest="command", metavar="command")
+def add_training_args(p):
+    """The options train and distill share: run length, batch shape, schedule, seed, corpus size."""
+    p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) when this much time has passed")
+    p.add_argument("--max-steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (the cosine ends at a tenth of it)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
 
+
+def add_tour_parser(sub):
     p = sub.add_parser("tour", help="every technique on the shipped models, alone and combined: the article's "
                                     "table, measured (start here)")
     p.add_argument("--quick", action="store_true", help="a smaller workload and fewer rounds (~2 minutes)")
@@ -344,20 +353,17 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tour)
 
+
+def add_train_parser(sub):
     p = sub.add_parser("train", help="train a model on the embedded corpus (resumable)")
     p.add_argument("--preset", default="teacher", help="teacher or tiny (default teacher)")
     p.add_argument("--out", help="output folder (default runs/PRESET); an existing run there is resumed")
     p.add_argument("--tokenizer", help="tokenizer.json (or a model folder) to use instead of training one")
-    p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) when this much time has passed")
-    p.add_argument("--max-steps", type=int, help="override the preset's number of steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate (the cosine ends at a tenth of it)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
+    add_training_args(p)
     p.set_defaults(func=cmd_train)
 
+
+def add_distill_parser(sub):
     p = sub.add_parser("distill", help="train a student preset on a teacher's soft targets (resumable)")
     p.add_argument("--teacher", default="teacher", help="teacher model folder or shipped model name (default teacher)")
     p.add_argument("--preset", default="student", help="the student's preset (default student)")
@@ -367,14 +373,7 @@ def build_parser():
                    help="weight of the KD term; 1 - alpha goes to the labels' cross-entropy (default 0.5)")
     p.add_argument("--labels-only", action="store_true",
                    help="plain cross-entropy, no teacher forward pass: the baseline to compare against")
-    p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) when this much time has passed")
-    p.add_argument("--max-steps", type=int, help="override the preset's number of steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate (the cosine ends at a tenth of it)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-docs", type=int, help="use only the first N corpus documents (quick experiments)")
+    add_training_args(p)
     p.add_argument("--cache-windows", type=int,
                    help="run the teacher once over N fixed windows of the training split, keep its top-k, and "
                         "train from that cache (no teacher pass per step; see lessons/06-distillation.py)")
@@ -382,6 +381,8 @@ def build_parser():
     p.add_argument("--cache", help="the cache file (default OUT/teacher_topK_firstN.safetensors); reused if it exists")
     p.set_defaults(func=cmd_distill)
 
+
+def add_eval_parser(sub):
     p = sub.add_parser("eval", help="held-out loss, perplexity and top-1 accuracy on the embedded corpus")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     p.add_argument("--seq-len", type=int, default=256)
@@ -389,6 +390,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
+
+def add_generate_parser(sub):
     p = sub.add_parser("generate", help="generate text from a prompt")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     p.add_argument("--prompt", default="def ", help="text to continue")
@@ -399,6 +402,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
+
+def add_quantize_parser(sub):
     p = sub.add_parser("quantize", help="quantize every linear layer to ggml's Q8_0 or Q4_0 blocks")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     p.add_argument("--format", default="q8_0", choices=["q8_0", "q4_0"])
@@ -406,6 +411,8 @@ def build_parser():
     p.add_argument("--quantize-head", action="store_true", help="also quantize an untied output head")
     p.set_defaults(func=cmd_quantize)
 
+
+def add_prune_parser(sub):
     p = sub.add_parser("prune", help="prune once (no fine-tuning), store sparse layers as CSR, save",
                        description="One-shot pruning: weights are removed and nothing is retrained, so "
                                    "expect the held-out loss to rise (check it with tinyinfer eval). Layers "
@@ -425,6 +432,8 @@ def build_parser():
                         "crossover, tinyinfer/sparse/model.py DEFAULT_MIN_SPARSITY)")
     p.set_defaults(func=cmd_prune)
 
+
+def add_bench_parser(sub):
     p = sub.add_parser("bench", help="speed, as ratios measured in one process against a baseline")
     p.add_argument("suite", nargs="?", default="foundation", choices=["foundation", "engine", "quant", "sparse"],
                    help="foundation: training and decode tokens/s (default); engine: KV cache, batching, "
@@ -435,6 +444,8 @@ def build_parser():
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(func=cmd_bench)
 
+
+def add_serve_parser(sub):
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -442,6 +453,8 @@ def build_parser():
     p.add_argument("--max-num-seqs", type=int, default=16, help="at most this many requests in the running batch")
     p.set_defaults(func=cmd_serve)
 
+
+def add_export_parser(sub):
     p = sub.add_parser("export", help="write a model for llama.cpp (GGUF) or transformers (HF folder)")
     p.add_argument("--model", default="teacher", help="model folder, .gguf file or shipped model name (default teacher)")
     p.add_argument("--format", required=True, choices=["gguf", "hf"],
@@ -451,6 +464,14 @@ def build_parser():
     p.add_argument("--quant", choices=["f32", "f16", "q8_0", "q4_0"], default=None,
                    help="weights in the file (default: as the model holds them; hf takes f32 or f16)")
     p.set_defaults(func=cmd_export)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tinyinfer", description="Learn how AI inference gets fast, by measuring it.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for add_parser in (add_tour_parser, add_train_parser, add_distill_parser, add_eval_parser, add_generate_parser,
+                       add_quantize_parser, add_prune_parser, add_bench_parser, add_serve_parser, add_export_parser):
+        add_parser(sub)  # in the order `tinyinfer --help` lists them
     return parser
 
 
