@@ -92,6 +92,13 @@ def plot_all(results: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
     measured = [r for r in results["rows"] if r["status"] == "measured"]
 
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(measured) + 1.5))
@@ -103,10 +110,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
     ax.set_xlabel("tokens/s relative to the naive baseline (log scale)")
     ax.legend(loc="lower right")
     ax.set_title("Each technique against the naive baseline (same run, interleaved)")
-    fig.tight_layout()
-    fig.savefig(out / "speedup.png", dpi=110)
-    plt.close(fig)
-    files.append("speedup.png")
+    save(fig, "speedup.png")
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for i, r in enumerate(results["rows"], 1):
@@ -120,10 +124,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
     ax.set_xlabel("held-out top-1 accuracy, % of the teacher's")
     ax.set_ylabel("tokens/s relative to naive (log)")
     ax.set_title("Speed vs quality (target: upper right of the red lines)")
-    fig.tight_layout()
-    fig.savefig(out / "speed_vs_quality.png", dpi=110)
-    plt.close(fig)
-    files.append("speed_vs_quality.png")
+    save(fig, "speed_vs_quality.png")
 
     sweep = results["speculative_sweep"]
     if sweep:
@@ -142,10 +143,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
         ax[1].set_ylabel("tokens/s vs the teacher alone")
         ax[1].legend()
         fig.suptitle("Speculative decoding: student drafts, teacher verifies (greedy)")
-        fig.tight_layout()
-        fig.savefig(out / "speculative.png", dpi=110)
-        plt.close(fig)
-        files.append("speculative.png")
+        save(fig, "speculative.png")
 
     real = results["realistic"]
     if real:
@@ -159,10 +157,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
         for a in ax:
             a.tick_params(axis="x", rotation=30)
         fig.suptitle(f"GPT-2-small shape ({real[0]['params'] / 1e6:.0f}M parameters), batch-1 decode")
-        fig.tight_layout()
-        fig.savefig(out / "realistic.png", dpi=110)
-        plt.close(fig)
-        files.append("realistic.png")
+        save(fig, "realistic.png")
     return files
 
 
