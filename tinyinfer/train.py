@@ -175,6 +175,30 @@ def batch_loss(params, config, tc, step, train_stream, windows=None, loss_fn=Non
     return loss_fn(params, config, inputs, targets, rows)
 
 
+def start_or_resume(out_dir: Path, model_config, tc, init_from=None, masks=None, log=print):
+    """(params, opt, step, history, model_config, masks) of a new run, or of the run saved in out_dir.
+
+    A resumed run keeps its own config, optimizer state, history and stored masks (masks given
+    here take precedence). Masked weights are zeroed in new arrays, so the caller's init_from
+    arrays are left as they were."""
+    state = load_train_state(out_dir, with_masks=True)
+    history_path = out_dir / "history.json"
+    if state is not None:
+        params, (m, v, t), step, _, model_config, stored_masks = state
+        masks = (stored_masks or None) if masks is None else masks
+        opt = AdamW(params, tc)
+        opt.m, opt.v, opt.t = m, v, t
+        history = json.loads(history_path.read_text()) if history_path.exists() else {"train": [], "val": []}
+        log(f"resuming from step {step} in {out_dir}")
+    else:
+        params = init_from if init_from is not None else init_params(model_config, tc.seed)
+        opt, step, history = AdamW(params, tc), 0, {"train": [], "val": []}
+    if masks is not None:
+        masks = check_masks(masks, params)
+        params = {k: v * masks[k] if k in masks else v for k, v in params.items()}
+    return params, opt, step, history, model_config, masks
+
+
 def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, out_dir,
           tokenizer=None, max_minutes=None, progress=True, init_from: dict | None = None, log=print,
           stop_at_step: int | None = None, loss_fn=None, masks: dict | None = None, windows=None,
@@ -211,21 +235,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history_path = out_dir / "history.json"
-    state = load_train_state(out_dir, with_masks=True)
-    if state is not None:
-        params, (m, v, t), step, _, model_config, stored_masks = state
-        masks = (stored_masks or None) if masks is None else masks
-        opt = AdamW(params, tc)
-        opt.m, opt.v, opt.t = m, v, t
-        history = json.loads(history_path.read_text()) if history_path.exists() else {"train": [], "val": []}
-        log(f"resuming from step {step} in {out_dir}")
-    else:
-        params = init_from if init_from is not None else init_params(model_config, tc.seed)
-        opt, step, history = AdamW(params, tc), 0, {"train": [], "val": []}
-    if masks is not None:
-        masks = check_masks(masks, params)
-        # masked entries become new arrays, so the caller's init_from arrays are not zeroed
-        params = {k: v * masks[k] if k in masks else v for k, v in params.items()}
+    params, opt, step, history, model_config, masks = start_or_resume(out_dir, model_config, tc, init_from,
+                                                                      masks, log)
     history["model_config"] = model_config.to_dict()
     history["train_config"] = dataclasses.asdict(tc)
     model = Model(model_config, params, tokenizer)
