@@ -15,7 +15,8 @@ import pytest
 import tinyinfer
 from conftest import ROOT
 from tinyinfer.engine import LLM, SamplingParams
-from tinyinfer.engine.server import MAX_BODY_BYTES, chat_prompt, make_server
+from tinyinfer.engine.openai_api import chat_prompt
+from tinyinfer.engine.server import MAX_BODY_BYTES, make_server
 
 
 @pytest.fixture(scope="module")
