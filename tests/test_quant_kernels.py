@@ -46,7 +46,10 @@ def twin_tolerance(fmt, qt, x):
 @pytest.mark.parametrize("parallel", [False, True])
 @given(problem=problems())
 def test_kernels_equal_numpy_twin(fmt, parallel, problem):
-    w, x = problem
+    assert_kernel_matches_twin(fmt, parallel, *problem)
+
+
+def assert_kernel_matches_twin(fmt, parallel, w, x):
     qt = quantize(w, fmt)
     ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
     out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
@@ -73,12 +76,7 @@ def batched_problems(draw):
 @pytest.mark.parametrize("parallel", [False, True])
 @given(problem=batched_problems())
 def test_batched_kernels_equal_numpy_twin(fmt, parallel, problem):
-    w, x = problem
-    qt = quantize(w, fmt)
-    ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
-    out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
-    assert out.dtype == np.float32 and out.shape == ref.shape
-    assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
+    assert_kernel_matches_twin(fmt, parallel, *problem)
 
 
 @pytest.mark.parametrize("fmt", FMTS)

@@ -49,6 +49,17 @@ def machine() -> dict:
     return info
 
 
+def save_results(results: dict, json_path=None):
+    """Print the machine the results were measured on (one JSON line) and, given a path, write
+    every result there as JSON: the end of every `tinyinfer bench` suite."""
+    import json
+
+    print(json.dumps(results["machine"]))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def interleaved(fast, baseline, rounds=7, warmup=1):
     """Time fast() and baseline() alternately; return per-call seconds and the median ratio.
 

@@ -55,14 +55,13 @@ machine (see tinyinfer/bench/__init__.py for why). What is measured, and how:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import machine
+from . import machine, save_results
 
 # ------------------------------------------------------------------------------------------------
 # settings
@@ -444,7 +443,7 @@ def targets(r: dict) -> dict:
 def print_report(r: dict):
     kv, off, onl, pre = r["kv_cache"], r["offline"], r["online"], r["prefix_cache"]
     print(f"model {r['model']} ({r['params']:,} params, n_ctx {r['n_ctx']}){'  [quick]' if r['quick'] else ''}")
-    print(f"\nKV cache vs recompute (decode tokens/s)")
+    print("\nKV cache vs recompute (decode tokens/s)")
     print(f"  last {kv['window']} positions before {kv['length']}: cache {kv['at_length']['cached_tok_s']:9.1f}"
           f"  recompute {kv['at_length']['recompute_tok_s']:8.1f}  ratio {kv['at_length']['ratio']:6.2f}x")
     g = kv["growing"]
@@ -474,7 +473,6 @@ def print_report(r: dict):
     print("\ntargets")
     for name, t in r["targets"].items():
         print(f"  {name:40s} {t['measured']:7.2f}x  target {t['target']:7s} {'met' if t['met'] else 'NOT met'}")
-    print(json.dumps(r["machine"]))
 
 
 def run(model, s: Settings, model_name: str = "", quick: bool = False, verbose: bool = True) -> dict:
@@ -513,9 +511,7 @@ def main(argv=None):
     s = Settings.quick(**overrides) if args.quick else Settings(**overrides)
     model = load(resolve_model_path(args.model))
     results = run(model, s, args.model, quick=args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    save_results(results, args.json)
     return results
 
 

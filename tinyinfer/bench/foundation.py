@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from . import interleaved, machine, time_it
+from . import interleaved, machine, save_results, time_it
 
 
 def numpy_train_step(config, B, T, seed=0):
@@ -130,10 +130,7 @@ def main(argv=None):
         r = interleaved(cached, hf, rounds=args.rounds)
         results["decode"].update(hf_generate_tok_s=64 / r["baseline_s"], ours_over_hf_generate=r["ratio"])
     print("decode", json.dumps(results["decode"]))
-    print(json.dumps(results["machine"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    save_results(results, args.json)
     return results
 
 

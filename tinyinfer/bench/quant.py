@@ -12,11 +12,10 @@ Lesson: lessons/04-quantization.py
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
-from . import interleaved, machine
+from . import interleaved, machine, save_results
 
 
 def run(n=4096, k=4096, batch=32, rounds=7, variants=False, seed=0, batches=()):
@@ -51,12 +50,7 @@ def run(n=4096, k=4096, batch=32, rounds=7, variants=False, seed=0, batches=()):
             results["cases"][label] = r
             print(f"{label:42s} ratio {r['ratio']:5.2f}x   quantized {r['fast_s'] * 1e3:8.3f} ms   "
                   f"numpy float32 {r['baseline_s'] * 1e3:8.3f} ms")
-    try:  # the layer actually loaded (machine() can only report the environment variable)
-        import numba
-
-        results["machine"]["numba_threading_layer"] = numba.threading_layer()
-    except ValueError:  # no parallel kernel ran
-        pass
+    results["machine"] = machine()  # again, now that the kernels ran: the threading layer actually loaded
     return results
 
 
@@ -72,10 +66,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(",") if b)
     results = run(args.n, args.k, args.batch, args.rounds, args.variants, batches=batches)
-    print(json.dumps(results["machine"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save_results(results, args.json)
 
 
 if __name__ == "__main__":

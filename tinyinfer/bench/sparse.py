@@ -16,11 +16,10 @@ Lesson: lessons/05-pruning.py
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
-from . import interleaved, machine
+from . import interleaved, machine, save_results
 
 
 def random_sparse(n, k, density, rng):
@@ -92,12 +91,7 @@ def run(n=4096, k=4096, densities=(0.5, 0.3, 0.1, 0.05), batch=16, rounds=7, see
         results[f"crossover {label}"] = crossover(densities, ratios)
         print(f"crossover ({label}): CSR faster than dense at density <= {crossover(densities, ratios)} "
               f"(of {list(densities)})")
-    try:  # the layer actually loaded
-        import numba
-
-        results["machine"]["numba_threading_layer"] = numba.threading_layer()
-    except ValueError:
-        pass
+    results["machine"] = machine()  # again, now that the kernels ran: the threading layer actually loaded
     return results
 
 
@@ -111,10 +105,7 @@ def main(argv=None):
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     results = run(args.n, args.k, tuple(args.densities), args.batch, args.rounds)
-    print(json.dumps(results["machine"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save_results(results, args.json)
 
 
 if __name__ == "__main__":

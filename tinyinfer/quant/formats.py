@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from ..checks import check_matmul_input
+from ..checks import check_matmul_input, check_weight_matrix
 
 BLOCK = 32  # QK8_0 = QK4_0 = 32 in ggml: every block covers 32 consecutive weights of one row
 
@@ -191,18 +191,8 @@ def _check_shape(shape, name="shape"):
 
 
 def _check_weights(w):
-    w = np.asarray(w)
-    if w.dtype == object or not np.issubdtype(w.dtype, np.floating):
-        raise TypeError(f"w must be a float array (float32 is what ggml quantizes), got dtype {w.dtype}")
-    if w.ndim != 2:
-        raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
+    w = check_weight_matrix(w, "they cannot be quantized")
     _check_shape(w.shape, "w.shape")
-    w = np.ascontiguousarray(w, dtype=np.float32)  # float16 / float64 go through float32, as in ggml
-    bad = ~np.isfinite(w)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"w has {int(bad.sum())} NaN/Inf values, the first at [{row}, {col}] "
-                         f"({w[row, col]}); they cannot be quantized")
     return w
 
 

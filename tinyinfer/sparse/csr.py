@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_matmul_input
+from ..checks import check_matmul_input, check_weight_matrix
 from ..quant.formats import use_reference
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -62,18 +62,7 @@ def csr_matmul_reference(indptr, indices, data, N, x):
 
 
 def _check_dense(w):
-    w = np.asarray(w) if not isinstance(w, np.ndarray) else w
-    if w.dtype == object or not np.issubdtype(w.dtype, np.floating):
-        raise TypeError(f"w must be a float array (float32; float16/float64 are converted), got dtype {w.dtype}")
-    if w.ndim != 2:
-        raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    bad = ~np.isfinite(w)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"w has {int(bad.sum())} NaN/Inf values, the first at [{row}, {col}] ({w[row, col]}); "
-                         f"a sparse matrix stores only finite weights")
-    return w
+    return check_weight_matrix(w, "a sparse matrix stores only finite weights")
 
 
 def _check_arrays(indptr, indices, data, shape):
