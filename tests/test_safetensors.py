@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tinyinfer.safetensors import SafetensorsError, read_safetensors, write_safetensors
+from tinyinfer.safetensors import MAX_HEADER_BYTES, SafetensorsError, read_safetensors, write_safetensors
 
 DTYPES = ["float64", "float32", "float16", "int64", "int32", "int16", "int8",
           "uint64", "uint32", "uint16", "uint8", "bool"]
@@ -239,7 +239,7 @@ def test_header_length_past_end_of_file(tmp_path):
 def test_absurd_header_length(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
-    with pytest.raises(SafetensorsError, match="at most 100000000"):
+    with pytest.raises(SafetensorsError, match=f"exceeds the limit {MAX_HEADER_BYTES:,}"):
         read_safetensors(path)
 
 

@@ -18,7 +18,10 @@ format fits on an index card:
 
 Because the file comes from somewhere else (often the internet), the reader checks every
 number in the header before trusting it: a header that lies about sizes or offsets must
-produce a clear SafetensorsError, never a crash, a hang or a huge allocation.
+produce a clear SafetensorsError, never a crash, a hang or a huge allocation. The header is
+read with tinyinfer/jsonfile.py (bounded size, nesting and value count before parsing), and the
+limits it is held to (header bytes, tensor count, rank) live in tinyinfer/limits.py. Before any
+tensor is read, the bytes they will take are compared with the memory the machine has free.
 
 We match the reference implementation (the `safetensors` package by Hugging Face):
   * the data buffer must be covered exactly: tensors sorted by offset start at 0, each one
@@ -30,9 +33,11 @@ We match the reference implementation (the `safetensors` package by Hugging Face
     the reference stores metadata in a hash map of unspecified order) our files are
     byte-for-byte identical to the reference's.
 
-We are slightly stricter than the reference in two places: a header that repeats a tensor
-name is rejected (JSON would silently keep the last one), and BOOL bytes other than 0 and 1
-are rejected (NumPy would otherwise build booleans that are neither True nor False inside).
+We are stricter than the reference in a few places: a header that repeats a tensor name is
+rejected (JSON would silently keep the last one); BOOL bytes other than 0 and 1 are rejected
+(NumPy would otherwise build booleans that are neither True nor False inside); and headers
+over 16 MB (the reference allows 100 MB), with more than 16,384 tensors, or tensors of more
+than 16 dimensions are refused, because parsing them costs far more memory than any model needs.
 
 BF16 (bfloat16) has no NumPy dtype. It is the top 16 bits of a float32, so we read it by
 shifting the 16 bits into the high half of a uint32 and viewing that as float32: exact, just
@@ -48,11 +53,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SafetensorsError", "read_safetensors", "write_safetensors", "MAX_HEADER_BYTES"]
+from .jsonfile import JSONFileError, load_json
+from .limits import (MAX_JSON_DEPTH, MAX_TENSORS, SAFETENSORS_HEADER_BYTES, SAFETENSORS_HEADER_VALUES,
+                     SAFETENSORS_MAX_RANK, check_memory)
 
-# The reference refuses headers over 100 MB: a real header is kilobytes, and a corrupt
-# length field must not make us allocate gigabytes before we find out it lies.
-MAX_HEADER_BYTES = 100_000_000
+__all__ = ["SafetensorsError", "read_safetensors", "read_safetensors_header", "write_safetensors",
+           "MAX_HEADER_BYTES"]
+
+# A real header is kilobytes; a corrupt length field must not make us read (and parse) a huge
+# one before we find out it lies. (The reference allows 100 MB; see tinyinfer/limits.py.)
+MAX_HEADER_BYTES = SAFETENSORS_HEADER_BYTES
 
 # safetensors dtype name -> NumPy dtype of one stored element, always little-endian ("<").
 # BF16 is stored as raw uint16 bit patterns and widened after reading (see _bf16_to_float32).
@@ -105,15 +115,39 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """
     path = Path(path)
     with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        header_len = _read_header_length(f, file_size, path)
-        header = _parse_header(f.read(header_len), path)
-        data_start = 8 + header_len
-        metadata = _check_metadata(header.pop(_METADATA_KEY, None), path)
-        infos = {name: _check_tensor_info(name, info, path) for name, info in header.items()}
-        _check_coverage(infos, file_size - data_start, path)
+        infos, metadata, data_start = _read_header(f, path)
+        check_memory(loaded_nbytes(infos), f"{path}: its tensors")
         tensors = {name: _read_tensor(f, data_start, name, info, path) for name, info in infos.items()}
     return tensors, metadata
+
+
+def read_safetensors_header(path) -> tuple[dict[str, dict], dict[str, str]]:
+    """Only the checked header: ({name: {"dtype", "shape", "begin", "end"}}, metadata). No tensor is read."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        infos, metadata, _data_start = _read_header(f, path)
+    return infos, metadata
+
+
+def loaded_nbytes(infos: dict[str, dict]) -> int:
+    """Bytes read_safetensors allocates for these tensors (BF16 comes back as 4-byte float32)."""
+    return sum(math.prod(info["shape"]) * (4 if info["dtype"] == "BF16" else _DTYPES[info["dtype"]].itemsize)
+               for info in infos.values())
+
+
+def _read_header(f, path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """(tensor infos, metadata, where the data starts): everything checked, nothing allocated for data."""
+    file_size = os.fstat(f.fileno()).st_size
+    header_len = _read_header_length(f, file_size, path)
+    header = _parse_header(f.read(header_len), path)
+    data_start = 8 + header_len
+    metadata = _check_metadata(header.pop(_METADATA_KEY, None), path)
+    if len(header) > MAX_TENSORS:
+        raise SafetensorsError(f"{path}: header lists {len(header):,} tensors, which exceeds the limit "
+                               f"{MAX_TENSORS:,} (see tinyinfer/limits.py)")
+    infos = {name: _check_tensor_info(name, info, path) for name, info in header.items()}
+    _check_coverage(infos, file_size - data_start, path)
+    return infos, metadata, data_start
 
 
 def _read_header_length(f, file_size: int, path: Path) -> int:
@@ -123,8 +157,8 @@ def _read_header_length(f, file_size: int, path: Path) -> int:
             f"{path}: file is {file_size} bytes, expected at least 8 (the header length field)")
     (header_len,) = struct.unpack("<Q", f.read(8))
     if header_len > MAX_HEADER_BYTES:
-        raise SafetensorsError(
-            f"{path}: header length is {header_len} bytes, expected at most {MAX_HEADER_BYTES}")
+        raise SafetensorsError(f"{path}: header length {header_len:,} bytes exceeds the limit "
+                               f"{MAX_HEADER_BYTES:,} (see tinyinfer/limits.py)")
     if 8 + header_len > file_size:
         raise SafetensorsError(
             f"{path}: header length {header_len} runs past the end of the file "
@@ -132,31 +166,13 @@ def _read_header_length(f, file_size: int, path: Path) -> int:
     return header_len
 
 
-def _reject_duplicate_names(pairs: list) -> dict:
-    """json object hook: a repeated key would silently shadow a tensor, so refuse it."""
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise SafetensorsError(f"header names {key!r} twice, expected unique names")
-        seen[key] = value
-    return seen
-
-
 def _parse_header(raw: bytes, path: Path) -> dict:
+    """The JSON header, bounded in depth and value count, with unique names (a repeat would shadow)."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SafetensorsError(f"{path}: header is not valid UTF-8 ({e})") from None
-    try:
-        header = json.loads(text, object_pairs_hook=_reject_duplicate_names)
-    except json.JSONDecodeError as e:
-        raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
-    except SafetensorsError as e:
-        raise SafetensorsError(f"{path}: {e}") from None
-    if not isinstance(header, dict):
-        raise SafetensorsError(
-            f"{path}: header must be a JSON object, got JSON {type(header).__name__}")
-    return header
+        return load_json(raw, what=f"{path}: header", max_bytes=SAFETENSORS_HEADER_BYTES,
+                         max_depth=MAX_JSON_DEPTH, max_values=SAFETENSORS_HEADER_VALUES, unique_keys=True)
+    except JSONFileError as e:
+        raise SafetensorsError(str(e)) from None
 
 
 def _check_metadata(metadata, path: Path) -> dict[str, str]:
@@ -193,7 +209,10 @@ def _check_tensor_info(name: str, info, path: Path) -> dict:
 
     shape = info["shape"]
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-        raise SafetensorsError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+        raise SafetensorsError(f"{where}: shape must be a list of non-negative ints, got {shape!r:.200}")
+    if len(shape) > SAFETENSORS_MAX_RANK:
+        raise SafetensorsError(f"{where}: shape has {len(shape)} dimensions, which exceeds the limit "
+                               f"{SAFETENSORS_MAX_RANK}")
 
     offsets = info["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
