@@ -1,13 +1,17 @@
-"""Q8_0 / Q4_0 in NumPy: ggml's bytes, ggml's rounding, error bounds, bad input."""
+"""ggml's block formats in NumPy: ggml's bytes, ggml's rounding, error bounds, rows, bad input."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyinfer.quant import QTensor, quantize
+from tinyinfer.quant import blocks
 from tinyinfer.quant.formats import BLOCK, dequantize_blocks, quantize_activations, roundf
 
-FMTS = ["q8_0", "q4_0"]
+FMTS = ["q8_0", "q4_0"]  # the tests written for these two below
+ALL_FMTS = list(blocks.FORMATS)
+GGUF_QUANTIZES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]  # gguf-py has no IQ4_NL quantizer (it dequantizes it)
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "iq4_nl": 18}
 
 
 def random_w(seed, N, K, scale=1.0):
@@ -26,7 +30,8 @@ def matrices(draw):
 # bytes
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+@settings(deadline=None)
 @given(w=matrices())
 def test_bytes_round_trip(fmt, w):
     qt = quantize(w, fmt)
@@ -222,37 +227,97 @@ def test_dequantize_error_bounds(fmt, w):
 # an independent reference: gguf-py (llama.cpp's Python package) quantizes in NumPy too
 
 
-@pytest.mark.parametrize("fmt", FMTS)
-@settings(max_examples=10)
-@given(w=matrices())
-def test_bytes_equal_gguf_quantizer(fmt, w):
+def _gguf_type(fmt):
     gguf = pytest.importorskip("gguf")
+    return getattr(gguf.GGMLQuantizationType, fmt.upper())
+
+
+@st.composite
+def awkward_matrices(draw):
+    """N = 1 and odd N, K = 32 and odd block counts, all-zero blocks, constant blocks, exact ties,
+    weights large enough to come near the float16 limits and tiny ones."""
+    N = draw(st.sampled_from([1, 2, 3, 7]))
+    K = BLOCK * draw(st.sampled_from([1, 3, 5]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    w = rng.standard_normal((N, K)) * draw(st.sampled_from([1e-6, 1e-2, 1.0, 500.0]))
+    kind = draw(st.sampled_from(["plain", "zero block", "constant block", "ties", "grid"]))
+    if kind == "zero block":
+        w[rng.integers(N), :BLOCK] = 0
+    elif kind == "constant block":
+        w[0, :BLOCK] = w[0, 0]
+    elif kind == "ties":  # +max and -max in one block: the first one decides the sign of d
+        w[0, 3], w[0, 9] = 7.0, -7.0
+    elif kind == "grid":  # values on quarter steps: many exact .5 cases after scaling
+        w = np.round(w * 4) / 4
+    return w.astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", GGUF_QUANTIZES)
+@settings(max_examples=30, deadline=None)
+@given(w=st.one_of(matrices(), awkward_matrices()))
+def test_bytes_equal_gguf_quantizer(fmt, w):
     from gguf.quants import quantize as gguf_quantize
 
-    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[fmt]
-    theirs = gguf_quantize(w, qtype).reshape(-1)
+    theirs = gguf_quantize(w, _gguf_type(fmt)).reshape(-1)
     assert np.array_equal(quantize(w, fmt).to_bytes(), theirs)
 
 
-@pytest.mark.parametrize("fmt", FMTS)
-def test_gguf_dequantizes_our_bytes(fmt):
-    gguf = pytest.importorskip("gguf")
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+@settings(max_examples=15, deadline=None)
+@given(w=st.one_of(matrices(), awkward_matrices()))
+def test_gguf_dequantizes_our_bytes(fmt, w):
     from gguf.quants import dequantize as gguf_dequantize
 
-    w = random_w(5, 8, 128)
     qt = quantize(w, fmt)
-    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[fmt]
-    theirs = gguf_dequantize(qt.to_bytes().reshape(8, -1), qtype)
+    theirs = gguf_dequantize(qt.to_bytes().reshape(w.shape[0], -1), _gguf_type(fmt))
     assert np.array_equal(theirs, qt.dequantize())
 
 
-def test_activation_quantization_is_q8_0_with_a_float32_scale():
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+def test_gguf_dequantizes_random_bytes_as_we_do(fmt):
+    # any bit pattern of the integer fields (scales kept finite): both read the same numbers
+    from gguf.quants import dequantize as gguf_dequantize
+
+    rng = np.random.default_rng(11)
+    N, NB = 5, 3
+    raw = rng.integers(0, 256, (N, NB * BLOCK_BYTES[fmt]), dtype=np.uint8)
+    structs = raw.reshape(-1).view(blocks.BLOCK_DTYPES[fmt])
+    structs["d"] = rng.uniform(-2, 2, structs.shape).astype(np.float16)
+    if "m" in structs.dtype.names:
+        structs["m"] = rng.uniform(-2, 2, structs.shape).astype(np.float16)
+    qt = QTensor.from_bytes(raw.reshape(-1), fmt, (N, NB * BLOCK))
+    assert np.array_equal(gguf_dequantize(raw, _gguf_type(fmt)), qt.dequantize())
+
+
+def test_activation_quantization_is_ggml_q8_1():
+    # as ggml's SIMD quantize_row_q8_0/q8_1: id = 127 / amax, q rounded half to even, d and s float16
     x = random_w(6, 3, 96)
-    xq, xd = quantize_activations(x)
-    qt = quantize(x, "q8_0")
-    assert np.array_equal(xq, qt.quants)  # the same rule; only the scale keeps float32
-    assert np.array_equal(xd.astype(np.float16), qt.scales)
-    assert np.array_equal(dequantize_blocks("q8_0", qt.scales, xq), qt.dequantize())
+    xq, xd, xs = quantize_activations(x)
+    blk = x.reshape(3, 3, BLOCK)
+    amax = np.abs(blk).max(-1)
+    q = np.rint(blk * (np.float32(127) / amax)[..., None])
+    assert np.array_equal(xq, q.astype(np.int8))
+    assert np.array_equal(xd, (amax / np.float32(127)).astype(np.float16).astype(np.float32))
+    s = (amax / np.float32(127)) * q.sum(-1).astype(np.float32)
+    assert np.array_equal(xs, s.astype(np.float16).astype(np.float32))
+    # the same rule as a weight's Q8_0 except the rounding of .5 (and id = 127/amax): equal here
+    # up to ties, so compare with the dequantized values
+    assert np.allclose(xq * xd[..., None], quantize(x, "q8_0").dequantize().reshape(3, 3, BLOCK), atol=1e-2)
+
+
+def test_activation_halves_round_to_even():
+    x = np.zeros((1, 32), np.float32)
+    x[0, :6] = [127.0, 0.5, 1.5, 2.5, -2.5, -0.5]  # amax 127: id = 1, the products are exact
+    xq, xd, xs = quantize_activations(x)
+    assert xq[0, 0, :6].tolist() == [127, 0, 2, 2, -2, 0]
+    assert xd[0, 0] == 1.0 and xs[0, 0] == 127 + 2 + 2 - 2
+
+
+def test_activation_zero_and_tiny_blocks():
+    x = np.zeros((2, 64), np.float32)
+    x[1, :3] = [1e-39, -2e-39, 0.0]  # 127 / amax overflows float32: taken as an all-zero block
+    xq, xd, xs = quantize_activations(x)
+    assert not xq.any() and np.all(np.isfinite(xd)) and not xs.any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +356,7 @@ def test_weights_too_large_for_a_float16_scale(fmt, limit):
 
 def test_unknown_format():
     with pytest.raises(ValueError, match="fmt must be one of"):
-        quantize(np.zeros((1, 32), np.float32), "q5_0")
+        quantize(np.zeros((1, 32), np.float32), "q3_k")
     with pytest.raises(ValueError, match="fmt must be one of"):
         QTensor.from_bytes(np.zeros(34, np.uint8), "Q8_0", (1, 32))
 
@@ -301,7 +366,7 @@ def test_float64_weights_go_through_float32():
     assert np.array_equal(quantize(w.astype(np.float64), "q4_0").to_bytes(), quantize(w, "q4_0").to_bytes())
 
 
-@pytest.mark.parametrize("fmt,size", [("q8_0", 34), ("q4_0", 18)])
+@pytest.mark.parametrize("fmt,size", list(BLOCK_BYTES.items()))
 def test_from_bytes_wrong_length(fmt, size):
     with pytest.raises(ValueError, match=f"b has {2 * size - 1} bytes but .* takes {2 * size}"):
         QTensor.from_bytes(np.zeros(2 * size - 1, np.uint8), fmt, (1, 64))
@@ -316,3 +381,222 @@ def test_from_bytes_rejects_a_non_finite_scale():
     b[:2] = np.array([np.inf], "<f2").view(np.uint8)
     with pytest.raises(ValueError, match="block 0 of row 0"):
         QTensor.from_bytes(b, "q8_0", (1, 32))
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q5_1"])
+def test_from_bytes_rejects_a_non_finite_minimum(fmt):
+    b = np.zeros(BLOCK_BYTES[fmt] * 2, np.uint8)
+    b[BLOCK_BYTES[fmt] + 2:BLOCK_BYTES[fmt] + 4] = np.array([np.nan], "<f2").view(np.uint8)  # block 1's m
+    with pytest.raises(ValueError, match="minimum of block 1 of row 0"):
+        QTensor.from_bytes(b, fmt, (1, 64))
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q5_1"])
+def test_minimum_too_large_for_float16(fmt):
+    w = np.full((1, 32), 1e5, np.float32)  # range 0 but m = 1e5 is past float16
+    with pytest.raises(ValueError, match="minimum"):
+        quantize(w, fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# the new formats by hand
+
+
+def test_q4_1_block_layout_by_hand():
+    w = (np.arange(32, dtype=np.float32) % 16 + 2.0)[None]  # min 2, max 17: d = 1, q = w - 2
+    w[0, 16:] = w[0, 16:][::-1]
+    b = quantize(w, "q4_1").to_bytes()
+    assert b.size == 20
+    assert b[:2].view("<f2")[0] == 1.0 and b[2:4].view("<f2")[0] == 2.0  # d, then m
+    for j in range(16):
+        assert b[4 + j] & 0x0F == w[0, j] - 2 and b[4 + j] >> 4 == w[0, j + 16] - 2
+    assert np.array_equal(quantize(w, "q4_1").dequantize(), w)
+
+
+@pytest.mark.parametrize("fmt", ["q5_0", "q5_1"])
+def test_q5_block_layout_by_hand(fmt):
+    # q5_0: max -16 -> d = 1, value v stored as v + 16 (0..31); q5_1: min -16, max 15 -> d = 1, m = -16
+    values = (np.arange(32) - 16).astype(np.float32)
+    values[16:] = values[16:][::-1].copy()
+    w = values[None]
+    w[0, [0, 31]] = w[0, [31, 0]]  # the one -16 (largest magnitude) at the end: d = -16 / -16 = 1
+    qt = quantize(w, fmt)
+    b = qt.to_bytes()
+    assert b.size == BLOCK_BYTES[fmt]
+    q = (w[0] + 16).astype(int)  # 0..31 in both formats
+    at = 6 if fmt == "q5_0" else 8  # after d (and m) and the 4 bytes of 5th bits
+    qh = int(b[at - 4:at].view("<u4")[0])
+    for j in range(32):
+        assert (qh >> j) & 1 == q[j] >> 4  # bit j: element j's 5th bit
+    for j in range(16):
+        assert b[at + j] & 0x0F == q[j] & 0x0F and b[at + j] >> 4 == q[j + 16] & 0x0F
+    assert np.array_equal(qt.dequantize(), w)
+
+
+def test_iq4_nl_block_layout_by_hand():
+    # d = 1 and every element on a level: the indices are the positions in the table
+    levels = np.arange(32) % 16
+    w = blocks.IQ4_NL_VALUES[levels].astype(np.float32)[None]
+    b = np.zeros(18, np.uint8)
+    b[:2] = np.array([1.0], "<f2").view(np.uint8)
+    b[2:] = levels[:16] | (levels[16:] << 4)
+    assert np.array_equal(QTensor.from_bytes(b, "iq4_nl", (1, 32)).dequantize(), w)
+    qt = quantize(w, "iq4_nl")  # the search finds the exact grid: no error at all
+    assert np.array_equal(qt.dequantize(), w)
+
+
+def test_iq4_nl_nearest_level_takes_the_upper_on_ties():
+    v = np.array([-200, -127, -115.5, -115.6, 0.0, -4.5, 1, 112, 113, 500], np.float32)
+    assert blocks.IQ4_NL_VALUES[blocks.iq4_nl_nearest(v)].tolist() == [-127, -127, -104, -127, 1, 1, 1, 113, 113, 113]
+    grid = np.linspace(-140, 130, 2701, dtype=np.float32)
+    brute = np.abs(grid[:, None] - blocks.IQ4_NL_VALUES[None].astype(np.float32)).argmin(1)  # first on ties
+    got = blocks.iq4_nl_nearest(grid)
+    d_got = np.abs(grid - blocks.IQ4_NL_VALUES[got])
+    assert np.all(d_got == np.abs(grid - blocks.IQ4_NL_VALUES[brute]))  # always a nearest level
+
+
+def _iq4_nl_block_as_in_c(x, ntry):
+    """ggml's quantize_row_iq4_nl_impl for one block of 32 (no importance), in scalar float32
+    Python: a second, loop-by-loop reading of the C to check the vectorized one against."""
+    f = np.float32
+    vals = [int(v) for v in blocks.IQ4_NL_VALUES]
+
+    def best(v):
+        if v <= vals[0]:
+            return 0
+        if v >= vals[15]:
+            return 15
+        lo, hi = 0, 15
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if v < vals[mid]:
+                hi = mid
+            else:
+                lo = mid
+        return hi - 1 if v - f(vals[hi - 1]) < f(vals[hi]) - v else hi
+
+    weight = [f(v * v) for v in x]
+    amax, mx = f(0), f(0)
+    for v in x:
+        if abs(v) > amax:
+            amax, mx = abs(v), v
+    if amax < f(1e-15):
+        return f(0), [8] * 32
+
+    def fit(inv):
+        L = [best(f(inv * v)) for v in x]
+        sqx, sq2 = f(0), f(0)
+        for j in range(32):
+            q = f(vals[L[j]])
+            sqx = f(sqx + f(f(weight[j] * q) * x[j]))
+            sq2 = f(sq2 + f(f(weight[j] * q) * q))
+        return L, sqx, sq2
+
+    d = f(-mx / f(vals[0])) if ntry > 0 else f(mx / f(vals[0]))
+    L, sqx, sq2 = fit(f(f(1) / d))
+    d = f(sqx / sq2)
+    best_val = f(d * sqx)
+    for itry in range(-ntry, ntry + 1):
+        _, sqx, sq2 = fit(f(f(itry + vals[0]) / mx))
+        if sq2 > 0 and f(sqx * sqx) > f(best_val * sq2):
+            d = f(sqx / sq2)
+            best_val = f(d * sqx)
+    if ntry > 0:
+        L = [best(f(f(f(1) / d) * v)) for v in x]
+    return d, L
+
+
+@pytest.mark.parametrize("ntry", [7, -1])
+@settings(max_examples=25, deadline=None)
+@given(w=awkward_matrices())
+def test_iq4_nl_search_follows_ggml_loop_by_loop(ntry, w):
+    parts = blocks.quantize_iq4_nl(w, ntry=ntry)
+    levels = blocks.unpack_nibbles(parts["qs"])  # (N, NB, 32)
+    for n in range(w.shape[0]):
+        for k in range(w.shape[1] // BLOCK):
+            d, L = _iq4_nl_block_as_in_c([np.float32(v) for v in w[n, k * BLOCK:(k + 1) * BLOCK]], ntry)
+            assert parts["d"][n, k] == np.float16(d)
+            if d != 0:
+                assert levels[n, k].tolist() == L
+
+
+def test_iq4_nl_search_beats_its_first_guess():
+    # the weighted error (weights x^2) after the search is never above the plain max-on-a-level scale's
+    w = random_w(9, 64, 256)
+    x = w.reshape(-1, BLOCK)
+    err = lambda deq: np.sum(x * x * (deq.reshape(-1, BLOCK) - x) ** 2, axis=1)  # noqa: E731
+    searched = err(quantize(w, "iq4_nl").dequantize())
+    first = err(QTensor("iq4_nl", w.shape, *(lambda p: (p["d"], p["qs"]))(blocks.quantize_iq4_nl(w, ntry=-1)))
+                .dequantize())
+    assert np.mean(searched) < np.mean(first)
+    assert np.mean(searched <= first * (1 + 1e-3)) > 0.95  # per block too, up to float16 rounding of d
+
+
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+def test_error_shrinks_with_bits(fmt):
+    w = random_w(10, 32, 256)
+    rel = np.abs(quantize(w, fmt).dequantize() - w).mean() / np.abs(w).mean()
+    bound = {"q8_0": 0.006, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.11, "q4_1": 0.11, "iq4_nl": 0.10}[fmt]
+    assert rel < bound
+
+
+def test_bits_per_weight_and_nbytes_of_every_format():
+    w = random_w(12, 3, 64)
+    for fmt, size in BLOCK_BYTES.items():
+        qt = quantize(w, fmt)
+        assert qt.nbytes == 3 * 2 * size == qt.to_bytes().size
+        assert qt.bits_per_weight == size * 8 / 32
+
+
+# --------------------------------------------------------------------------------------------
+# rows: take_rows (an embedding lookup), select_rows, concat_rows
+
+
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+def test_take_rows_dequantizes_just_those_rows(fmt):
+    w = random_w(13, 9, 96)
+    qt = quantize(w, fmt)
+    ids = np.array([4, 0, 4, 8])
+    assert np.array_equal(qt.take_rows(ids), qt.dequantize()[ids])
+    assert qt.take_rows(ids).dtype == np.float32
+    assert qt.take_rows(np.array([[1, 2], [3, 4]])).shape == (2, 2, 96)
+    assert np.array_equal(qt.take_rows(3), qt.dequantize()[3])
+
+
+def test_take_rows_bad_ids():
+    qt = quantize(random_w(14, 5, 32), "q4_1")
+    with pytest.raises(IndexError, match="0..4"):
+        qt.take_rows([1, 5])
+    with pytest.raises(IndexError, match="got -1"):
+        qt.take_rows([-1])
+    with pytest.raises(TypeError, match="integer row indices"):
+        qt.take_rows(np.array([0.0]))
+
+
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+def test_concat_and_select_rows_keep_the_blocks(fmt):
+    a, b = quantize(random_w(15, 3, 64), fmt), quantize(random_w(16, 5, 64), fmt)
+    ab = QTensor.concat_rows([a, b])
+    assert ab.shape == (8, 64) and ab.fmt == fmt
+    assert np.array_equal(ab.to_bytes(), np.concatenate([a.to_bytes(), b.to_bytes()]))
+    x = random_w(17, 2, 64)
+    assert np.array_equal(ab.matmul(x), np.concatenate([a.matmul(x), b.matmul(x)], axis=1))
+    order = np.array([7, 0, 3])
+    assert np.array_equal(ab.select_rows(order).dequantize(), ab.dequantize()[order])
+
+
+def test_concat_rows_refuses_mixed_formats():
+    with pytest.raises(ValueError, match="one format and one K"):
+        QTensor.concat_rows([quantize(random_w(0, 2, 64), "q4_0"), quantize(random_w(0, 2, 64), "q4_1")])
+    with pytest.raises(ValueError, match="one format and one K"):
+        QTensor.concat_rows([quantize(random_w(0, 2, 64), "q4_0"), quantize(random_w(0, 2, 32), "q4_0")])
+    with pytest.raises(TypeError, match="non-empty list"):
+        QTensor.concat_rows([])
+
+
+def test_constructor_names_a_wrong_array():
+    qt = quantize(random_w(18, 2, 64), "q5_1")
+    with pytest.raises(ValueError, match=r"high_bits of a q5_1 QTensor of shape \(2, 64\) must be uint8 \(2, 2, 4\)"):
+        QTensor("q5_1", (2, 64), qt.scales, qt.quants, qt.mins, None)
+    with pytest.raises(ValueError, match="q4_0 blocks have no minimum"):
+        QTensor("q4_0", (2, 64), qt.scales, qt.quants, qt.mins)

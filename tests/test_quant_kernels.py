@@ -35,7 +35,7 @@ def problems(draw):
 def twin_tolerance(fmt, qt, x):
     """|kernel - twin| bound: both sum the same exact integer block dots; only the order and
     fusing of the float32 adds differ (fastmath). 1e-5 of the sum of |terms| covers that."""
-    xq, xd = quantize_activations(x)
+    xq, xd, _ = quantize_activations(x)
     wq = np.abs(qt.dequantize()).reshape(qt.shape[0], -1, BLOCK)  # |wq * wd|
     xa = np.abs(xq.astype(np.float32)) * xd[..., None]  # |xq * xd|
     terms = np.einsum("bkj,nkj->bn", xa, wq)
@@ -104,11 +104,27 @@ def test_wrong_quants_dtype_is_named():
 @given(x=st.integers(0, 2**31).map(lambda s: np.random.default_rng(s).standard_normal((3, 160)).astype(np.float32)))
 def test_activation_kernel_is_bit_identical(x):
     x[0, :32] = np.round(x[0, :32] * 4) / 4  # exact .5 ties after scaling are likely here
+    x[1, :32] *= 1e-3
+    x[2, 32:64] = 0
     xq = np.empty((3, 5, BLOCK), np.int8)
     xd = np.empty((3, 5), np.float32)
-    kernels.quantize_activations(x, xq, xd)
-    ref_q, ref_d = quantize_activations(x)
-    assert np.array_equal(xq, ref_q) and np.array_equal(xd, ref_d)
+    xs = np.empty((3, 5), np.float32)
+    kernels.quantize_activations(x, xq, xd, xs)
+    ref_q, ref_d, ref_s = quantize_activations(x)
+    assert np.array_equal(xq, ref_q) and np.array_equal(xd, ref_d) and np.array_equal(xs, ref_s)
+
+
+@given(bits=st.integers(0, 2**32 - 1))
+def test_float16_rounding_in_numba_equals_numpy(bits):
+    v = np.array([bits], np.uint32).view(np.float32)[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        _check_float16_rounding(v)
+
+
+def _check_float16_rounding(v):
+    for u in (v, np.float32(v * np.float32(1e-30)), np.float32(v * np.float32(1e30))):
+        got, want = kernels.float16_round(u), np.float32(np.float16(u)) if np.isfinite(u) else u
+        assert (np.isnan(got) and np.isnan(want)) or got == want
 
 
 @pytest.mark.parametrize("fmt", FMTS)
@@ -133,7 +149,7 @@ def test_close_to_float_matmul_within_derived_bound(fmt, problem):
     qt = quantize(w, fmt)
     deq = qt.dequantize()  # (N, K)
     exact = x.astype(np.float64) @ deq.T.astype(np.float64)  # (B, N)
-    _, xd = quantize_activations(x)  # (B, NB)
+    _, xd, _ = quantize_activations(x)  # (B, NB)
     N, K = w.shape
     abs_blocks = np.abs(deq).reshape(N, K // BLOCK, BLOCK).sum(-1)  # (N, NB)
     bound = 0.5 * (1 + 1e-4) * xd.astype(np.float64) @ abs_blocks.T + 1e-5 * np.abs(x) @ np.abs(deq).T + 1e-30
@@ -215,7 +231,7 @@ def test_extreme_quants_pair_sums_stay_exact(fmt, parallel):
     x = rng.choice(np.array([-1.0, 1.0], np.float32), size=(3, NB * BLOCK))  # quantizes to +-127
     ref = quantized_matmul_reference(fmt, w_scales, w_quants, x)
     out = kernels.quantized_matmul(fmt, w_scales, w_quants, x, parallel=parallel)
-    xq, xd = quantize_activations(x)
+    xq, xd, _ = quantize_activations(x)
     wq = w_quants.astype(np.float32) if fmt == "q8_0" else np.full((N, NB, BLOCK), -8.0, np.float32)
     terms = np.einsum("bkj,nkj,bk,nk->bn", np.abs(xq.astype(np.float32)), np.abs(wq), xd, w_scales)
     assert np.all(np.abs(out - ref) <= 1e-5 * terms)

@@ -13,7 +13,8 @@ def model32(family):
     return small_model(family, n_embd=32, n_head=4, ffn_hidden=64, vocab_size=50, n_ctx=32)
 
 
-@pytest.mark.parametrize("fmt, tol", [("q8_0", 0.05), ("q4_0", 0.6)])
+@pytest.mark.parametrize("fmt, tol", [("q8_0", 0.05), ("q4_0", 0.6), ("q4_1", 0.6), ("q5_0", 0.3), ("q5_1", 0.3),
+                                      ("iq4_nl", 0.6)])
 def test_quantized_logits_track_fp32(family, fmt, tol):
     model = model32(family)
     qmodel = quantize_model(model, fmt)
@@ -37,7 +38,7 @@ def test_generate_and_batches_work_on_a_quantized_model(family):
     assert list(out[0]) == seq
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"])
 def test_save_and_load_keep_the_ggml_bytes(tmp_path, family, fmt):
     qmodel = quantize_model(model32(family), fmt)
     tinyinfer.save(qmodel, tmp_path)

@@ -404,9 +404,12 @@ def add_generate_parser(sub):
 
 
 def add_quantize_parser(sub):
-    p = sub.add_parser("quantize", help="quantize every linear layer to ggml's Q8_0 or Q4_0 blocks")
+    from .quant.blocks import FORMATS
+
+    p = sub.add_parser("quantize", help="quantize every linear layer to one of ggml's block formats (Q8_0, Q4_0, ...)")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
-    p.add_argument("--format", default="q8_0", choices=["q8_0", "q4_0"])
+    p.add_argument("--format", default="q8_0", choices=list(FORMATS),
+                   help="ggml block format: q8_0 8.5, q4_0 4.5, q4_1 5, q5_0 5.5, q5_1 6, iq4_nl 4.5 bits a weight")
     p.add_argument("--out", required=True, help="output folder (loadable with tinyinfer.load)")
     p.add_argument("--quantize-head", action="store_true", help="also quantize an untied output head")
     p.set_defaults(func=cmd_quantize)

@@ -1,24 +1,30 @@
-"""ggml's Q8_0 and Q4_0 block formats in plain NumPy: the reference that the Numba kernels follow.
+"""QTensor: a weight matrix held in one of ggml's block formats, and the NumPy reference of its product.
 
 Lesson: lessons/04-quantization.py
 
-A weight matrix W: (N, K) is cut along K into blocks of 32 numbers. Each block keeps one float16
-scale d and 32 small integers q, and stands for the values q * d:
+The block rules themselves (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: how a block of 32 weights
+becomes a float16 scale and 32 small integers, and the bytes ggml stores) are in blocks.py, one
+section per format. This module holds what the model uses:
 
-    Q8_0   d = amax / 127            q = roundf(w / d)            in -127..127   34 bytes a block
-    Q4_0   d = max / -8 (signed)     q = min(15, trunc(w/d + 8.5)) in 0..15, value (q - 8) * d
-                                                                                 18 bytes a block
+    qt = quantize(w, "q4_1")          # w: float32 (N, K), K a multiple of 32
+    y = qt.matmul(x)                  # x: (K,) or (..., K) -> (N,) or (..., N)
+    e = qt.take_rows(ids)             # float32 (len(ids), K): an embedding lookup
+    b = qt.to_bytes()                 # ggml's blocks, as a GGUF file stores them
+    QTensor.from_bytes(b, "q4_1", (N, K))
 
-The rules and the byte layout are ggml's (ggml/src/ggml-quants.c: quantize_row_q8_0_ref,
-quantize_row_q4_0_ref, dequantize_row_*; ggml/src/ggml-common.h: block_q8_0, block_q4_0), down to
-the float32 arithmetic, so `QTensor.to_bytes()` is exactly what a GGUF file stores and a GGUF
-tensor loads with `QTensor.from_bytes`.
+Multiplying: like llama.cpp's CPU backend, `QTensor.matmul(x)` first rounds the activations x to
+Q8_0 blocks (Q8_1 for q4_1 / q5_1: the same plus s = d * sum q), then each block's dot product is
+a sum of small-integer products (exact, in int32) times the two scales:
 
-Multiplying: like llama.cpp, `QTensor.matmul(x)` first quantizes the activations x to Q8_0 blocks,
-then each block's dot product is a sum of small-integer products (exact, in int32) times the two
-scales. `quantized_matmul_reference` below is that computation in NumPy, the twin of the Numba
-kernels in tinyinfer/quant/kernels.py. Because x is rounded too, the result differs slightly from
-`x @ W.dequantize().T`; tests/test_quant_kernels.py bounds the difference.
+    q8_0, q4_0, q5_0, iq4_nl:  out[b, n] = sum_k  d_w[n,k] d_x[b,k] sum_j q_w[n,k,j] q_x[b,k,j]
+    q4_1, q5_1:                out[b, n] = sum_k  d_w d_x sum_j q_w q_x  +  sum_k m_w[n,k] s_x[b,k]
+
+(the second because w = q_w d_w + m_w and sum_j q_x[j] d_x = s_x). The activation scales d_x and
+s_x are rounded to float16 as ggml's block_q8_0 / block_q8_1 store them: the same arithmetic as
+llama.cpp, so a model loaded from a GGUF file computes what llama.cpp computes up to the order of
+float32 additions. `quantized_matmul_reference` below is that computation in NumPy, the twin of
+the Numba kernels in tinyinfer/quant/kernels.py. Because x is rounded too, the result differs
+slightly from `x @ W.dequantize().T`; tests/test_quant_kernels.py bounds the difference.
 
 Set the environment variable TINYINFER_REFERENCE=1 and `QTensor.matmul` runs this NumPy twin
 instead of the kernels (read at every call, so a notebook can flip it).
@@ -32,16 +38,15 @@ import os
 import numpy as np
 
 from ..checks import check_matmul_input, check_weight_matrix
+from . import blocks
+from .blocks import (BLOCK, BLOCK_DTYPES, FORMATS, FP16_MAX, SCALE_DIVISOR, WITH_HIGH_BITS, WITH_MIN,
+                     integer_values, pack_q4_0, quantize_activations, roundf)
 
-BLOCK = 32  # QK8_0 = QK4_0 = 32 in ggml: every block covers 32 consecutive weights of one row
+BLOCK_Q8_0, BLOCK_Q4_0 = BLOCK_DTYPES["q8_0"], BLOCK_DTYPES["q4_0"]
+_inverse_scale, _to_float16 = blocks.inverse_scale, blocks.to_float16  # the names gptq.py grew up with
 
-# One block as ggml lays it out in memory (no padding: the structs are packed to 34 and 18 bytes).
-BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (BLOCK,))])
-BLOCK_Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (BLOCK // 2,))])
-BLOCK_DTYPES = {"q8_0": BLOCK_Q8_0, "q4_0": BLOCK_Q4_0}
-FORMATS = tuple(BLOCK_DTYPES)
-
-FP16_MAX = 65504.0  # a scale past this becomes inf in float16 (the exact cut is 65520)
+# the largest |x| whose Q8_0 block scale amax / 127 still fits a float16
+X_LIMIT = float(np.nextafter(np.float32(65520 * 127), np.float32(0)))
 
 
 def use_reference() -> bool:
@@ -49,122 +54,43 @@ def use_reference() -> bool:
     return os.environ.get("TINYINFER_REFERENCE", "").strip().lower() in ("1", "true", "yes")
 
 
-# --------------------------------------------------------------------------------------------
-# rounding helpers: C's float -> int conversions, reproduced exactly
-
-
-def roundf(v):
-    """C's roundf: to the nearest integer, halves away from zero (NumPy's np.round goes to even).
-
-    v is float32; in float64 the sum |v| + 0.5 is exact, so floor() sees the true value.
-    (Computing it in float32 would round 0.49999997 + 0.5 up to 1.0.)
-    """
-    a = np.abs(v.astype(np.float64))
-    return np.copysign(np.floor(a + 0.5), v)
-
-
-def _inverse_scale(d):
-    """ggml's `id = d ? 1.0f/d : 0.0f`, in float32.
-
-    If d is so small that 1/d overflows float32 (|d| < ~3e-39), ggml's C goes on to convert inf or
-    NaN to an integer, which C leaves undefined. Such a block's float16 scale is 0 anyway, so we
-    treat it as an all-zero block (id = 0): the same dequantized values, defined bytes.
-    """
-    with np.errstate(divide="ignore", over="ignore"):
-        inv = np.float32(1.0) / d  # float32 / float32 stays float32
-    return np.where((d == 0) | ~np.isfinite(inv), np.float32(0.0), inv).astype(np.float32)
-
-
-def _to_float16(d):
-    """ggml's GGML_FP32_TO_FP16: round to nearest even, as NumPy's cast does. Too large -> inf,
-    which quantize() then reports as an error."""
-    with np.errstate(over="ignore"):
-        return d.astype(np.float16)
-
-
-# --------------------------------------------------------------------------------------------
-# quantize / dequantize (pure functions on arrays)
-
-
-def quantize_q8_0(w):
-    """w: float32 (N, K) -> (scales float16 (N, NB), quants int8 (N, NB, 32)). ggml's rule."""
-    N, K = w.shape
-    blocks = w.reshape(N, K // BLOCK, BLOCK)  # (N, NB, 32)
-    amax = np.abs(blocks).max(axis=-1)  # (N, NB) float32
-    d = amax / np.float32(127)  # float32, *not* yet rounded to float16: ggml divides by this one
-    inv = _inverse_scale(d)  # (N, NB)
-    q = roundf(blocks * inv[..., None])  # (N, NB, 32); float32 product, as in C
-    return _to_float16(d), q.astype(np.int8)
-
-
-def quantize_q4_0(w):
-    """w: float32 (N, K) -> (scales float16 (N, NB), packed nibbles uint8 (N, NB, 16)). ggml's rule."""
-    N, K = w.shape
-    blocks = w.reshape(N, K // BLOCK, BLOCK)  # (N, NB, 32)
-    # max: the element of largest magnitude, with its sign; the first one on ties (ggml tests `<`).
-    first = np.abs(blocks).argmax(axis=-1)[..., None]  # (N, NB, 1)
-    signed_max = np.take_along_axis(blocks, first, axis=-1)[..., 0]  # (N, NB)
-    d = signed_max / np.float32(-8)  # so the max element lands on q = 0, i.e. value -8 * d
-    inv = _inverse_scale(d)
-    # + 8.5 in float32 then truncation (the int8_t cast): round half up around the offset 8.
-    # The sum must be rounded to float32 first, as C does: that decides some near-ties.
-    shifted = blocks * inv[..., None] + np.float32(8.5)  # (N, NB, 32) float32, all > 0
-    q = np.minimum(15, np.trunc(shifted).astype(np.int8))  # 0..15
-    return _to_float16(d), pack_q4_0(q.astype(np.uint8))
-
-
-def pack_q4_0(q):
-    """q: uint8 (..., 32) in 0..15 -> (..., 16): byte j = element j (low nibble) | element j+16 (high)."""
-    return (q[..., : BLOCK // 2] | (q[..., BLOCK // 2:] << 4)).astype(np.uint8)
-
-
 def unpack_q4_0(packed):
     """packed: uint8 (..., 16) -> the signed values q - 8, int8 (..., 32) in -8..7."""
-    low = (packed & 0x0F).astype(np.int8) - 8  # elements 0..15
-    high = (packed >> 4).astype(np.int8) - 8  # elements 16..31
-    return np.concatenate([low, high], axis=-1)
+    return integer_values("q4_0", packed)
 
 
-def dequantize_blocks(fmt, scales, quants):
-    """scales float16 (N, NB), quants as stored -> float32 (N, K) = q * d (ggml's dequantize_row_*)."""
-    values = quants if fmt == "q8_0" else unpack_q4_0(quants)  # int8 (N, NB, 32)
-    out = values.astype(np.float32) * scales.astype(np.float32)[..., None]  # (N, NB, 32)
-    return out.reshape(out.shape[0], -1)
+def dequantize_blocks(fmt, scales, quants, mins=None, high_bits=None):
+    """scales float16 (N, NB), quants as stored -> float32 (N, K) (ggml's dequantize_row_*)."""
+    return blocks.dequantize(fmt, scales, quants, m=mins, qh=high_bits)
 
 
 # --------------------------------------------------------------------------------------------
-# the multiply, as the kernels do it: activations to Q8_0 on the fly, integer dot per block
+# the multiply, as the kernels do it: activations to Q8_0 / Q8_1 on the fly, integer dot per block
 
 
-def quantize_activations(x):
-    """x: float32 (B, K) -> (xq int8 (B, NB, 32), xd float32 (B, NB)): Q8_0's rule, float32 scale.
-
-    ggml rounds the activation scale to float16 too, because its block struct has room for no more;
-    ours never leaves memory, so it stays float32 (one rounding fewer, no float16 overflow).
-    """
-    B, K = x.shape
-    blocks = x.reshape(B, K // BLOCK, BLOCK)  # (B, NB, 32)
-    xd = np.abs(blocks).max(axis=-1) / np.float32(127)  # (B, NB) float32
-    xq = roundf(blocks * _inverse_scale(xd)[..., None]).astype(np.int8)  # (B, NB, 32)
-    return xq, xd.astype(np.float32)
-
-
-def quantized_matmul_reference(fmt, w_scales, w_quants, x):
+def quantized_matmul_reference(fmt, w_scales, w_quants, x, w_mins=None, w_high_bits=None):
     """The NumPy twin of the Numba kernels. x: float32 (B, K) -> float32 (B, N).
 
-    out[b, n] = sum over blocks k of  float(sum_j xq[b,k,j] * wq[n,k,j]) * (xd[b,k] * wd[n,k]),
-    the blocks added one after another in float32, as the kernels add them.
-    w_scales: float32 (N, NB) (the float16 scales, widened); w_quants: as QTensor stores them.
+    out[b, n] = sum over blocks k of float(sum_j xq[b,k,j] * wq[n,k,j]) * (wd[n,k] * xd[b,k]),
+    the blocks added one after another in float32, as the kernels add them; for q4_1 / q5_1 the
+    minimum's terms wm[n,k] * xs[b,k] are added up separately and joined at the end, as ggml does.
+    w_scales, w_mins: float16 or float32 (N, NB); w_quants, w_high_bits: as QTensor stores them.
     """
-    xq, xd = quantize_activations(x)  # (B, NB, 32), (B, NB)
-    wq = w_quants if fmt == "q8_0" else unpack_q4_0(w_quants)  # int8 (N, NB, 32)
+    xq, xd, xs = quantize_activations(x)  # (B, NB, 32), (B, NB), (B, NB)
+    wq = integer_values(fmt, w_quants, w_high_bits)  # int8 (N, NB, 32)
+    wd = np.asarray(w_scales, np.float32)
     B, NB = xd.shape
-    out = np.zeros((B, w_scales.shape[0]), dtype=np.float32)  # (B, N)
+    out = np.zeros((B, wd.shape[0]), dtype=np.float32)  # (B, N)
     for k in range(NB):
         # int32 products: |sum| <= 32 * 127 * 127, far inside int32, so this is exact.
         sumi = xq[:, k].astype(np.int32) @ wq[:, k].astype(np.int32).T  # (B, N)
-        scale = xd[:, k, None] * w_scales[None, :, k]  # (B, N) float32
-        out += sumi.astype(np.float32) * scale
+        out += sumi.astype(np.float32) * (wd[None, :, k] * xd[:, k, None])
+    if fmt in WITH_MIN:
+        wm = np.asarray(w_mins, np.float32)
+        mins = np.zeros_like(out)
+        for k in range(NB):
+            mins += wm[None, :, k] * xs[:, k, None]
+        out += mins
     return out
 
 
@@ -185,7 +111,7 @@ def _check_shape(shape, name="shape"):
     if N < 1 or K < 1:
         raise ValueError(f"{name} must be positive (N, K), got {(N, K)}")
     if K % BLOCK:
-        raise ValueError(f"{name}: K = {K} is not a multiple of {BLOCK}; ggml's Q8_0/Q4_0 blocks cover "
+        raise ValueError(f"{name}: K = {K} is not a multiple of {BLOCK}; ggml's blocks cover "
                          f"{BLOCK} weights of a row, so K must be a multiple of {BLOCK}")
     return N, K
 
@@ -196,13 +122,33 @@ def _check_weights(w):
     return w
 
 
-def _check_scales(scales, fmt, where):
+def _check_scales(scales, fmt, where, what="scale"):
     bad = ~np.isfinite(scales)
     if bad.any():
         row, block = np.argwhere(bad)[0]
-        limit = FP16_MAX * (127 if fmt == "q8_0" else 8)
-        raise ValueError(f"{where}: the float16 scale of block {block} of row {row} is {scales[row, block]}; "
+        limit = FP16_MAX * (SCALE_DIVISOR[fmt] if what == "scale" else 1)
+        raise ValueError(f"{where}: the float16 {what} of block {block} of row {row} is {scales[row, block]}; "
                          f"{fmt} can only hold weights with |w| below about {limit:.4g}")
+
+
+def _check_parts(fmt, N, K, scales, quants, mins, high_bits):
+    """The arrays a QTensor is made of must have the shapes and dtypes the kernels read."""
+    NB = K // BLOCK
+    expected = {"scales": (scales, np.float16, (N, NB)),
+                "quants": (quants, np.int8 if fmt == "q8_0" else np.uint8, (N, NB, BLOCK if fmt == "q8_0" else BLOCK // 2))}
+    if fmt in WITH_MIN:
+        expected["mins"] = (mins, np.float16, (N, NB))
+    elif mins is not None:
+        raise ValueError(f"mins: {fmt} blocks have no minimum, got an array")
+    if fmt in WITH_HIGH_BITS:
+        expected["high_bits"] = (high_bits, np.uint8, (N, NB, 4))
+    elif high_bits is not None:
+        raise ValueError(f"high_bits: {fmt} blocks have no 5th bits, got an array")
+    for name, (a, dtype, shape) in expected.items():
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"{name} of a {fmt} QTensor of shape {(N, K)} must be {np.dtype(dtype)} {shape}, "
+                             f"got {got}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,27 +156,33 @@ def _check_scales(scales, fmt, where):
 
 
 class QTensor:
-    """A (N, K) weight matrix in ggml's Q8_0 or Q4_0 blocks.
+    """A (N, K) weight matrix in one of ggml's block formats (see blocks.py for the rules).
 
-    Stored as two arrays rather than interleaved blocks, so the kernels read them directly:
-    `scales` float16 (N, NB) and `quants`, int8 (N, NB, 32) for q8_0 or the packed nibble bytes
-    uint8 (N, NB, 16) for q4_0. `to_bytes()` interleaves them into ggml's blocks.
+    Stored as separate arrays rather than interleaved blocks, so the kernels read each directly:
+        scales     float16 (N, NB)       d of every block
+        mins       float16 (N, NB)       m (q4_1, q5_1; else None)
+        high_bits  uint8 (N, NB, 4)      the 5th bits (q5_0, q5_1; else None)
+        quants     int8 (N, NB, 32)      q8_0's q
+                   uint8 (N, NB, 16)     the nibble bytes (q4_*, q5_*, iq4_nl), as ggml packs them
+    `to_bytes()` interleaves them into ggml's blocks, `from_bytes` takes them apart.
     """
 
-    def __init__(self, fmt, shape, scales, quants):
+    def __init__(self, fmt, shape, scales, quants, mins=None, high_bits=None):
         _check_fmt(fmt)
         self.fmt = fmt
         self.shape = _check_shape(shape)
-        self.scales = scales  # float16 (N, NB)
-        self.quants = quants  # int8 (N, NB, 32) | uint8 (N, NB, 16)
-        # The kernels want float32 scales; float16 -> float32 is exact, so this is the same number.
+        _check_parts(fmt, *self.shape, scales, quants, mins, high_bits)
+        self.scales, self.quants, self.mins, self.high_bits = scales, quants, mins, high_bits
+        # The kernels want float32; float16 -> float32 is exact, so these are the same numbers.
         self._scales_f32 = scales.astype(np.float32)  # (N, NB)
+        self._mins_f32 = None if mins is None else mins.astype(np.float32)  # (N, NB)
 
     # --- sizes ---
 
     @property
     def bits_per_weight(self) -> float:
-        return BLOCK_DTYPES[self.fmt].itemsize * 8 / BLOCK  # 8.5 for q8_0, 4.5 for q4_0
+        """8.5 q8_0, 4.5 q4_0 / iq4_nl, 5.0 q4_1, 5.5 q5_0, 6.0 q5_1: bytes a block x 8 / 32."""
+        return BLOCK_DTYPES[self.fmt].itemsize * 8 / BLOCK
 
     @property
     def nbytes(self) -> int:
@@ -241,14 +193,19 @@ class QTensor:
     def __repr__(self):
         return f"QTensor({self.fmt}, shape={self.shape}, {self.nbytes} bytes)"
 
+    def _fields(self):
+        """ggml's struct field names -> our arrays: d, m, qh, qs (those the format has)."""
+        fields = {"d": self.scales, "m": self.mins, "qh": self.high_bits, "qs": self.quants}
+        return {name: a for name, a in fields.items() if a is not None}
+
     # --- bytes in, bytes out ---
 
     def to_bytes(self):
         """uint8 (nbytes,): ggml's blocks, row after row, exactly as a GGUF file stores them."""
-        blocks = np.empty(self.scales.shape, dtype=BLOCK_DTYPES[self.fmt])  # (N, NB) structs
-        blocks["d"] = self.scales
-        blocks["qs"] = self.quants
-        return blocks.reshape(-1).view(np.uint8)
+        out = np.empty(self.scales.shape, dtype=BLOCK_DTYPES[self.fmt])  # (N, NB) structs
+        for name, a in self._fields().items():
+            out[name] = a
+        return out.reshape(-1).view(np.uint8)
 
     @classmethod
     def from_bytes(cls, b, fmt, shape):
@@ -263,38 +220,101 @@ class QTensor:
         if raw.size != expected:
             raise ValueError(f"b has {raw.size} bytes but a {fmt} matrix of shape {(N, K)} takes {expected} "
                              f"({N} rows x {K // BLOCK} blocks x {block.itemsize} bytes)")
-        blocks = np.ascontiguousarray(raw).view(block).reshape(N, K // BLOCK)  # (N, NB) structs
-        scales = blocks["d"].astype(np.float16)  # copies out of the struct layout
-        _check_scales(scales, fmt, "b")
-        return cls(fmt, (N, K), scales, np.ascontiguousarray(blocks["qs"]))
+        structs = np.ascontiguousarray(raw).view(block).reshape(N, K // BLOCK)  # (N, NB) structs
+        parts = {name: np.ascontiguousarray(structs[name]) for name in block.names}  # copies out of the structs
+        _check_scales(parts["d"], fmt, "b")
+        if "m" in parts:
+            _check_scales(parts["m"], fmt, "b", what="minimum")
+        return cls(fmt, (N, K), parts["d"], parts["qs"], parts.get("m"), parts.get("qh"))
+
+    # --- rows ---
+
+    def _row_ids(self, ids, name="ids"):
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{name} must be integer row indices, got dtype {ids.dtype}")
+        N = self.shape[0]
+        bad = (ids < 0) | (ids >= N)
+        if bad.any():
+            raise IndexError(f"{name} must be in 0..{N - 1} (the rows of this {self.fmt} QTensor), "
+                             f"got {ids[bad].reshape(-1)[0]}")
+        return ids
+
+    def select_rows(self, ids) -> "QTensor":
+        """The QTensor of rows ids (1-D, in that order): whole rows move, so blocks stay intact."""
+        ids = self._row_ids(ids).reshape(-1)
+        pick = lambda a: None if a is None else a[ids]  # noqa: E731
+        return QTensor(self.fmt, (ids.size, self.shape[1]), pick(self.scales), pick(self.quants),
+                       pick(self.mins), pick(self.high_bits))
+
+    def take_rows(self, ids):
+        """float32 (*ids.shape, K): the dequantized rows ids, e.g. an embedding lookup of token ids.
+
+        Only those rows are dequantized (a decode step's lookup touches one row of the table)."""
+        ids = self._row_ids(ids)
+        flat = ids.reshape(-1)
+        rows = blocks.dequantize(self.fmt, self.scales[flat], self.quants[flat],
+                                 m=None if self.mins is None else self.mins[flat],
+                                 qh=None if self.high_bits is None else self.high_bits[flat])
+        return rows.reshape(*ids.shape, self.shape[1])
+
+    @classmethod
+    def concat_rows(cls, tensors) -> "QTensor":
+        """One QTensor whose rows are the given QTensors' rows, one after another (same fmt and K):
+        e.g. q, k and v projections fused into one matmul. Bytes per row are unchanged."""
+        tensors = list(tensors)
+        if not tensors or not all(isinstance(t, QTensor) for t in tensors):
+            raise TypeError("concat_rows takes a non-empty list of QTensors")
+        fmt, K = tensors[0].fmt, tensors[0].shape[1]
+        for t in tensors[1:]:
+            if t.fmt != fmt or t.shape[1] != K:
+                raise ValueError(f"concat_rows needs one format and one K; got {fmt} (.., {K}) and "
+                                 f"{t.fmt} {t.shape}")
+        join = lambda name: None if getattr(tensors[0], name) is None else np.concatenate(  # noqa: E731
+            [getattr(t, name) for t in tensors])
+        N = sum(t.shape[0] for t in tensors)
+        return cls(fmt, (N, K), join("scales"), join("quants"), join("mins"), join("high_bits"))
 
     # --- arithmetic ---
 
     def dequantize(self):
-        """float32 (N, K): every weight as q * d, the values the blocks stand for."""
-        return dequantize_blocks(self.fmt, self.scales, self.quants)
+        """float32 (N, K): every weight as q * d (+ m), the values the blocks stand for."""
+        return blocks.dequantize(self.fmt, self.scales, self.quants, m=self.mins, qh=self.high_bits)
 
     def matmul(self, x):
         """x: (K,) or (..., K) -> float32 (N,) or (..., N), approximately x @ dequantize().T.
 
-        x is rounded to Q8_0 blocks first (see the module docstring). float16/float64 x is
+        x is rounded to Q8_0 / Q8_1 blocks first (see the module docstring). float16/float64 x is
         converted to float32; the result is always float32.
         """
         N, K = self.shape
         x2, lead = check_matmul_input(x, K, "they cannot be quantized to Q8_0 blocks")  # (B, K) float32
+        if x2.size and np.abs(x2).max() > X_LIMIT:
+            raise ValueError(f"x has values with |x| > {X_LIMIT:.4g}; ggml's Q8_0 activation blocks keep a "
+                             f"float16 scale |x| / 127, which cannot hold them")
         if use_reference():
-            out = quantized_matmul_reference(self.fmt, self._scales_f32, self.quants, x2)
+            out = quantized_matmul_reference(self.fmt, self._scales_f32, self.quants, x2, self._mins_f32,
+                                             self.high_bits)
         else:
             from . import kernels  # imports Numba only when a fast path is first needed
 
-            out = kernels.quantized_matmul(self.fmt, self._scales_f32, self.quants, x2)
+            out = kernels.qtensor_matmul(self, x2)
         return out.reshape(*lead, N)
 
 
 def quantize(w, fmt="q8_0"):
-    """w: float (N, K), K a multiple of 32 -> QTensor in ggml's `fmt` ("q8_0" or "q4_0")."""
+    """w: float (N, K), K a multiple of 32 -> QTensor in ggml's `fmt` (one of FORMATS).
+
+    "iq4_nl" runs ggml's weighted scale search (quantize_iq4_nl, as llama-quantize does): ~1 s per
+    million weights here, the other formats ~100x faster."""
     _check_fmt(fmt)
     w = _check_weights(w)
-    scales, quants = quantize_q8_0(w) if fmt == "q8_0" else quantize_q4_0(w)
-    _check_scales(scales, fmt, "w")
-    return QTensor(fmt, w.shape, scales, quants)
+    parts = blocks.QUANTIZERS[fmt](w)
+    _check_scales(parts["d"], fmt, "w")
+    if "m" in parts:
+        _check_scales(parts["m"], fmt, "w", what="minimum")
+    return QTensor(fmt, w.shape, parts["d"], parts["qs"], parts.get("m"), parts.get("qh"))
+
+
+__all__ = ["BLOCK", "FORMATS", "QTensor", "quantize", "quantize_activations", "quantized_matmul_reference",
+           "dequantize_blocks", "roundf", "pack_q4_0", "unpack_q4_0", "use_reference"]

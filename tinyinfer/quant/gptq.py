@@ -51,8 +51,8 @@ import numpy as np
 
 from ..model import Model, block_forward, embedding_name, layer_names, linear_weight
 from ..ops import embedding_forward
-from .formats import (BLOCK, QTensor, _check_scales, _check_weights, _inverse_scale, _to_float16, pack_q4_0,
-                      quantize)
+from .blocks import BLOCK, inverse_scale as _inverse_scale, pack_nibbles, to_float16 as _to_float16
+from .formats import QTensor, _check_scales, _check_weights, quantize
 
 DAMP = 0.01  # lambda = DAMP * mean(diag H), the paper's default percdamp
 
@@ -144,7 +144,7 @@ def gptq_quantize_matrix(w, H, fmt="q4_0", damp=DAMP):
             block_err[:, j] = err
         # ... and over all later blocks in one product
         work[:, hi:] -= block_err @ U[lo:hi, hi:]  # (N, 32) @ (32, K - hi)
-    return QTensor("q4_0", (N, K), scales, pack_q4_0(q))
+    return QTensor("q4_0", (N, K), scales, pack_nibbles(q))
 
 
 def layer_objective(w, w_hat, H):

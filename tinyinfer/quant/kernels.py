@@ -63,6 +63,7 @@ disk (cache=True).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numba
@@ -86,8 +87,29 @@ ROWS_PER_TASK = 64  # rows of W a thread takes at a time
 
 
 @njit(cache=True)
-def quantize_activations(x, xq, xd):
-    """x: float32 (B, K) -> fills xq int8 (B, NB, 32) and xd float32 (B, NB)."""
+def float16_round(v):
+    """float32 v -> the nearest float16 value (half to even; inf past 65504), as a float32.
+
+    Numba has no float16 type on the CPU, so the rounding is spelled out: a float16 has 11
+    significant bits, so v is rounded to a multiple of 2^(e - 11) where 2^(e-1) <= |v| < 2^e,
+    and never finer than 2^-24 (float16's subnormals). Scaling by powers of two is exact."""
+    if v == 0 or not np.isfinite(v):
+        return v
+    m, e = math.frexp(np.float64(v))
+    step = max(e - 11, -24)
+    r = np.rint(math.ldexp(np.float64(v), -step))  # an integer below 2^11: exact
+    out = math.ldexp(r, step)
+    if abs(out) > 65504.0:
+        return np.float32(np.inf) if out > 0 else np.float32(-np.inf)
+    return np.float32(out)
+
+
+@njit(cache=True)
+def quantize_activations(x, xq, xd, xs):
+    """x: float32 (B, K) -> fills xq int8 (B, NB, 32), xd and xs float32 (B, NB): blocks.quantize_activations.
+
+    d = amax / 127 and s = d * sum q, both rounded to float16; q = rint(x * (127 / amax)).
+    No fastmath, so every float32 product and rounding is the C one."""
     B, K = x.shape
     NB = K // BLOCK
     for b in range(B):
@@ -96,14 +118,17 @@ def quantize_activations(x, xq, xd):
             for j in range(BLOCK):
                 amax = max(amax, abs(x[b, k * BLOCK + j]))
             d = amax / np.float32(127.0)
-            inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-            if not np.isfinite(inv):  # |d| so small that 1/d overflows: an all-zero block
+            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            if not np.isfinite(inv):  # amax so small that 127/amax overflows: an all-zero block
                 inv = np.float32(0.0)
-            xd[b, k] = d
+            total = 0
             for j in range(BLOCK):
                 v = x[b, k * BLOCK + j] * inv  # float32 * float32, rounded to float32 as in C
-                r = np.floor(abs(np.float64(v)) + 0.5)  # roundf: halves away from zero, exact in float64
-                xq[b, k, j] = np.int8(r if v >= 0 else -r)
+                q = np.int8(np.rint(np.float64(v)))  # half to even, as _mm256_round_ps does
+                xq[b, k, j] = q
+                total += q
+            xd[b, k] = float16_round(d)
+            xs[b, k] = float16_round(d * np.float32(total))
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +416,8 @@ def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None):
     N, NB = w_scales.shape
     xq = np.empty((B, NB, BLOCK), dtype=np.int8)
     xd = np.empty((B, NB), dtype=np.float32)
-    quantize_activations(x, xq, xd)
+    xs = np.empty((B, NB), dtype=np.float32)
+    quantize_activations(x, xq, xd, xs)
     out = np.empty((B, N), dtype=np.float32)
     if B == 0:
         return out
@@ -419,3 +445,12 @@ def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None):
             else:
                 quantized_rows(w_scales, w_quants, xd[b0:b1], x16[b0:b1], out[b0:b1], 0, N, zero)
     return out
+
+
+def qtensor_matmul(qt, x):
+    """QTensor.matmul's fast path: x float32 (B, K) -> float32 (B, N)."""
+    if qt.fmt in ("q8_0", "q4_0"):
+        return quantized_matmul(qt.fmt, qt._scales_f32, qt.quants, x)
+    from .formats import quantized_matmul_reference  # formats without a kernel yet: the NumPy twin
+
+    return quantized_matmul_reference(qt.fmt, qt._scales_f32, qt.quants, x, qt._mins_f32, qt.high_bits)
