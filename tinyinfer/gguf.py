@@ -29,17 +29,23 @@ in tinyinfer/export.py; this file knows only the container.
     f = read_gguf(path)                     f.metadata, f.tensors[name], f.tensor_array(name)
 
 Every problem with a file raises GGUFError (a ValueError) naming the byte offset and what was
-expected there.
+expected there. Counts and lengths the header declares (tensors, keys, string bytes, array
+lengths) are held to tinyinfer/limits.py and to the bytes the file really has before anything is
+allocated for them. read_gguf memory-maps the file: tensors are read-only views into the mapping.
 """
 from __future__ import annotations
 
 import enum
 import math
+import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .limits import GGUF_MAX_ARRAY_LENGTH, GGUF_MAX_KEYS, GGUF_MAX_STRING_BYTES, MAX_TENSORS
 
 __all__ = ["GGUFError", "ValueType", "TensorType", "GGUFTensor", "TensorInfo", "GGUFFile",
            "write_gguf", "read_gguf", "tensor_nbytes"]
@@ -282,22 +288,27 @@ class TensorInfo:
 
 @dataclass
 class GGUFFile:
-    """A parsed GGUF file: everything before the data, plus the raw bytes to read tensors from."""
+    """A parsed GGUF file: everything before the data, plus the buffer to read tensors from.
+
+    `buffer` is the file's read-only memory map (read_gguf) or the bytes given to parse_gguf.
+    tensor_bytes / tensor_array return views into it, and each view keeps the mapping alive:
+    the file stays mapped (and one descriptor open) until the last view and this object are gone.
+    """
     version: int
     metadata: dict  # key -> str | bool | int | float | list[str] | np.ndarray
     value_types: dict  # key -> ValueType (for arrays: (ValueType.ARRAY, element type))
     tensors: dict  # name -> TensorInfo, in file order
     alignment: int
     data_start: int  # byte where the data section begins
-    buffer: bytes = field(repr=False)
+    buffer: bytes | mmap.mmap = field(repr=False)
 
     def tensor_bytes(self, name: str) -> np.ndarray:
-        """The tensor's raw bytes as a read-only uint8 array (no copy)."""
+        """The tensor's raw bytes as a read-only uint8 array (a view: no copy)."""
         info = self._info(name)
         return np.frombuffer(self.buffer, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
     def tensor_array(self, name: str) -> np.ndarray:
-        """A plain (F32, F16, ...) tensor as a NumPy array of its shape; quantized ones raise."""
+        """A plain (F32, F16, ...) tensor as a read-only NumPy array of its shape; quantized ones raise."""
         info = self._info(name)
         if info.type not in PLAIN_DTYPES:
             raise GGUFError(f"tensor {name!r} is {info.type.name}, not a plain array type; read its "
@@ -310,31 +321,49 @@ class GGUFFile:
         return self.tensors[name]
 
 
-class _Cursor:
-    """Reads little-endian values from a bytes buffer, checking each one fits before it reads."""
+# How each scalar value type is unpacked (struct is ~10x faster than NumPy for one value).
+_STRUCTS = {vtype: struct.Struct("<" + code) for vtype, code in (
+    (ValueType.UINT8, "B"), (ValueType.INT8, "b"), (ValueType.UINT16, "H"), (ValueType.INT16, "h"),
+    (ValueType.UINT32, "I"), (ValueType.INT32, "i"), (ValueType.UINT64, "Q"), (ValueType.INT64, "q"),
+    (ValueType.FLOAT32, "f"), (ValueType.FLOAT64, "d"), (ValueType.BOOL, "B"))}
+_U64 = _STRUCTS[ValueType.UINT64]
 
-    def __init__(self, buffer: bytes, source: str):
-        self.buffer, self.pos, self.source = buffer, 0, source
+
+class _Cursor:
+    """Reads little-endian values from a buffer, checking each one fits (and is within its limit) first."""
+
+    def __init__(self, buffer, source: str):
+        self.buffer, self.pos, self.source, self.end = buffer, 0, source, len(buffer)
+
+    def fail(self, message: str):
+        raise GGUFError(f"{self.source}: {message}")
 
     def need(self, n: int, what: str):
-        if n < 0 or self.pos + n > len(self.buffer):
-            raise GGUFError(f"{self.source}: {what} needs {n} bytes at offset {self.pos}, but the file "
-                            f"ends at {len(self.buffer)} (truncated or corrupt)")
+        if n < 0 or self.pos + n > self.end:
+            self.fail(f"{what} needs {n:,} bytes at offset {self.pos:,}, but the file ends at {self.end:,} "
+                      f"(truncated or corrupt)")
+
+    def within(self, n: int, limit: int, what: str):
+        """A count or length read from the file, refused before anything is allocated for it."""
+        if n > limit:
+            self.fail(f"{what} is {n:,}, which exceeds the limit {limit:,} (see tinyinfer/limits.py)")
 
     def take(self, n: int, what: str) -> bytes:
         self.need(n, what)
-        chunk = self.buffer[self.pos:self.pos + n]
+        chunk = self.buffer[self.pos:self.pos + n]  # (bytes) a copy, also from a memory map
         self.pos += n
         return chunk
 
     def scalar(self, vtype: ValueType, what: str):
-        dtype = SCALAR_DTYPES[vtype]
-        value = np.frombuffer(self.take(dtype.itemsize, what), dtype=dtype)[0]
+        unpacker = _STRUCTS[vtype]
+        self.need(unpacker.size, what)
+        (value,) = unpacker.unpack_from(self.buffer, self.pos)
+        self.pos += unpacker.size
         if vtype == ValueType.BOOL:
             if value > 1:
-                raise GGUFError(f"{self.source}: {what} is a bool with byte value {value}, expected 0 or 1")
+                self.fail(f"{what} is a bool with byte value {value}, expected 0 or 1")
             return bool(value)
-        return value.item()
+        return value
 
     def u32(self, what):
         return self.scalar(ValueType.UINT32, what)
@@ -344,19 +373,41 @@ class _Cursor:
 
     def string(self, what: str) -> str:
         n = self.u64(f"{what} length")
+        self.within(n, GGUF_MAX_STRING_BYTES, f"the length of {what}")
         raw = self.take(n, what)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise GGUFError(f"{self.source}: {what} at offset {self.pos - n} is not UTF-8 ({e})") from None
+            self.fail(f"{what} at offset {self.pos - n} is not UTF-8 ({e})")
+
+    def strings(self, count: int, what: str) -> list[str]:
+        """`count` strings in a row: the same checks as string(), in one tight loop (vocabularies are long)."""
+        buffer, pos, end, unpack, out = self.buffer, self.pos, self.end, _U64.unpack_from, []
+        for i in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, f"the length of {what}[{i}]")
+            (n,) = unpack(buffer, pos)
+            pos += 8
+            if n > GGUF_MAX_STRING_BYTES or pos + n > end:
+                self.pos = pos
+                self.within(n, GGUF_MAX_STRING_BYTES, f"the length of {what}[{i}]")
+                self.need(n, f"{what}[{i}]")
+            try:
+                out.append(buffer[pos:pos + n].decode("utf-8"))
+            except UnicodeDecodeError as e:
+                self.fail(f"{what}[{i}] at offset {pos} is not UTF-8 ({e})")
+            pos += n
+        self.pos = pos
+        return out
 
     def value_type(self, what: str) -> ValueType:
         at, raw = self.pos, self.u32(what)
         try:
             return ValueType(raw)
         except ValueError:
-            raise GGUFError(f"{self.source}: {what} at offset {at} is {raw}; known value types are "
-                            f"0..12 ({', '.join(t.name for t in ValueType)})") from None
+            self.fail(f"{what} at offset {at} is {raw}; known value types are "
+                      f"0..12 ({', '.join(t.name for t in ValueType)})")
 
     def value(self, vtype: ValueType, what: str):
         if vtype == ValueType.STRING:
@@ -366,92 +417,129 @@ class _Cursor:
         elem_type = self.value_type(f"{what} element type")
         count = self.u64(f"{what} count")
         if elem_type == ValueType.ARRAY:
-            raise GGUFError(f"{self.source}: {what} is an array of arrays, which this reader does not support")
+            self.fail(f"{what} is an array of arrays, which this reader does not support")
+        self.within(count, GGUF_MAX_ARRAY_LENGTH, f"the length of {what}")
         # Every element takes at least one byte (a string at least 8): refuse a count that cannot fit
         # before allocating anything for it.
         smallest = 8 if elem_type == ValueType.STRING else SCALAR_DTYPES[elem_type].itemsize
-        self.need(count * smallest, f"{what} ({count} x {elem_type.name})")
+        self.need(count * smallest, f"{what} ({count:,} x {elem_type.name})")
         if elem_type == ValueType.STRING:
-            return [self.string(f"{what}[{i}]") for i in range(count)]
+            return self.strings(count, what)
         dtype = SCALAR_DTYPES[elem_type]
-        values = np.frombuffer(self.take(count * dtype.itemsize, what), dtype=dtype).copy()
-        return values.astype(bool) if elem_type == ValueType.BOOL else values
+        values = np.frombuffer(self.take(count * dtype.itemsize, what), dtype=dtype).copy()  # writable, ours
+        if elem_type == ValueType.BOOL:
+            if values.size and values.max() > 1:
+                self.fail(f"{what} holds a bool with byte value {values.max()}, expected 0 or 1")
+            return values.astype(bool)
+        return values
 
 
 def read_gguf(path) -> GGUFFile:
-    """Parse a GGUF v2/v3 file. Validates the header, every count and every tensor's place."""
+    """Parse a GGUF v2/v3 file. Validates the header, every count and every tensor's place.
+
+    The file is memory-mapped read-only, not read: the header is parsed from the mapping and the
+    tensors stay in the file until used (the operating system pages them in, and can drop them
+    again, since they are backed by the file). A 100 MB model costs ~its metadata in memory here.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    return parse_gguf(path.read_bytes(), source=str(path))
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            buffer = b""  # an empty file cannot be mapped; parse_gguf says it is truncated
+        else:
+            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # holds its own descriptor
+    try:
+        return parse_gguf(buffer, source=str(path))
+    except BaseException:
+        if isinstance(buffer, mmap.mmap):
+            buffer.close()  # no view refers to it yet: unmap and release the descriptor now
+        raise
 
 
-def parse_gguf(buffer: bytes, source: str = "GGUF data") -> GGUFFile:
-    """Parse GGUF bytes already in memory (read_gguf does this for a file)."""
+def parse_gguf(buffer, source: str = "GGUF data") -> GGUFFile:
+    """Parse GGUF from bytes in memory (or any buffer: read_gguf passes a memory map)."""
     cur = _Cursor(buffer, source)
     magic = cur.take(4, "the magic number 'GGUF'")
     if magic != MAGIC:
-        raise GGUFError(f"{source}: not a GGUF file: starts with {magic!r}, expected {MAGIC!r}")
+        cur.fail(f"not a GGUF file: starts with {magic!r}, expected {MAGIC!r}")
     version = cur.u32("the version")
     if version not in (2, 3):
-        raise GGUFError(f"{source}: GGUF version {version} is not supported; expected 2 or 3")
+        cur.fail(f"GGUF version {version} is not supported; expected 2 or 3")
     n_tensors = cur.u64("the tensor count")
     n_kv = cur.u64("the key/value count")
-    # A key/value pair takes at least 8 + 4 bytes, a tensor info at least 8 + 4 + 4 + 8.
-    cur.need(n_kv * 12 + n_tensors * 24, f"{n_kv} key/values and {n_tensors} tensor infos")
+    cur.within(n_tensors, MAX_TENSORS, "the tensor count")
+    cur.within(n_kv, GGUF_MAX_KEYS, "the key/value count")
+    # A key/value pair takes at least 8 + 4 bytes, a tensor info at least 8 + 4 + 8 + 4 + 8.
+    cur.need(n_kv * 12 + n_tensors * 32, f"{n_kv:,} key/values and {n_tensors:,} tensor infos")
+    metadata, value_types = _read_metadata(cur, n_kv)
 
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if (value_types.get("general.alignment", ValueType.UINT32) != ValueType.UINT32
+            or alignment < 1 or alignment & (alignment - 1)):
+        cur.fail(f"general.alignment must be a UINT32 power of two, got {alignment!r}")
+
+    infos = [_read_tensor_info(cur, i, alignment) for i in range(n_tensors)]
+    data_start = cur.pos + _pad(cur.pos, alignment)
+    tensors = _place_tensors(infos, data_start, len(buffer), source)
+    return GGUFFile(version, metadata, value_types, tensors, alignment, data_start, buffer)
+
+
+def _read_metadata(cur: _Cursor, n_kv: int) -> tuple[dict, dict]:
     metadata, value_types = {}, {}
     for i in range(n_kv):
         key = cur.string(f"key #{i}")
         vtype = cur.value_type(f"the type of {key!r}")
         if key in metadata:
-            raise GGUFError(f"{source}: key {key!r} appears twice")
+            cur.fail(f"key {key!r} appears twice")
         start = cur.pos
         metadata[key] = cur.value(vtype, f"the value of {key!r}")
         value_types[key] = vtype
         if vtype == ValueType.ARRAY:
-            value_types[key] = (ValueType.ARRAY, ValueType(int.from_bytes(buffer[start:start + 4], "little")))
+            value_types[key] = (ValueType.ARRAY, ValueType(_STRUCTS[ValueType.UINT32].unpack_from(cur.buffer, start)[0]))
+    return metadata, value_types
 
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if (value_types.get("general.alignment", ValueType.UINT32) != ValueType.UINT32
-            or alignment < 1 or alignment & (alignment - 1)):
-        raise GGUFError(f"{source}: general.alignment must be a UINT32 power of two, got {alignment!r}")
 
-    infos = []
-    for i in range(n_tensors):
-        name = cur.string(f"tensor name #{i}")
-        n_dims = cur.u32(f"the dimension count of {name!r}")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise GGUFError(f"{source}: tensor {name!r} has {n_dims} dimensions, expected 1..{MAX_DIMS}")
-        ne = [cur.u64(f"dimension {d} of {name!r}") for d in range(n_dims)]
-        at, raw_type = cur.pos, cur.u32(f"the type of {name!r}")
-        try:
-            tensor_type = TensorType(raw_type)
-        except ValueError:
-            raise GGUFError(f"{source}: tensor {name!r} has ggml type {raw_type} (at offset {at}), which this "
-                            f"reader does not know; known: {', '.join(f'{t.name}={t.value}' for t in TensorType)}"
-                            ) from None
-        offset = cur.u64(f"the offset of {name!r}")
-        if offset % alignment:
-            raise GGUFError(f"{source}: tensor {name!r} offset {offset} is not a multiple of the alignment {alignment}")
-        if any(n == 0 for n in ne) or any(n > 2**40 for n in ne):
-            raise GGUFError(f"{source}: tensor {name!r} has dimensions {ne}; each must be in 1..2^40")
-        shape = tuple(reversed(ne))
-        infos.append((name, tensor_type, shape, offset, tensor_nbytes(tensor_type, shape)))
+def _read_tensor_info(cur: _Cursor, i: int, alignment: int) -> tuple:
+    """(name, type, NumPy shape, offset in the data section, bytes) of tensor #i, all checked."""
+    name = cur.string(f"tensor name #{i}")
+    n_dims = cur.u32(f"the dimension count of {name!r}")
+    if not 1 <= n_dims <= MAX_DIMS:
+        cur.fail(f"tensor {name!r} has {n_dims} dimensions, expected 1..{MAX_DIMS}")
+    ne = [cur.u64(f"dimension {d} of {name!r}") for d in range(n_dims)]
+    at, raw_type = cur.pos, cur.u32(f"the type of {name!r}")
+    try:
+        tensor_type = TensorType(raw_type)
+    except ValueError:
+        cur.fail(f"tensor {name!r} has ggml type {raw_type} (at offset {at}), which this reader does not "
+                 f"know; known: {', '.join(f'{t.name}={t.value}' for t in TensorType)}")
+    offset = cur.u64(f"the offset of {name!r}")
+    if offset % alignment:
+        cur.fail(f"tensor {name!r} offset {offset} is not a multiple of the alignment {alignment}")
+    if any(n == 0 for n in ne) or any(n > 2**40 for n in ne):
+        cur.fail(f"tensor {name!r} has dimensions {ne}; each must be in 1..2^40")
+    shape = tuple(reversed(ne))
+    try:
+        nbytes = tensor_nbytes(tensor_type, shape)
+    except GGUFError as e:
+        cur.fail(f"tensor {name!r}: {e}")
+    return name, tensor_type, shape, offset, nbytes
 
-    data_start = cur.pos + _pad(cur.pos, alignment)
+
+def _place_tensors(infos: list, data_start: int, file_size: int, source: str) -> dict:
+    """TensorInfos with absolute offsets; each must lie inside the file, none may overlap another."""
     tensors, spans = {}, []
     for name, tensor_type, shape, offset, nbytes in infos:
         if name in tensors:
             raise GGUFError(f"{source}: tensor {name!r} appears twice")
         start = data_start + offset
-        if start + nbytes > len(buffer):
-            raise GGUFError(f"{source}: tensor {name!r} ({tensor_type.name} {shape}) needs bytes {start}..{start + nbytes}"
-                            f" but the file ends at {len(buffer)} (truncated?)")
+        if start + nbytes > file_size:
+            raise GGUFError(f"{source}: tensor {name!r} ({tensor_type.name} {shape}) needs bytes "
+                            f"{start:,}..{start + nbytes:,} but the file ends at {file_size:,} (truncated?)")
         tensors[name] = TensorInfo(name, tensor_type, shape, start, nbytes)
         spans.append((start, start + nbytes, name))
     spans.sort()
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
             raise GGUFError(f"{source}: tensors {a!r} and {b!r} overlap in the data section")
-    return GGUFFile(version, metadata, value_types, tensors, alignment, data_start, buffer)
+    return tensors
