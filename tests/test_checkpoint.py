@@ -131,7 +131,7 @@ def test_real_hub_configs():
     (LLAMA_HUB_CONFIG, {"rope_scaling": {"rope_type": "llama3", "factor": 32.0}}, "rope_type 'llama3'"),
     (LLAMA_HUB_CONFIG, {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_type 'yarn'"),
     (LLAMA_HUB_CONFIG, {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "different rope_theta"),
-    (LLAMA_HUB_CONFIG, {"rope_theta": -1.0}, "positive number"),
+    (LLAMA_HUB_CONFIG, {"rope_theta": -1.0}, "rope_theta must be a number in [1, 1e+30]"),
 ], ids=["gpt2-act", "gpt2-untied", "gpt2-layer-scale", "model-type", "llama-act", "attn-bias",
         "mlp-bias", "head-dim", "rope-scaling", "rope-parameters", "theta-conflict", "theta-negative"])
 def test_bad_configs_raise_clear_errors(base, change, words):

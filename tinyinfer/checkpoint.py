@@ -20,18 +20,25 @@ Two real-world wrinkles are handled on load:
   * A model with a tied head may still store "lm_head.weight" (a copy of the embedding).
 
 Everything here raises CheckpointError (a ValueError) naming the file, tensor or field that
-is wrong, what was expected and what was found.
+is wrong, what was expected and what was found. Files from elsewhere are held to limits before
+they are believed (tinyinfer/limits.py): JSON is read with bounded size and depth
+(tinyinfer/jsonfile.py), every size in config.json is checked under its own name, and the bytes
+the weights will take are compared with the memory available before a tensor is read.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .config import ModelConfig
-from .safetensors import read_safetensors, write_safetensors
+from .jsonfile import JSONFileError, load_json
+from .limits import (CONFIG_JSON_BYTES, CONFIG_JSON_VALUES, INDEX_JSON_BYTES, INDEX_JSON_VALUES, MAX_JSON_DEPTH,
+                     MAX_TENSORS, MODEL_LIMITS, NORM_EPS_RANGE, ROPE_THETA_RANGE, check_limit, check_memory)
+from .safetensors import loaded_nbytes, read_safetensors, read_safetensors_header, write_safetensors
 
 __all__ = ["CheckpointError", "config_from_hf", "config_to_hf", "param_shapes", "load", "save"]
 
@@ -85,6 +92,29 @@ def _required(d: dict, key: str):
     return d[key]
 
 
+def _size(d: dict, key: str, field: str, optional: bool = False, default=None):
+    """A size from config.json: a positive int within the limit for ModelConfig.<field>, named as the file names it."""
+    value = d.get(key, default) if optional else _required(d, key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{d['model_type']} config {key} must be a positive int, got {value!r:.80}")
+    limit, why = MODEL_LIMITS[field]
+    check_limit(f"{d['model_type']} config {key}", value, limit, why, error=CheckpointError)
+    return value
+
+
+def _scalar(d: dict, key: str, default: float, bounds: tuple) -> float:
+    """A float from config.json that must lie in bounds, or the logits could turn NaN (tinyinfer/limits.py)."""
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CheckpointError(f"{d['model_type']} config {key} must be a finite number, got {value!r:.80}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise CheckpointError(f"{d['model_type']} config {key} = {value!r} is outside [{bounds[0]:g}, {bounds[1]:g}]; "
+                              f"outside it the model computes NaN or nonsense")
+    return float(value)
+
+
 def _expect(d: dict, key: str, default, allowed: tuple, why: str):
     """Check an optional field whose value tinyinfer cannot vary (e.g. the activation)."""
     value = d.get(key, default)
@@ -100,16 +130,16 @@ def _gpt2_from_hf(d: dict) -> ModelConfig:
     _expect(d, "scale_attn_by_inverse_layer_idx", False, (False,), "tinyinfer does not rescale by layer")
     _expect(d, "tie_word_embeddings", True, (True,), "GPT-2's output head is its token embedding")
     # n_positions is the size of the position table; very old configs only had n_ctx.
-    n_ctx = d["n_positions"] if "n_positions" in d else _required(d, "n_ctx")
+    n_ctx = _size(d, "n_positions" if "n_positions" in d else "n_ctx", "n_ctx")
     return ModelConfig(
         family="gpt2",
-        vocab_size=_required(d, "vocab_size"),
-        n_layer=_required(d, "n_layer"),
-        n_embd=_required(d, "n_embd"),
-        n_head=_required(d, "n_head"),
+        vocab_size=_size(d, "vocab_size", "vocab_size"),
+        n_layer=_size(d, "n_layer", "n_layer"),
+        n_embd=_size(d, "n_embd", "n_embd"),
+        n_head=_size(d, "n_head", "n_head"),
         n_ctx=n_ctx,
-        ffn_hidden=d.get("n_inner"),  # None means 4 * n_embd, in transformers and in ModelConfig
-        norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+        ffn_hidden=_size(d, "n_inner", "ffn_hidden", optional=True),  # None means 4 * n_embd, as in transformers
+        norm_eps=_scalar(d, "layer_norm_epsilon", 1e-5, NORM_EPS_RANGE),
         tie_word_embeddings=True,
     )
 
@@ -118,18 +148,18 @@ def _llama_from_hf(d: dict) -> ModelConfig:
     _expect(d, "hidden_act", "silu", ("silu",), "SwiGLU uses SiLU")
     _expect(d, "attention_bias", False, (False,), "tinyinfer's LLaMA attention has no biases")
     _expect(d, "mlp_bias", False, (False,), "tinyinfer's LLaMA MLP has no biases")
-    hidden, heads = _required(d, "hidden_size"), _required(d, "num_attention_heads")
-    head_dim = d.get("head_dim")  # None: hidden_size / heads; may differ (pruned heads, some models)
+    hidden, heads = _size(d, "hidden_size", "n_embd"), _size(d, "num_attention_heads", "n_head")
+    head_dim = _size(d, "head_dim", "head_dim", optional=True)  # None: hidden_size / heads; may differ
     return ModelConfig(
         family="llama",
-        vocab_size=_required(d, "vocab_size"),
-        n_layer=_required(d, "num_hidden_layers"),
+        vocab_size=_size(d, "vocab_size", "vocab_size"),
+        n_layer=_size(d, "num_hidden_layers", "n_layer"),
         n_embd=hidden,
         n_head=heads,
-        n_kv_head=d.get("num_key_value_heads"),  # None means one KV head per query head
-        n_ctx=d.get("max_position_embeddings", 2048),
-        ffn_hidden=_required(d, "intermediate_size"),
-        norm_eps=float(d.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default, not LayerNorm's
+        n_kv_head=_size(d, "num_key_value_heads", "n_kv_head", optional=True),  # None: one KV head per query head
+        n_ctx=_size(d, "max_position_embeddings", "n_ctx", optional=True, default=2048),
+        ffn_hidden=_size(d, "intermediate_size", "ffn_hidden"),
+        norm_eps=_scalar(d, "rms_norm_eps", 1e-6, NORM_EPS_RANGE),  # LlamaConfig's default, not LayerNorm's
         rope_theta=_rope_theta(d),
         tie_word_embeddings=d.get("tie_word_embeddings", False),  # untied unless the file says so
         head_dim=head_dim,
@@ -161,9 +191,11 @@ def _rope_theta(d: dict) -> float:
         thetas.append(d["rope_theta"])
     if not thetas:
         return 10000.0  # LlamaConfig's default
+    low, high = ROPE_THETA_RANGE
     for theta in thetas:
-        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-            raise CheckpointError(f"llama config rope_theta must be a positive number, got {theta!r}")
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not low <= theta <= high:
+            raise CheckpointError(f"llama config rope_theta must be a number in [{low:g}, {high:g}] (RoPE's base; "
+                                  f"outside it the rotation angles make no sense or overflow to NaN), got {theta!r}")
     if len(set(thetas)) > 1:
         raise CheckpointError(f"llama config gives different rope_theta values {thetas}, expected one")
     return float(thetas[0])
@@ -325,7 +357,7 @@ def load(path, dtype=np.float32):
         config = config_from_hf(_read_json(config_path))
     except CheckpointError as e:
         raise CheckpointError(f"{config_path}: {e}") from None
-    tensors, source, metadata = _read_weights(folder)
+    tensors, source, metadata = _read_weights(folder, dtype_name)
     params = _normalise_names(tensors, config, source)
     params = _join_packed(params, metadata, source)  # QTensors, CSRMatrix objects from their stored tensors
     packed = frozenset(name for name, value in params.items() if not isinstance(value, np.ndarray))
@@ -339,36 +371,61 @@ def load(path, dtype=np.float32):
     return Model(config, params, tokenizer=tokenizer)
 
 
-def _read_json(path: Path):
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
+def _read_json(path: Path, max_bytes: int = CONFIG_JSON_BYTES, max_values: int = CONFIG_JSON_VALUES) -> dict:
+    """A JSON object from a file, bounded in size, depth and value count (tinyinfer/jsonfile.py)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        return load_json(path, what=str(path), max_bytes=max_bytes, max_depth=MAX_JSON_DEPTH, max_values=max_values)
+    except JSONFileError as e:
+        raise CheckpointError(str(e)) from None
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, np.ndarray], Path, dict]:
+def _read_weights(folder: Path, dtype_name: str = "float32") -> tuple[dict[str, np.ndarray], Path, dict]:
     """All tensors of the checkpoint (from one model.safetensors or from shards), and metadata."""
     single, index = folder / WEIGHTS_FILE, folder / INDEX_FILE
     if single.is_file():
+        _check_weights_fit([single], dtype_name, single)
         tensors, metadata = read_safetensors(single)
         return tensors, single, metadata
     if index.is_file():
-        return _read_shards(index), index, {}
+        return _read_shards(index, dtype_name), index, {}
     raise FileNotFoundError(f"no weights in {folder}: expected {single} or {index}")
 
 
-def _read_shards(index_path: Path) -> dict[str, np.ndarray]:
+# What read_safetensors returns each stored float dtype as (BF16 is widened to float32 on reading).
+_READ_AS = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "float32"}
+
+
+def _check_weights_fit(files: list[Path], dtype_name: str, source: Path) -> None:
+    """Before any tensor is read: the bytes read, plus the float copies cast to dtype, must fit in memory.
+
+    Only the headers are read here. Tensors the file already holds in `dtype` are not copied by
+    the cast; packed tensors (ggml blocks, CSR indices) are kept as stored.
+    """
+    itemsize = np.dtype(dtype_name).itemsize
+    needed = 0
+    for path in files:
+        infos, _metadata = read_safetensors_header(path)
+        needed += loaded_nbytes(infos)
+        needed += sum(math.prod(info["shape"]) * itemsize for info in infos.values()
+                      if _READ_AS.get(info["dtype"], dtype_name) != dtype_name)
+    check_memory(needed, f"{source}: the weights as {dtype_name}")
+
+
+def _read_shards(index_path: Path, dtype_name: str = "float32") -> dict[str, np.ndarray]:
     """A sharded checkpoint: the index maps each tensor name to the file holding it."""
-    index = _read_json(index_path)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    index = _read_json(index_path, max_bytes=INDEX_JSON_BYTES, max_values=INDEX_JSON_VALUES)
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index_path}: expected a 'weight_map' object of name -> shard file name")
-    tensors = {}
-    for shard in sorted(set(weight_map.values())):
+    check_limit(f"{index_path}: the number of tensors in weight_map", len(weight_map), MAX_TENSORS,
+                error=CheckpointError)
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
         if Path(shard).name != shard:  # a bare file name: the index must not point outside the folder
             raise CheckpointError(f"{index_path}: shard names must be plain file names, got {shard!r}")
+    _check_weights_fit([index_path.parent / shard for shard in shards], dtype_name, index_path)
+    tensors = {}
+    for shard in shards:
         shard_tensors, _metadata = read_safetensors(index_path.parent / shard)
         listed = {name for name, file in weight_map.items() if file == shard}
         if set(shard_tensors) != listed:

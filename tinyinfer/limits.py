@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["MODEL_LIMITS", "MAX_TENSORS", "MAX_JSON_DEPTH", "CONFIG_JSON_BYTES", "INDEX_JSON_BYTES",
+__all__ = ["MODEL_LIMITS", "MAX_TENSORS", "MAX_JSON_DEPTH", "CONFIG_JSON_BYTES", "CONFIG_JSON_VALUES",
+           "INDEX_JSON_BYTES", "INDEX_JSON_VALUES",
            "TOKENIZER_JSON_BYTES", "SAFETENSORS_HEADER_BYTES", "SAFETENSORS_HEADER_VALUES", "SAFETENSORS_MAX_RANK",
            "GGUF_MAX_KEYS", "GGUF_MAX_STRING_BYTES", "GGUF_MAX_ARRAY_LENGTH", "NORM_EPS_RANGE", "ROPE_THETA_RANGE",
            "LimitError", "NotEnoughMemoryError", "check_limit", "model_bytes", "available_memory_bytes",
@@ -68,7 +69,9 @@ MAX_TENSORS = 16_384
 # per level and raises RecursionError near 1,000.
 MAX_JSON_DEPTH = 64
 CONFIG_JSON_BYTES = 1 << 20           # real configs are 1-5 KB; 1 MB leaves room for label maps
+CONFIG_JSON_VALUES = 1 << 16          # ~50 fields in a real config
 INDEX_JSON_BYTES = 16 << 20           # "weight_map": ~100 bytes per tensor name
+INDEX_JSON_VALUES = 4 * MAX_TENSORS   # two per weight_map entry (name, shard), and a little metadata
 TOKENIZER_JSON_BYTES = 64 << 20       # Gemma 3's tokenizer.json is 33 MB, GPT-2's 1.4 MB
 
 # safetensors: the header is ~150 bytes per tensor (16,384 tensors: ~2.5 MB). The reference
