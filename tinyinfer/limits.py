@@ -82,9 +82,12 @@ SAFETENSORS_MAX_RANK = 16             # no model tensor has more than 5 dims; Nu
 
 # GGUF: a real file has ~30-50 keys, strings up to a chat template (KB) or an embedded
 # tokenizer.json (tens of MB), and arrays one entry per token (tokens, scores, types, merges).
+# Strings are parsed one by one (~0.5 us each), so the array limit also bounds the parse time:
+# 4x the largest real vocabulary, about half a second. (A GGUF model's vocabulary is therefore
+# limited to this too, below the vocab_size limit above, which only guards sizes.)
 GGUF_MAX_KEYS = 65_536
 GGUF_MAX_STRING_BYTES = 64 << 20
-GGUF_MAX_ARRAY_LENGTH = MODEL_LIMITS["vocab_size"][0]
+GGUF_MAX_ARRAY_LENGTH = 1 << 20
 
 
 class LimitError(ValueError):
