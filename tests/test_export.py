@@ -1,4 +1,5 @@
-"""tinyinfer/export.py: GGUF for llama.cpp, Hugging Face folders for transformers, and GGUF back in.
+"""tinyinfer/gguf_model.py and tinyinfer/export.py: GGUF for llama.cpp, Hugging Face folders for transformers,
+and GGUF back in.
 
 Checked without llama.cpp (tests/test_llamacpp_parity.py runs the real engine where installed):
   * gguf-py (llama.cpp's own reader) finds every key llama.cpp needs, with the type llama.cpp
@@ -22,8 +23,8 @@ import tinyinfer
 from tinyinfer.checkpoint import CheckpointError
 from tinyinfer.cli import main as cli_main
 from tinyinfer.config import ModelConfig
-from tinyinfer.export import (dense_model, export_gguf, export_hf, gguf_tensor_names, load_gguf, rope_permute,
-                              rope_unpermute)
+from tinyinfer.export import dense_model, export_hf
+from tinyinfer.gguf_model import export_gguf, gguf_tensor_names, load_gguf, rope_permute, rope_unpermute
 from tinyinfer.gguf import GGUFTensor, TensorType, read_gguf, write_gguf
 from tinyinfer.model import Model, init_params
 from tinyinfer.quant import QTensor, quantize
@@ -131,7 +132,7 @@ def test_ggml_style_forward_on_the_file_matches_tinyinfer(tmp_path, quant, tied)
 
 def reference_logits_unpermuted(model, tmp_path, ids):
     """The same reference on a file written *without* the RoPE row permutation."""
-    import tinyinfer.export as export
+    import tinyinfer.gguf_model as export
 
     saved = export._rope_heads
     export._rope_heads = lambda config, name: None
@@ -301,7 +302,9 @@ def test_load_gguf_written_by_gguf_py_with_a_quantized_embedding(tmp_path):
     writer.close()
     back = tinyinfer.load(path)
     assert back.config == cfg and back.tokenizer is None
-    assert isinstance(back.params["model.embed_tokens.weight"], np.ndarray)  # dequantized: a lookup table
+    # the embedding stays in its blocks: lookups dequantize rows, the tied head multiplies by the blocks
+    assert isinstance(back.params["model.embed_tokens.weight"], QTensor)
+    assert isinstance(tinyinfer.load(path, dtype="float32").params["model.embed_tokens.weight"], np.ndarray)
     ids = np.arange(20) % cfg.vocab_size
     np.testing.assert_allclose(dense_model(back).logits(ids), Model(cfg, expected).logits(ids), atol=1e-5)
 

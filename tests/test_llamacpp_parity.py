@@ -34,7 +34,7 @@ llama_cpp = pytest.importorskip(
 import tinyinfer  # noqa: E402
 from tinyinfer.corpus import token_stream  # noqa: E402
 from tinyinfer.evaluate import eval_windows  # noqa: E402
-from tinyinfer.export import export_gguf  # noqa: E402
+from tinyinfer.gguf_model import export_gguf  # noqa: E402
 from tinyinfer.quant.model import quantize_model  # noqa: E402
 
 from conftest import ROOT  # noqa: E402

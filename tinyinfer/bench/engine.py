@@ -493,7 +493,7 @@ def run(model, s: Settings, model_name: str = "", quick: bool = False, verbose: 
 
 def main(argv=None):
     from .. import load
-    from ..cli import resolve_model_path
+    from ..model_names import resolve as resolve_model_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")

@@ -94,7 +94,7 @@ def hf_generate_fn(model, prompt_len=16, new_tokens=64):
 
 def main(argv=None):
     from .. import load
-    from ..cli import resolve_model_path
+    from ..model_names import resolve as resolve_model_path
     from ..config import ModelConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -75,7 +75,7 @@ def variants(model, calib, progress=True):
 def run(model_name="teacher", windows=64, seq_len=256, calib_windows=128, calib_len=128, prompts=8,
         gen_tokens=32, progress=True, log=print):
     import tinyinfer
-    from ..cli import resolve_model_path
+    from ..model_names import resolve as resolve_model_path
     from ..corpus import token_stream
     from ..evaluate import evaluate
     from ..quant.gptq import calibration_windows

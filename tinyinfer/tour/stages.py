@@ -73,7 +73,7 @@ def stages(spec_k: int) -> list[Stage]:
 
 def resolve(name_or_path: str) -> Path | None:
     """A model folder by path or shipped name (models/NAME); None if there is no model there."""
-    from ..cli import models_dir
+    from ..model_names import models_dir
 
     for path in (Path(name_or_path), models_dir() / name_or_path):
         if (path / "config.json").is_file():
