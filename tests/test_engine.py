@@ -1,12 +1,16 @@
 """The engine (tinyinfer/engine/): paged attention equals a full recompute, and a request's tokens
 never depend on what else is in the batch, how its prompt was chunked, whether it was preempted
 or whether its prefix came from the cache."""
+import re
+import time
+
 import numpy as np
 import pytest
 
 import tinyinfer
 from conftest import ROOT, small_model
-from tinyinfer.engine import LLM, SamplingParams
+from tinyinfer.engine import LLM, LLMEngine, RequestError, SamplingParams
+from tinyinfer.engine.llm import DEFAULT_KV_CACHE_BYTES, kv_block_bytes
 from tinyinfer.engine.block_manager import BlockManager
 from tinyinfer.engine.model_runner import ModelRunner
 from tinyinfer.model import forward
@@ -346,3 +350,212 @@ def test_generate_accepts_prompt_forms(tiny):
     assert [o.request_id for o in outs] == sorted({o.request_id for o in outs}, key=int)
     with pytest.raises(ValueError, match="SamplingParams"):
         llm.generate(["a", "b"], [params])
+
+
+# ---- one request's failure is its own -----------------------------------------------------------
+
+
+class PoisonRunner(ModelRunner):
+    """A ModelRunner in which chosen requests fail: in the packed forward (every member is then a
+    suspect) or in their own sampling."""
+
+    def __init__(self, *args, forward_poison=(), sample_poison=()):
+        super().__init__(*args)
+        self.forward_poison, self.sample_poison = set(forward_poison), set(sample_poison)
+        self.forward_calls = []  # the request ids of every forward, failed or not
+
+    def forward(self, seqs, num_new_tokens, all_columns=False):
+        self.forward_calls.append([s.request_id for s in seqs])
+        if any(s.request_id in self.forward_poison for s in seqs):
+            raise FloatingPointError("poisoned forward")
+        return super().forward(seqs, num_new_tokens, all_columns)
+
+    def sample(self, seq, n, row):
+        if seq.request_id in self.sample_poison and seq.num_computed_tokens + n >= seq.num_tokens:
+            row = np.full_like(row, np.nan)  # what a broken model would hand the sampler
+        return super().sample(seq, n, row)
+
+
+def poisoned_llm(model, **poison):
+    llm = LLM(model, block_size=4, max_num_batched_tokens=16)
+    llm.model_runner = PoisonRunner(model, llm.num_blocks, llm.block_size, **poison)
+    return llm
+
+
+@pytest.mark.parametrize("where", ["forward", "sample"])
+def test_a_failing_request_ends_alone(model64, where):
+    ps = prompts(5, seed=13)
+    params = SamplingParams(max_tokens=8)
+    llm = poisoned_llm(model64, **{f"{where}_poison": {"2"}})
+    with pytest.raises(RequestError) as info:
+        llm.generate(ps, params)
+    outs = info.value.outputs
+    assert [o.finish_reason for o in outs] == ["length", "length", "error", "length", "length"]
+    assert isinstance(outs[2].error, FloatingPointError if where == "forward" else ValueError)
+    assert isinstance(info.value.__cause__, type(outs[2].error))
+    for i in (0, 1, 3, 4):
+        assert outs[i].token_ids == greedy_reference(model64, ps[i], 8)
+    if where == "forward":  # the batch failed, then each member ran alone once
+        assert any(len(call) == 1 for call in llm.model_runner.forward_calls)
+    # nothing stuck: every block is back and the same engine serves the next call
+    assert not llm.sequences and not llm.has_unfinished_requests() and not llm.block_manager.used_block_ids
+    assert llm.block_manager.num_free_blocks == llm.num_blocks
+    assert llm.generate(ps[0], params)[0].token_ids == outs[0].token_ids
+
+
+def test_streaming_step_reports_the_failure(model64):
+    llm = poisoned_llm(model64, sample_poison={"bad"})
+    llm.add_request(prompts(1, seed=14)[0], SamplingParams(max_tokens=4), request_id="bad")
+    llm.add_request(prompts(1, seed=15)[0], SamplingParams(max_tokens=4), request_id="good")
+    finals = {}
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            if out.finished:
+                finals[out.request_id] = out
+    assert finals["bad"].finish_reason == "error" and finals["bad"].new_token_ids == []
+    assert "NaN" in str(finals["bad"].output.error)
+    assert finals["good"].finish_reason == "length" and len(finals["good"].output.token_ids) == 4
+
+
+def test_generate_interrupted_leaves_nothing_behind(model64, monkeypatch):
+    llm = LLM(model64, block_size=4)
+    calls = []
+
+    def step_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return LLM.step(llm, *args, **kwargs)
+    monkeypatch.setattr(llm, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompts(3, seed=16), SamplingParams(max_tokens=6))
+    assert not llm.sequences and not llm.has_unfinished_requests() and not llm.block_manager.used_block_ids
+
+
+# ---- the Python API names the argument ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,error,name", [
+    (dict(max_tokens=True), TypeError, "max_tokens"),
+    (dict(max_tokens=2.0), TypeError, "max_tokens"),
+    (dict(max_tokens=0), ValueError, "max_tokens"),
+    (dict(temperature="hot"), TypeError, "temperature"),
+    (dict(temperature=True), TypeError, "temperature"),
+    (dict(temperature=1e-320), ValueError, "temperature"),
+    (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature=float("inf")), ValueError, "temperature"),
+    (dict(temperature=1.0, top_p="0.5"), TypeError, "top_p"),
+    (dict(temperature=1.0, top_p=float("nan")), ValueError, "top_p"),
+    (dict(temperature=1.0, top_k=True), TypeError, "top_k"),
+    (dict(temperature=1.0, top_k=2.0), TypeError, "top_k"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=True), TypeError, "seed"),
+    (dict(seed="7"), TypeError, "seed"),
+    (dict(stop=123), TypeError, "stop"),
+    (dict(stop=["ok", 5]), TypeError, "stop[1]"),
+    (dict(stop=[""]), ValueError, "stop[0]"),
+    (dict(stop="\ud800"), ValueError, "stop[0]"),
+    (dict(ignore_eos="no"), TypeError, "ignore_eos"),
+    (dict(stop_token_ids=5), TypeError, "stop_token_ids"),
+    (dict(stop_token_ids=[True]), TypeError, "stop_token_ids[0]"),
+    (dict(stop_token_ids=[-1]), ValueError, "stop_token_ids[0]"),
+])
+def test_sampling_params_refuse_wrong_types_and_ranges(kwargs, error, name):
+    with pytest.raises(error, match=re.escape(name)):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_accept_numpy_numbers():
+    sp = SamplingParams(max_tokens=np.int64(3), temperature=np.float32(0.5), top_k=np.int32(4), seed=np.uint8(1))
+    assert sp.max_tokens == 3 and sp.stop is None and sp.stop_token_ids == []
+
+
+@pytest.mark.parametrize("kwargs,error,name", [
+    (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=2.5), TypeError, "max_new_tokens"),
+    (dict(temperature="hot"), TypeError, "temperature"),
+    (dict(temperature=1e-320), ValueError, "temperature"),
+    (dict(temperature=1.0, top_p="0.5"), TypeError, "top_p"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=True), TypeError, "seed"),
+    (dict(stop_token=99), ValueError, "stop_token"),
+    (dict(stop_token="2"), TypeError, "stop_token"),
+])
+def test_model_generate_names_the_argument(model64, kwargs, error, name):
+    kwargs = {"max_new_tokens": 2, **kwargs}
+    with pytest.raises(error, match=name):
+        model64.generate([1, 2], **kwargs)
+
+
+def test_engine_checks_name_the_argument(model64):
+    llm = LLM(model64, block_size=4)
+    with pytest.raises(ValueError, match=r"stop_token_ids\[0\] is 99 but vocab_size is 37"):
+        llm.add_request([1, 2], SamplingParams(stop_token_ids=[99]))
+    with pytest.raises(TypeError, match="params"):
+        llm.add_request([1, 2], {"max_tokens": 2})
+    with pytest.raises(TypeError, match="prompts"):
+        llm.generate(123)
+    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "num_blocks", "max_model_len"):
+        with pytest.raises(TypeError, match=name):
+            LLM(model64, **{name: True})
+        with pytest.raises(ValueError, match=name):
+            LLM(model64, **{name: 0})
+    assert not llm.sequences
+
+
+# ---- the KV cache is sized for what is served -------------------------------------------------------
+
+
+def config_only(n_ctx, dtype=np.float32):
+    """What LLMEngine.size_cache reads of a model, shaped like SmolLM2-135M (30 layers, 3 KV heads
+    of 64): its context, KV shape and dtype. No weights, and no config checks: a file may declare
+    anything."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(n_ctx=n_ctx, n_layer=30, n_kv_head=3, head_dim=64), dtype=dtype)
+
+
+def test_default_cache_fits_the_budget_not_the_declared_context():
+    real = config_only(8192)  # SmolLM2-135M's shape: 720 KiB per block of 16 positions in float32
+    block = kv_block_bytes(real.config, 16, 4)
+    assert block == 2 * 30 * 3 * 16 * 64 * 4
+    num_blocks, max_model_len, budget = LLMEngine.size_cache(real, 16, 16, None, None, None)
+    assert num_blocks * block <= budget <= DEFAULT_KV_CACHE_BYTES  # 16 * 8192 positions would be 6 GB
+    assert max_model_len == 8192 and num_blocks * 16 + 1 >= max_model_len
+    # a small cache asked for explicitly: the longest request shrinks to what it holds
+    num_blocks, max_model_len, _ = LLMEngine.size_cache(real, 16, 16, None, None, 100 * block)
+    assert (num_blocks, max_model_len) == (100, 1601)
+    # max_model_len asked for: max_num_seqs requests of that length, if the budget allows
+    num_blocks, max_model_len, _ = LLMEngine.size_cache(real, 16, 4, None, 512, None)
+    assert (num_blocks, max_model_len) == (4 * 32, 512)
+
+
+def test_cache_sizes_that_cannot_be_are_refused_by_name():
+    real = config_only(8192)
+    with pytest.raises(ValueError, match="num_blocks = 1,000,000 needs .* bytes .* kv_cache_bytes"):
+        LLMEngine.size_cache(real, 16, 16, 1_000_000, None, None)
+    with pytest.raises(ValueError, match="kv_cache_bytes .* available"):
+        LLMEngine.size_cache(real, 16, 16, None, None, 1 << 60)
+    with pytest.raises(ValueError, match="max_model_len = 9000 is more than .* n_ctx = 8192"):
+        LLMEngine.size_cache(real, 16, 16, None, 9000, None)
+    with pytest.raises(ValueError, match="max_model_len = 8192 does not fit"):
+        LLMEngine.size_cache(real, 16, 16, 10, 8192, None)
+    with pytest.raises(ValueError, match="block_size"):
+        LLMEngine.size_cache(real, 1 << 24, 16, None, None, None)
+
+
+def test_a_huge_declared_context_does_not_size_the_cache():
+    """A context of a million positions: LLM() sizes its cache by the memory budget, not by
+    max_num_seqs * n_ctx (16M positions here), returns at once and serves."""
+    num_blocks, max_model_len, _ = LLMEngine.size_cache(config_only(10**12), 16, 16, None, None, None)
+    assert num_blocks * kv_block_bytes(config_only(10**12).config, 16, 4) <= DEFAULT_KV_CACHE_BYTES
+    assert max_model_len == num_blocks * 16 + 1
+    model = small_model("llama", dtype=np.float64, seed=3, n_ctx=1 << 20)
+    t0 = time.perf_counter()
+    llm = LLM(model, block_size=16)
+    assert time.perf_counter() - t0 < 10  # generous, on a shared machine: it was "never" before
+    assert llm.num_blocks * kv_block_bytes(model.config, 16, 8) <= DEFAULT_KV_CACHE_BYTES
+    assert llm.num_blocks < 16 * (1 << 20) // 16 and llm.max_model_len == 1 << 20
+    ps = prompts(2, seed=17)
+    outs = llm.generate(ps, SamplingParams(max_tokens=5))
+    assert [o.token_ids for o in outs] == [greedy_reference(model, p, 5) for p in ps]

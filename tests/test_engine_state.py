@@ -1,6 +1,8 @@
 """A stateful test of the engine: hypothesis adds, steps and aborts requests in random orders on a
 tiny cache (so preemption and LRU eviction happen often) and checks the invariants after every
-move. See tinyinfer/engine/scheduler.py for why these should hold."""
+move. See tinyinfer/engine/scheduler.py for why these should hold. A third machine also poisons
+random live requests (their packed forward or their sampling raises): each must fail alone, with
+no block leaked and every other request's greedy tokens unchanged."""
 from collections import Counter
 from functools import lru_cache
 
@@ -11,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from conftest import small_model
 from tinyinfer.engine import LLM, SamplingParams
+from tinyinfer.engine.model_runner import ModelRunner
 
 MODEL = small_model("llama", dtype=np.float64, seed=5, n_ctx=24)  # vocab 37
 BLOCK_SIZE, NUM_BLOCKS = 2, 8  # 16 positions: two or three requests already crowd it
@@ -76,8 +79,11 @@ class EngineMachine(RuleBasedStateMachine):
             assert batch.seqs, "unfinished requests but nothing scheduled: a deadlock"
         for out in outputs:
             if out.finished:
-                assert out.request_id not in self.finished
-                self.finished[out.request_id] = out.output
+                self.record(out)
+
+    def record(self, out):
+        assert out.request_id not in self.finished and out.finish_reason != "error"
+        self.finished[out.request_id] = out.output
 
     @precondition(lambda self: self.requests)
     @rule(data=st.data())
@@ -137,7 +143,7 @@ class EngineMachine(RuleBasedStateMachine):
         # no leaks: every block is free or in the prefix cache's LRU pool
         assert not self.bm.used_block_ids
         assert self.bm.num_free_blocks == self.num_blocks
-        assert set(self.finished) | self.aborted == set(self.requests)
+        assert set(self.finished) | self.aborted | getattr(self, "failed", set()) == set(self.requests)
         for request_id, out in self.finished.items():
             prompt, max_tokens = self.requests[request_id]
             assert out.finish_reason == "length"
@@ -150,7 +156,56 @@ class EngineMachineNoPrefixCache(EngineMachine):
     block_size, num_blocks, prefix_caching = 3, 5, False
 
 
+class FailingRunner(ModelRunner):
+    """A ModelRunner in which poisoned requests fail: "forward" raises in the packed forward of any
+    batch that holds them (the engine cannot tell who is to blame), "sample" gives them NaN logits."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.poison: dict = {}  # request_id -> "forward" | "sample"
+
+    def forward(self, seqs, num_new_tokens, all_columns=False):
+        if any(self.poison.get(s.request_id) == "forward" for s in seqs):
+            raise FloatingPointError("poisoned forward")
+        return super().forward(seqs, num_new_tokens, all_columns)
+
+    def sample(self, seq, n, row):
+        if self.poison.get(seq.request_id) == "sample":
+            row = np.full_like(row, np.nan)
+        return super().sample(seq, n, row)
+
+
+class EngineMachineWithFailures(EngineMachine):
+    def __init__(self):
+        super().__init__()
+        self.llm.model_runner = FailingRunner(MODEL, self.num_blocks, self.block_size)
+        self.poisoned, self.failed = set(), set()
+
+    @precondition(lambda self: self.llm.sequences)
+    @rule(data=st.data(), where=st.sampled_from(["forward", "sample"]))
+    def poison(self, data, where):
+        request_id = data.draw(st.sampled_from(sorted(self.llm.sequences)))
+        self.llm.model_runner.poison[request_id] = where
+        self.poisoned.add(request_id)
+
+    def record(self, out):
+        if out.finish_reason == "error":
+            assert out.request_id in self.poisoned and out.output.error is not None
+            self.failed.add(out.request_id)
+        else:
+            super().record(out)
+
+    def teardown(self):
+        super().teardown()
+        # a live request always needs one more forward and one more sample: a poisoned one cannot
+        # finish normally, it fails (or was aborted first)
+        assert self.poisoned <= self.failed | self.aborted
+        assert not (set(self.finished) & self.failed)
+
+
 EngineMachine.TestCase.settings = settings(stateful_step_count=30)
+EngineMachineWithFailures.TestCase.settings = settings(stateful_step_count=30)
 EngineMachineNoPrefixCache.TestCase.settings = settings(stateful_step_count=30)
 TestEngineStateMachine = EngineMachine.TestCase
 TestEngineStateMachineNoPrefixCache = EngineMachineNoPrefixCache.TestCase
+TestEngineStateMachineWithFailures = EngineMachineWithFailures.TestCase

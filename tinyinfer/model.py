@@ -455,11 +455,12 @@ class Model:
         (seed, row), so a row's tokens do not depend on its neighbours.
         """
         from .kv_cache import ContiguousKVCache
-        from .sampling import check_sampling_args, sample_token
+        from .sampling import check_int, check_sampling_args, sample_token
 
-        check_sampling_args(temperature, top_k, top_p)
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        # types and ranges first, each error naming its argument (True is not a count, "0.5" not a number)
+        check_sampling_args(temperature, top_k, top_p, seed)
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, low=0)
+        check_int("stop_token", stop_token, low=0, high=self.config.vocab_size, none_ok=True)
         arr, was_1d = self.check_ids(ids)
         B, T = arr.shape
         if T + max_new_tokens > self.config.n_ctx:

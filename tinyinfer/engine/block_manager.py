@@ -33,6 +33,8 @@ from .sequence import Sequence
 
 
 class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")  # a cache can hold 100,000s of these
+
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0              # how many live block tables hold this block

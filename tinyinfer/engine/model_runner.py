@@ -54,15 +54,34 @@ class ModelRunner:
                          logits_rows=last)
         return logits[0]  # (S, V) or (T, V)
 
-    def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> list[int | None]:
-        """One step: feed each seq its num_new_tokens; a token for each seq whose chunk reached
-        its last token (None for a prefill chunk that stops short of it)."""
-        logits = self.forward(seqs, num_new_tokens)  # (S, V)
-        tokens = []
-        for seq, n, row in zip(seqs, num_new_tokens, logits):  # row: (V,)
-            if seq.num_computed_tokens + n < seq.num_tokens:
-                tokens.append(None)  # a middle chunk of a long prompt: nothing to sample yet
-                continue
-            p = seq.params
-            tokens.append(sample_token(row, seq.rng, p.temperature, p.top_k, p.top_p))
-        return tokens
+    def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> list:
+        """One step: feed each seq its num_new_tokens; per seq, in order, a token id when its
+        chunk reached its last token, None for a prefill chunk that stops short of it, or the
+        exception that failed this seq (the caller fails that request alone).
+
+        A failure in the packed forward does not say which request caused it: all of them share
+        every matrix product. So the members are run again one at a time, and only those that
+        fail alone fail. Re-running is safe: a step writes keys and values only into slots of its
+        own new tokens, in blocks no other table shares (shared prefix blocks are full and never
+        written), so the second pass overwrites whatever the failed one left half-written. It
+        costs one forward per member, only in the step that failed; bisecting would cost fewer
+        forwards when one request is poisoned, at the price of a recursion a reader must follow.
+        """
+        try:
+            logits = self.forward(seqs, num_new_tokens)  # (S, V)
+        except Exception as err:
+            if len(seqs) == 1:
+                return [err]
+            return [self.run([seq], [n])[0] for seq, n in zip(seqs, num_new_tokens)]
+        return [self.sample(seq, n, row) for seq, n, row in zip(seqs, num_new_tokens, logits)]
+
+    @staticmethod
+    def sample(seq: Sequence, n: int, row: np.ndarray):
+        """seq's next token from its logits row (V,), None mid-prompt, or the sampler's exception."""
+        if seq.num_computed_tokens + n < seq.num_tokens:
+            return None  # a middle chunk of a long prompt: nothing to sample yet
+        p = seq.params
+        try:
+            return sample_token(row, seq.rng, p.temperature, p.top_k, p.top_p)
+        except Exception as err:  # NaN logits, say: this request's problem, not the batch's
+            return err

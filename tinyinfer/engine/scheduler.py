@@ -18,6 +18,11 @@ One step, within two budgets (max_num_batched_tokens tokens fed, max_num_seqs se
    starts before an earlier one (strict FCFS; the price is head-of-line blocking). No one is
    admitted in a step that had to preempt: memory is short, admitting would only thrash.
 
+After the model ran, postprocess() appends each sequence's token and checks its stop conditions.
+A sequence whose forward or sampling failed (model_runner.py hands over the exception in place
+of its token) finishes there with finish_reason "error": its blocks are freed, its unfinished
+keys/values are never registered in the prefix cache, and the others carry on.
+
 Why nothing starves or deadlocks: the add-time check (tinyinfer/engine/llm.py) guarantees every
 request fits in the whole cache alone. The oldest running sequence can preempt all others, so it
 always makes progress and finishes; then the next oldest is the oldest. Preemption keeps
@@ -52,7 +57,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.eos_id = eos_id
-        self.tokenizer = tokenizer  # only for stop strings
+        self.tokenizer = tokenizer  # only for each new token's bytes (stop strings, the text)
         self.waiting: deque[Sequence] = deque()  # arrival order
         self.running: list[Sequence] = []        # arrival order too (oldest first)
 
@@ -115,21 +120,39 @@ class Scheduler:
         seq.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def postprocess(self, out: SchedulerOutput, tokens: list) -> list[Sequence]:
-        """Account for a finished model step; returns the sequences that got a new token."""
+    def postprocess(self, out: SchedulerOutput, results: list) -> list[Sequence]:
+        """Account for a finished model step; returns the sequences with news: a new token, or a
+        failure. results[i] is seqs[i]'s token id, None (a prefill chunk short of the prompt's
+        end) or the exception that failed it (tinyinfer/engine/model_runner.py)."""
         now = time.perf_counter()
-        grown = []
-        for seq, n, token in zip(out.seqs, out.num_new_tokens, tokens):
-            seq.num_computed_tokens += n
-            self.block_manager.register_full_blocks(seq)  # full blocks now hold computed k/v
-            if token is None:
-                continue  # a prefill chunk short of the prompt's end
-            seq.append_token(token, now)
-            grown.append(seq)
-            reason = seq.check_stop(self.eos_id, self.tokenizer)
-            if reason is not None:
-                self.finish(seq, reason, now)
-        return grown
+        news = []
+        for seq, n, result in zip(out.seqs, out.num_new_tokens, results):
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                if self.accept(seq, n, result, now):
+                    news.append(seq)
+            except Exception as err:  # this request alone fails; its blocks go back, the batch goes on
+                self.fail(seq, err, now)
+                news.append(seq)
+        return news
+
+    def accept(self, seq: Sequence, n: int, token: int | None, now: float) -> bool:
+        """seq's n fed tokens now have keys and values; append its new token. -> whether it got one."""
+        seq.num_computed_tokens += n
+        self.block_manager.register_full_blocks(seq)  # full blocks now hold computed k/v
+        if token is None:
+            return False  # a prefill chunk short of the prompt's end
+        token_bytes = self.tokenizer.decode_bytes([token]) if self.tokenizer is not None else b""
+        seq.append_token(token, now, token_bytes)
+        reason = seq.check_stop(self.eos_id)
+        if reason is not None:
+            self.finish(seq, reason, now)
+        return True
+
+    def fail(self, seq: Sequence, err: Exception, now: float | None = None):
+        seq.error = err
+        self.finish(seq, "error", now)
 
     def finish(self, seq: Sequence, reason: str, now: float | None = None):
         if seq.status == SequenceStatus.RUNNING:

@@ -53,10 +53,14 @@ class Sequence:
         # The request's own generator: its samples depend only on its seed and its logits,
         # never on which other requests share the batch or in which order they are sampled.
         self.rng = np.random.default_rng(params.seed)
-        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
-        self.stop_text_cut: int | None = None  # where a stop string begins in the output text
-        self.num_streamed_chars = 0  # output text already handed out by step() (streaming)
-        self._output_bytes: list[bytes] = []  # each output token's bytes, decoded once (see _text)
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+        self.error: Exception | None = None    # what failed, when finish_reason is "error"
+        # The output's bytes, each token's looked up once as it is appended (a list lookup, no
+        # decoding): stop strings are matched on them and the text is decoded from them once.
+        self.output_bytes = bytearray()
+        self.last_token_num_bytes = 0          # the newest token's share of output_bytes
+        self.stop_byte_cut: int | None = None  # where a stop string begins in output_bytes
+        self.text_stream = None                # the offline engine's streaming state (detokenizer.TextStream)
         self.metrics = dict(arrival=arrival_time, first_scheduled_time=None, first_token_time=None,
                             finish_time=None)
 
@@ -107,55 +111,42 @@ class Sequence:
 
     # ---- generating --------------------------------------------------------------------
 
-    def append_token(self, token_id: int, now: float):
+    def append_token(self, token_id: int, now: float, token_bytes: bytes = b""):
         self.token_ids.append(int(token_id))
+        self.output_bytes += token_bytes
+        self.last_token_num_bytes = len(token_bytes)
         if self.metrics["first_token_time"] is None:
             self.metrics["first_token_time"] = now
 
-    def check_stop(self, eos_id, tokenizer) -> str | None:
+    def check_stop(self, eos_id) -> str | None:
         """After a token was appended: "stop", "length" or None (keep going)."""
         p = self.params
         last = self.token_ids[-1]
         if last in p.stop_token_ids or (last == eos_id and not p.ignore_eos):
             return "stop"
-        if p.stop and tokenizer is not None:
-            text = self._text(tokenizer, self.num_output_tokens)
-            found = [i for i in (text.find(s) for s in p.stop) if i >= 0]
-            if found:
-                self.stop_text_cut = min(found)  # the text ends before the earliest stop string
+        if p.stop_matcher is not None:
+            # only matches that end in the new token's bytes are new: the rest was searched before
+            cut = p.stop_matcher.find(self.output_bytes, len(self.output_bytes) - self.last_token_num_bytes)
+            if cut is not None:
+                self.stop_byte_cut = cut  # the text ends before the earliest stop string
                 return "stop"
         if self.num_output_tokens >= p.max_tokens:
             return "length"
         return None
 
-    def output_text(self, tokenizer, eos_id=None) -> str:
-        """The generated text: without a final stop token, cut before a stop string."""
-        if tokenizer is None:
-            return ""
+    def ended_on_stop_token(self, eos_id) -> bool:
         ids = self.output_token_ids
-        if self.finish_reason == "stop" and ids and (
-                ids[-1] in self.params.stop_token_ids or (ids[-1] == eos_id and not self.params.ignore_eos)):
-            ids = ids[:-1]
-        text = self._text(tokenizer, len(ids))
-        return text if self.stop_text_cut is None else text[:self.stop_text_cut]
+        return self.finish_reason == "stop" and self.stop_byte_cut is None and bool(ids) and (
+            ids[-1] in self.params.stop_token_ids or (ids[-1] == eos_id and not self.params.ignore_eos))
 
-    def _text(self, tokenizer, n: int) -> str:
-        """The text of the first n output tokens. A token's bytes never change, so each is looked
-        up once, when it first appears: streaming asks for the text after every step, and decoding
-        the whole output each time made a long generation quadratic in its length."""
-        out = self.output_token_ids
-        while len(self._output_bytes) < len(out):
-            self._output_bytes.append(tokenizer.decode_bytes([out[len(self._output_bytes)]]))
-        return b"".join(self._output_bytes[:n]).decode("utf-8", errors="replace")
-
-    def visible_text(self, tokenizer, eos_id=None) -> str:
-        """The part of the text that can be streamed now and will not change later."""
-        text = self.output_text(tokenizer, eos_id)
-        if self.is_finished:
-            return text
-        if self.params.stop:  # a stop string may be starting at the end: hold back its length - 1
-            text = text[:max(0, len(text) - (max(map(len, self.params.stop)) - 1))]
-        return text.rstrip("\ufffd")  # half a UTF-8 character: wait for its other bytes
+    def output_text(self, eos_id=None) -> str:
+        """The generated text: without a final stop token, cut before a stop string."""
+        end = len(self.output_bytes)
+        if self.stop_byte_cut is not None:
+            end = self.stop_byte_cut
+        elif self.ended_on_stop_token(eos_id):
+            end -= self.last_token_num_bytes
+        return self.output_bytes[:end].decode("utf-8", errors="replace")
 
     def __repr__(self):
         return (f"Sequence(id={self.request_id!r}, {self.status.value}, tokens={self.num_tokens} "
