@@ -15,7 +15,7 @@ import time
 
 
 def machine() -> dict:
-    """CPU, cores, Python, NumPy and its BLAS, Numba and its threading layer."""
+    """CPU, cores, Python, NumPy and its BLAS, Numba and the thread policy in force, the load average."""
     import numpy as np
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
@@ -34,16 +34,15 @@ def machine() -> dict:
     try:
         import numba
 
-        info["numba"] = numba.__version__
-        try:  # the layer actually loaded, once any parallel kernel has run
-            info["numba_threading_layer"] = numba.threading_layer()
-        except ValueError:  # none has run yet: the layer that will be chosen
-            from ..quant import kernels  # noqa: F401  (it selects workqueue on import; see its docstring)
+        from .. import threads  # the thread policy (it selects Numba's workqueue layer on import)
 
-            info["numba_threading_layer"] = str(numba.config.THREADING_LAYER) + " (configured)"
+        info["numba"] = numba.__version__
+        info.update(threads.describe())
     except ImportError:
         pass
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"):
+    info["load_average"] = round(os.getloadavg()[0], 2)  # a busy machine's timings are not a quiet one's
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "TINYINFER_BLAS_THREADS",
+                "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER"):
         if os.environ.get(var):
             info[var] = os.environ[var]
     return info

@@ -1,0 +1,145 @@
+"""Who owns the cores: one thread policy for NumPy's BLAS and tinyinfer's Numba kernels.
+
+Lesson: lessons/04-quantization.py (section 4, the kernels on both cores)
+
+Two thread pools live in a tinyinfer process: NumPy's BLAS (OpenBLAS; its workers serve `@` on
+float32 arrays) and Numba's (the quantized and sparse kernels, `parallel=True`). A decode step
+alternates between them dozens of times (norms and attention in NumPy, every linear layer in a
+Numba kernel). OpenBLAS's workers do not sleep when a call returns: they spin for a while waiting
+for the next one, and a spinning worker holds a core that a Numba thread needs. Measured on a
+2-core AMD EPYC (numba 0.68, NumPy 2.4 with OpenBLAS 0.3.31 pthreads), eight 2048 x 4096 matrices
+cycled so every call reads from memory, GB/s (reproduce: python -m tinyinfer.bench.roofline --contention):
+
+    what                                                  quiet machine    shared: median (best)
+    NumPy fp32 GEMV, 1 / 2 BLAS threads                   37 / 57          13.8 (15.4) / 2.3 (3.9)
+    naive Numba int8 row-dot loop, serial / parallel      35 / 66-75       7.1 (7.8) / 1.5 (6.9)
+    the parallel loop right after a 2-thread BLAS call    16               5.4 (7.1)
+    ... right after a 1-thread BLAS call                  66               0.8 (8.2)
+
+The quiet-machine column was measured earlier on a quiet 2-core EPYC of the same kind (load
+average < 1; rerun the command on a quiet machine to check it). The second
+was measured while other jobs held the two cores (load average 8.6, i.e. four runnable threads
+per core): there every figure is a fraction of its quiet value, and anything with two threads
+collapses, because a parallel region waits for its slowest thread and that thread waits for a
+core. On a quiet machine two threads win; on an oversubscribed one, one thread does
+(`set_kernel_threads(1)`, or NUMBA_NUM_THREADS=1 and TINYINFER_BLAS_THREADS=1). On the quiet
+machine both cores *do* add bandwidth, and the fight between the pools is what took it away.
+
+The policy:
+
+1. **Numba's kernels own the cores.** From the first call of a tinyinfer Numba kernel on (or
+   `apply()`), NumPy's BLAS is held to TINYINFER_BLAS_THREADS threads, 1 by default, for the rest
+   of the process: the NumPy work of a decode step (small products, norms) gains nothing from a
+   second BLAS thread, and one BLAS thread has no workers to spin. A dense float32 model never
+   calls a Numba kernel, so its BLAS keeps every core, which is its best setting (37 -> 57 GB/s).
+2. **Numba's workqueue threading layer**, unless NUMBA_THREADING_LAYER says otherwise: its
+   parallel region starts in ~45 us here, OpenMP's took ~8 ms (it too spins, then sleeps).
+   Workqueue cannot run two parallel kernels from two Python threads at once: call the kernels
+   from one thread (the engine and the server do), or choose the tbb/omp layer.
+3. **Threads for a kernel**: numba.get_num_threads() (all cores by default; NUMBA_NUM_THREADS or
+   `set_kernel_threads(n)` changes it). Each kernel decides whether a product is big enough to
+   split (tinyinfer/quant/kernels.py).
+
+Overrides: TINYINFER_BLAS_THREADS=n (environment) or `set_blas_threads(n)`; `with
+blas_threads(n): ...` for one region (a benchmark's float32 baseline at its best thread count).
+
+How: threadpoolctl (the library scikit-learn uses) finds the BLAS library NumPy loaded, once;
+after that a change is one ctypes call into OpenBLAS (~1 us), cheap enough for every region.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numba
+
+BLAS_ENV = "TINYINFER_BLAS_THREADS"
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"  # read at the first parallel launch, not before
+
+_blas = None  # threadpoolctl's controllers for the BLAS libraries NumPy loaded (found once)
+_applied = False
+
+
+def _blas_libraries():
+    global _blas
+    if _blas is None:
+        try:
+            import numpy  # noqa: F401  (BLAS is loaded with NumPy)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # without threadpoolctl the policy cannot be applied: leave BLAS alone
+            _blas = []
+        else:
+            _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    return _blas
+
+
+def get_blas_threads() -> int:
+    """BLAS's thread count now (the first BLAS library's; 0 if none was found)."""
+    libs = _blas_libraries()
+    return libs[0].get_num_threads() if libs else 0
+
+
+def set_blas_threads(n: int):
+    """Set NumPy's BLAS thread count for the process (one call into each BLAS library)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"BLAS threads must be >= 1, got {n}")
+    for lib in _blas_libraries():
+        lib.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run a region with n BLAS threads, then restore the previous count."""
+    before = get_blas_threads()
+    set_blas_threads(n)
+    try:
+        yield
+    finally:
+        if before:
+            set_blas_threads(before)
+
+
+def policy_blas_threads() -> int:
+    """The BLAS thread count the policy holds while kernels own the cores: $TINYINFER_BLAS_THREADS or 1."""
+    value = os.environ.get(BLAS_ENV, "").strip()
+    if not value:
+        return 1
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{BLAS_ENV} must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{BLAS_ENV} must be a positive integer, got {value!r}")
+    return n
+
+
+def apply():
+    """Hand the cores to the Numba kernels: BLAS to policy_blas_threads() threads. Idempotent and
+    cheap after the first call; tinyinfer's kernels call it before their first parallel product."""
+    global _applied
+    if not _applied:
+        set_blas_threads(policy_blas_threads())
+        _applied = True
+
+
+def numba_threads() -> int:
+    """The threads a Numba kernel may use (numba.get_num_threads())."""
+    return numba.get_num_threads()
+
+
+def set_kernel_threads(n: int):
+    """Threads for Numba kernels from now on (at most NUMBA_NUM_THREADS, the cores by default)."""
+    numba.set_num_threads(int(n))
+
+
+def describe() -> dict:
+    """The policy in force, for a benchmark's machine line."""
+    try:
+        layer = numba.threading_layer()  # the layer actually loaded, once a parallel kernel ran
+    except ValueError:
+        layer = f"{numba.config.THREADING_LAYER} (configured)"
+    return {"numba_threading_layer": layer, "numba_threads": numba_threads(), "blas_threads": get_blas_threads(),
+            "kernels_own_cores": _applied}
