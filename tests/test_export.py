@@ -361,12 +361,13 @@ def test_load_gguf_corrupt_file_is_a_checkpoint_error(tmp_path):
         tinyinfer.load(tmp_path / "version.gguf")
 
 
-def test_load_gguf_other_pre_tokenizer_warns_and_loads_without_tokenizer(tmp_path):
+def test_load_gguf_unknown_pre_tokenizer_is_an_error(tmp_path):
+    """Encoding with another pre-tokenizer would give plausible but wrong ids: refuse, naming it."""
     path = _write_llama_gguf(tmp_path / "m.gguf", lambda m: m.update({
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": ["a"],
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such-pre", "tokenizer.ggml.tokens": ["a"],
         "tokenizer.ggml.merges": []}))
-    with pytest.warns(UserWarning, match="llama-bpe"):
-        assert tinyinfer.load(path).tokenizer is None
+    with pytest.raises(CheckpointError, match="tokenizer.ggml.pre is 'no-such-pre'"):
+        tinyinfer.load(path)
 
 
 # --------------------------------------------------------------------------------------------

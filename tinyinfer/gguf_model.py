@@ -31,7 +31,6 @@ Errors are CheckpointError (a ValueError) naming what is wrong and what was expe
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -43,18 +42,16 @@ from .export import dense_model, dense_weight
 from .gguf import GGUFError, GGUFTensor, TensorType, read_gguf, write_gguf
 from .model import Model, embedding_name, layer_names
 from .quant.formats import QTensor
+from .tokenizer.gguf_vocab import TokenizerMetadataError, from_gguf_metadata, to_gguf_metadata
 
 __all__ = ["GGUF_QUANTS", "export_gguf", "load_gguf", "rope_permute", "rope_unpermute",
-           "gguf_tensor_names", "llama_metadata", "tokenizer_metadata", "tokenizer_from_gguf"]
+           "gguf_tensor_names", "llama_metadata"]
 
 GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_0")  # what --quant may ask for
 
 # llama.cpp's enum llama_ftype: what the file's weights mostly are (informational for llama.cpp).
 FILE_TYPES = {TensorType.F32: 0, TensorType.F16: 1, TensorType.Q4_0: 2, TensorType.Q8_0: 7}
 QTENSOR_TYPES = {"q8_0": TensorType.Q8_0, "q4_0": TensorType.Q4_0}
-
-# llama.cpp's token types (llama.h: enum llama_token_type, as gguf-py writes them).
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
 
 # Hugging Face role (tinyinfer/model.py: layer_names) -> ggml tensor name inside blk.N
 GGUF_ROLES = {"norm1": "attn_norm", "q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
@@ -167,43 +164,6 @@ def _gguf_tensor(gguf_name: str, w, float_type: TensorType) -> GGUFTensor:
     return GGUFTensor.from_array(gguf_name, w, float_type if w.ndim == 2 else TensorType.F32)
 
 
-def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
-    """tokenizer.ggml.* keys for a byte-level BPE tokenizer, as llama.cpp's "gpt2" model.
-
-    Tokens are written in GPT-2's printable byte form ("Ġthe"), as tokenizer.json has them;
-    specials are CONTROL tokens. If the embedding has more rows than the tokenizer has tokens,
-    the rest are padding tokens "[PAD<id>]" of type UNUSED (convert_hf_to_gguf.py does the same):
-    llama.cpp needs exactly one token per embedding row.
-    """
-    if tokenizer is None:
-        # llama.cpp's "none" vocabulary: ids in, logits out, no text. It reads llama.vocab_size.
-        return {"tokenizer.ggml.model": "none"}
-    if tokenizer.vocab_size > vocab_size:
-        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
-                              f"{vocab_size} rows; expected at most as many tokens as rows")
-    specials = set(tokenizer.special_tokens.values())
-    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
-    types = [TOKEN_CONTROL if i in specials else TOKEN_NORMAL for i in range(tokenizer.vocab_size)]
-    for i in range(tokenizer.vocab_size, vocab_size):
-        tokens.append(f"[PAD{i}]")
-        types.append(TOKEN_UNUSED)
-    meta = {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "gpt-2",  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2: GPT-2's own regex
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
-        "tokenizer.ggml.merges": [f"{a} {b}" for a, b in tokenizer.merges],
-        # tinyinfer never prepends a BOS token; say so, or llama.cpp might add one.
-        "tokenizer.ggml.add_bos_token": False,
-        "tokenizer.ggml.add_eos_token": False,
-    }
-    if tokenizer.eos_id is not None:
-        # GPT-2 uses <|endoftext|> for both. Without these keys llama.cpp would assume id 11.
-        meta["tokenizer.ggml.bos_token_id"] = tokenizer.eos_id
-        meta["tokenizer.ggml.eos_token_id"] = tokenizer.eos_id
-    return meta
-
-
 def llama_metadata(config: ModelConfig, file_type: int, name: str) -> dict:
     """general.* and llama.* keys: the sizes llama.cpp reads, under its names and types."""
     return {
@@ -257,7 +217,10 @@ def export_gguf(model: Model, path, quant: str | None = None, name: str | None =
     metadata = llama_metadata(config, file_type, name or Path(path).stem)
     if file_type in (FILE_TYPES[TensorType.Q8_0], FILE_TYPES[TensorType.Q4_0]):
         metadata["general.quantization_version"] = 2  # GGML_QNT_VERSION: the block layout's version
-    metadata.update(tokenizer_metadata(prepared.tokenizer, config.vocab_size))
+    try:
+        metadata.update(to_gguf_metadata(prepared.tokenizer, config.vocab_size))
+    except ValueError as e:
+        raise CheckpointError(f"cannot write {path}: {e}") from None
     try:
         write_gguf(path, metadata, tensors)
     except GGUFError as e:
@@ -351,39 +314,6 @@ def _read_param(f, gguf_name: str, source):
         raise CheckpointError(f"{source}: tensor {gguf_name}: {e}") from None
 
 
-def tokenizer_from_gguf(meta: dict, source="GGUF"):
-    """A tinyinfer Tokenizer from tokenizer.ggml.* keys, or None (with a warning) if it is not one.
-
-    Only llama.cpp's "gpt2" model with the "gpt-2" pre-tokenizer encodes text the way
-    tinyinfer/tokenizer.py does; other pre-tokenizers split text with other regexes.
-    """
-    model = meta.get("tokenizer.ggml.model")
-    if model in (None, "none", "no_vocab"):
-        return None
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if model != "gpt2" or pre != "gpt-2":
-        warnings.warn(f"{source}: tokenizer {model!r} with pre-tokenizer {pre!r} is not GPT-2's byte-level BPE; "
-                      f"loading the model without a tokenizer", stacklevel=3)
-        return None
-    from .tokenizer import Tokenizer
-
-    tokens = meta.get("tokenizer.ggml.tokens")
-    types = meta.get("tokenizer.ggml.token_type", np.full(len(tokens or []), TOKEN_NORMAL))
-    merges = meta.get("tokenizer.ggml.merges", [])
-    if not isinstance(tokens, list) or len(types) != len(tokens):
-        raise CheckpointError(f"{source}: tokenizer.ggml.tokens must be a list of strings with one "
-                              f"tokenizer.ggml.token_type each")
-    vocab = {t: i for i, t in enumerate(tokens)}
-    specials = {t: i for i, t in enumerate(tokens) if types[i] == TOKEN_CONTROL}
-    try:
-        pairs = [tuple(m.split(" ", 1)) for m in merges]
-        return Tokenizer(vocab, pairs, specials)
-    except (ValueError, TypeError) as e:
-        warnings.warn(f"{source}: its gpt2 tokenizer does not fit tinyinfer's ({e}); loading without one",
-                      stacklevel=3)
-        return None
-
-
 def load_gguf(path, dtype=None) -> Model:
     """A tinyinfer Model from a llama-architecture GGUF file.
 
@@ -419,7 +349,10 @@ def load_gguf(path, dtype=None) -> Model:
         params[hf_name] = w
     packed = frozenset(n for n, w in params.items() if isinstance(w, QTensor))
     params = _check_params(params, config, source, skip=packed)
-    tokenizer = tokenizer_from_gguf(f.metadata, source)
+    try:
+        tokenizer = from_gguf_metadata(f.metadata, str(source))
+    except TokenizerMetadataError as e:
+        raise CheckpointError(str(e)) from None
     if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{source}: tokenizer has {tokenizer.vocab_size} tokens, token_embd {config.vocab_size}")
     model = Model(config, params, tokenizer=tokenizer)
