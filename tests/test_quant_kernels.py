@@ -4,12 +4,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinyinfer.quant import quantize
+from hypothesis import settings
+
+from tinyinfer.quant import QTensor, quantize
+from tinyinfer.quant.blocks import FORMATS, integer_values
 from tinyinfer.quant.formats import BLOCK, quantize_activations, quantized_matmul_reference
 
 kernels = pytest.importorskip("tinyinfer.quant.kernels")  # Numba
 
-FMTS = ["q8_0", "q4_0"]
+FMTS = ["q8_0", "q4_0"]  # the older tests below, written for the first two formats
+ALL_FMTS = list(FORMATS)
+KERNELS = ["simd", "loops"]
+
+
+def twin(qt, x):
+    return quantized_matmul_reference(qt.fmt, qt._scales_f32, qt.quants, x, qt._mins_f32, qt.high_bits)
 
 
 @st.composite
@@ -35,24 +44,28 @@ def problems(draw):
 def twin_tolerance(fmt, qt, x):
     """|kernel - twin| bound: both sum the same exact integer block dots; only the order and
     fusing of the float32 adds differ (fastmath). 1e-5 of the sum of |terms| covers that."""
-    xq, xd, _ = quantize_activations(x)
-    wq = np.abs(qt.dequantize()).reshape(qt.shape[0], -1, BLOCK)  # |wq * wd|
+    xq, xd, xs = quantize_activations(x)
+    wq = np.abs(integer_values(qt.fmt, qt.quants, qt.high_bits).astype(np.float32) * qt._scales_f32[..., None])
     xa = np.abs(xq.astype(np.float32)) * xd[..., None]  # |xq * xd|
     terms = np.einsum("bkj,nkj->bn", xa, wq)
+    if qt.mins is not None:
+        terms += np.abs(xs) @ np.abs(qt._mins_f32).T
     return 1e-5 * terms + 1e-30
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("parallel", [False, True])
+@settings(max_examples=20, deadline=None)
 @given(problem=problems())
-def test_kernels_equal_numpy_twin(fmt, parallel, problem):
-    assert_kernel_matches_twin(fmt, parallel, *problem)
+def test_kernels_equal_numpy_twin(fmt, kernel, parallel, problem):
+    assert_kernel_matches_twin(fmt, parallel, *problem, kernel=kernel)
 
 
-def assert_kernel_matches_twin(fmt, parallel, w, x):
+def assert_kernel_matches_twin(fmt, parallel, w, x, kernel="simd"):
     qt = quantize(w, fmt)
-    ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
-    out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
+    ref = twin(qt, x)
+    out = kernels.qtensor_matmul(qt, x, parallel=parallel, kernel=kernel)
     assert out.dtype == np.float32 and out.shape == ref.shape
     assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
 
@@ -72,14 +85,16 @@ def batched_problems(draw):
     return w, x
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("parallel", [False, True])
+@settings(max_examples=15, deadline=None)
 @given(problem=batched_problems())
-def test_batched_kernels_equal_numpy_twin(fmt, parallel, problem):
-    assert_kernel_matches_twin(fmt, parallel, *problem)
+def test_batched_kernels_equal_numpy_twin(fmt, kernel, parallel, problem):
+    assert_kernel_matches_twin(fmt, parallel, *problem, kernel=kernel)
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
 def test_every_tile_shape_computes_each_output_the_same_way(fmt):
     # Rows of x land in 4-wide tiles or in the 1..3-wide tile of the remainder, rows of W in full
     # tiles or in the last one (which repeats its last row): each output's lanes, scale products and
@@ -89,9 +104,9 @@ def test_every_tile_shape_computes_each_output_the_same_way(fmt):
     x = rng.standard_normal((7, 160)).astype(np.float32)
     qt = quantize(w, fmt)
     for parallel in (False, True):
-        batch = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)  # tiles 4 + 3
+        batch = kernels.qtensor_matmul(qt, x, parallel=parallel)  # full tiles + a narrower one
         for b in range(7):
-            one = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x[b:b + 1], parallel=parallel)
+            one = kernels.qtensor_matmul(qt, x[b:b + 1], parallel=parallel)  # the decode kernel
             assert np.array_equal(batch[b], one[0])
 
 
@@ -101,6 +116,7 @@ def test_wrong_quants_dtype_is_named():
         kernels.quantized_matmul("q4_0", qt._scales_f32, qt.quants, np.ones((2, 64), np.float32))
 
 
+@settings(deadline=None)
 @given(x=st.integers(0, 2**31).map(lambda s: np.random.default_rng(s).standard_normal((3, 160)).astype(np.float32)))
 def test_activation_kernel_is_bit_identical(x):
     x[0, :32] = np.round(x[0, :32] * 4) / 4  # exact .5 ties after scaling are likely here
@@ -127,24 +143,28 @@ def _check_float16_rounding(v):
         assert (np.isnan(got) and np.isnan(want)) or got == want
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
 def test_matvec_equals_matmul_with_one_row(fmt):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((9, 96)).astype(np.float32)
     x = rng.standard_normal(96).astype(np.float32)
     qt = quantize(w, fmt)
     vec = qt.matmul(x)  # (N,): the matvec kernel
-    mat = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, np.stack([x, x]))  # matmul kernel
+    mat = kernels.qtensor_matmul(qt, np.stack([x, x]))  # the batch kernel
     assert vec.shape == (9,)
     assert np.allclose(vec, mat[0], rtol=1e-5, atol=1e-6) and np.allclose(mat[0], mat[1])
     assert np.array_equal(qt.matmul(x[None])[0], vec)
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
+@settings(max_examples=30, deadline=None)
 @given(problem=problems())
 def test_close_to_float_matmul_within_derived_bound(fmt, problem):
     # x = xq * xd + e with |e| <= xd / 2 per element, so the quantized product differs from
     # x @ deq.T by at most sum_k (xd[b,k] / 2) * sum_j |deq[n,k,j]|, plus float32 rounding.
+    # (xd is the float16-rounded scale: still |x - xq * xd| <= xd / 2 up to that rounding, which
+    # moves xq * xd by at most 127 * |d - d16| <= 127 * 2^-11 d: the 1 + 0.07 below. For q4_1/q5_1,
+    # s = float16(d * sum q) adds |s - d16 sum q| <= (2^-11 + 2^-11) |d sum q| per block.)
     w, x = problem
     qt = quantize(w, fmt)
     deq = qt.dequantize()  # (N, K)
@@ -152,7 +172,11 @@ def test_close_to_float_matmul_within_derived_bound(fmt, problem):
     _, xd, _ = quantize_activations(x)  # (B, NB)
     N, K = w.shape
     abs_blocks = np.abs(deq).reshape(N, K // BLOCK, BLOCK).sum(-1)  # (N, NB)
-    bound = 0.5 * (1 + 1e-4) * xd.astype(np.float64) @ abs_blocks.T + 1e-5 * np.abs(x) @ np.abs(deq).T + 1e-30
+    bound = 0.5 * (1 + 0.07) * xd.astype(np.float64) @ abs_blocks.T + 1e-5 * np.abs(x) @ np.abs(deq).T + 1e-30
+    if qt.mins is not None:
+        xq, xd16, _ = quantize_activations(x)
+        sums = np.abs(xq.astype(np.float64).sum(-1)) * xd16  # |d sum q| per block, (B, NB)
+        bound += 2 ** -10 * 1.01 * sums @ np.abs(qt._mins_f32.astype(np.float64)).T
     out = qt.matmul(x)
     assert np.all(np.abs(out - exact) <= bound)
 
@@ -185,17 +209,17 @@ def test_bad_x(x, error, words):
         qt.matmul(x)
 
 
-@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("fmt", ALL_FMTS)
 def test_reference_switch(fmt, monkeypatch):
     rng = np.random.default_rng(2)
     qt = quantize(rng.standard_normal((4, 64)).astype(np.float32), fmt)
     x = rng.standard_normal((3, 64)).astype(np.float32)
     monkeypatch.setenv("TINYINFER_REFERENCE", "1")
-    calls, real = [], kernels.quantized_matmul
-    monkeypatch.setattr(kernels, "quantized_matmul", lambda *a, **k: calls.append(a) or real(*a, **k))
+    calls, real = [], kernels.qtensor_matmul
+    monkeypatch.setattr(kernels, "qtensor_matmul", lambda *a, **k: calls.append(a) or real(*a, **k))
     out = qt.matmul(x)  # read at call time: no re-import needed
     assert calls == []
-    assert np.array_equal(out, quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x))
+    assert np.array_equal(out, twin(qt, x))
     monkeypatch.setenv("TINYINFER_REFERENCE", "0")
     qt.matmul(x)
     assert len(calls) == 1
@@ -205,13 +229,14 @@ def test_large_problem_takes_the_parallel_path_and_agrees():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((300, 512)).astype(np.float32)
     x = rng.standard_normal((33, 512)).astype(np.float32)
-    for fmt in FMTS:
+    for fmt in ALL_FMTS:
         qt = quantize(w, fmt)
         assert 33 * 300 * 512 >= kernels.PARALLEL_MIN_WORK // 8  # large enough to exercise many row tasks
-        ref = quantized_matmul_reference(fmt, qt._scales_f32, qt.quants, x)
+        ref = twin(qt, x)
         for parallel in (False, True):
-            out = kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x, parallel=parallel)
-            assert np.all(np.abs(out - ref) <= twin_tolerance(fmt, qt, x))
+            for xx, rr in ((x, ref), (x[:1], ref[:1])):  # batch tiles and the decode slabs
+                out = kernels.qtensor_matmul(qt, xx, parallel=parallel)
+                assert np.all(np.abs(out - rr) <= twin_tolerance(fmt, qt, xx))
 
 
 @pytest.mark.parametrize("fmt", FMTS)
@@ -235,3 +260,27 @@ def test_extreme_quants_pair_sums_stay_exact(fmt, parallel):
     wq = w_quants.astype(np.float32) if fmt == "q8_0" else np.full((N, NB, BLOCK), -8.0, np.float32)
     terms = np.einsum("bkj,nkj,bk,nk->bn", np.abs(xq.astype(np.float32)), np.abs(wq), xd, w_scales)
     assert np.all(np.abs(out - ref) <= 1e-5 * terms)
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q5_0", "q5_1", "iq4_nl"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_extreme_blocks_of_the_new_formats(fmt, kernel):
+    # every nibble and 5th bit set (q = 15 or 31, the largest iq4_nl level 113) or clear, x at +-127
+    rng = np.random.default_rng(6)
+    N, NB = 5, 3
+    scales = rng.uniform(0.5, 2, (N, NB)).astype(np.float16)
+    quants = rng.choice(np.array([0x00, 0xFF, 0xF0], np.uint8), size=(N, NB, BLOCK // 2))
+    mins = rng.uniform(-1, 1, (N, NB)).astype(np.float16) if fmt in ("q4_1", "q5_1") else None
+    high = rng.choice(np.array([0x00, 0xFF], np.uint8), size=(N, NB, 4)) if fmt.startswith("q5") else None
+    qt = QTensor(fmt, (N, NB * BLOCK), scales, quants, mins, high)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), size=(3, NB * BLOCK))
+    for xx in (x, x[:1]):
+        for parallel in (False, True):
+            out = kernels.qtensor_matmul(qt, xx, parallel=parallel, kernel=kernel)
+            assert np.all(np.abs(out - twin(qt, xx)) <= twin_tolerance(fmt, qt, xx))
+
+
+def test_unknown_kernel_is_named():
+    qt = quantize(np.ones((3, 64), np.float32), "q4_1")
+    with pytest.raises(ValueError, match="kernel must be 'simd' or 'loops'"):
+        kernels.qtensor_matmul(qt, np.ones((2, 64), np.float32), kernel="fast")

@@ -1,0 +1,394 @@
+"""Explicit-vector Numba kernels: the same products as loops.py, written with LLVM vectors.
+
+Lesson: lessons/04-quantization.py (section 4: plain loops, then this step beyond them)
+
+The arithmetic is the plain loops' (loops.py) and the NumPy twin's (formats.quantized_matmul_reference):
+
+    out[b, n] = sum_k float32(sum_j q_w[n,k,j] xq[b,k,j]) * wd[n,k] xd[b,k]  (+ sum_k wm[n,k] xs[b,k])
+
+Why explicit vectors: LLVM's loop vectorizer does not find this shape in plain loops (measured,
+numba 0.68 / LLVM 20): a block's 32 products summed in an int32 loop become an 8-wide loop plus a
+horizontal sum every block; float accumulators held in an array are reloaded and stored every
+block. So `Float32Tile` is a Numba type whose value is an LLVM array of `<LANES x float>` with
+constant indices only (registers), and `tile_block_step` is an intrinsic of generic LLVM vector
+IR that updates a whole tile of accumulators from one block of each row:
+
+  1. the weight block as 32 int8 in element order (`_weight_block`): q8_0 loaded as is; the 4-bit
+     formats' 16 bytes split into [low nibbles, high nibbles] (and, shift, one shuffle); q5_*
+     add their 5th bits (the 4 bytes spread to 32 lanes by a shuffle, masked, compared, 16 or 0);
+     q4_0 / q5_0 subtract 8 / 16; iq4_nl looks its 16 levels up with a byte shuffle (x86's pshufb,
+     the one non-generic instruction here: other CPUs use the plain loops for iq4_nl);
+  2. neighbouring products added in int32 (`_pair_dots`: sext, mul, even + odd lanes: x86's
+     vpmaddwd, which LLVM picks from this shape), with x widened to int16 once per call;
+  3. on AVX2 (8 float lanes) the 16 pair sums are halved once more in int32 (exact), then
+     converted to float32 and fused-multiply-added into the accumulator with the pair's block
+     scale wd[n,k] * xd[b,k] (precomputed per tile, LANES at a time).
+The lanes are summed once per output; the minimum's term of q4_1 / q5_1 is a separate sum over
+blocks. Batches (B >= 2) use TILE_W rows of W by TILE_X rows of x per tile (each weight block
+loaded and unpacked once for TILE_X rows of x); decode (B = 1) uses one row at a time, read as one
+sequential stream (`decode_rows`), with the same lanes and order, so a sequence's logits are the
+same whether it decodes alone or in a batch (tests/test_quant_kernels.py checks bit equality).
+
+Tiles: on AVX-512 (32 zmm registers) a 4 x 4 tile of 16-lane accumulators fits; on AVX2 (16 ymm)
+the accumulators are 8 lanes and the tile 4 x 2, so accumulators and the 4 weight vectors fit.
+`simd_rows.inspect_asm(sig)` shows the loop (compile with cache off to inspect).
+"""
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
+
+from .blocks import IQ4_NL_VALUES, WITH_HIGH_BITS, WITH_MIN
+
+
+def _host_has(feature):
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get(feature, False))
+    except Exception:  # noqa: BLE001 - unknown host: assume the narrower vectors
+        return False
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+WIDE = _host_has("avx512f")
+LANES = 16 if WIDE else 8  # float32 lanes of one accumulator: one zmm (AVX-512) or one ymm (AVX2)
+TILE_W = 4  # rows of W in one register tile: each loaded x block serves TILE_W rows of W
+TILE_X = 4 if WIDE else 2  # rows of x in one register tile: each loaded weight block serves TILE_X rows
+PREFETCH_ROWS = 2 * TILE_W  # the block step asks for W's blocks this many rows ahead (the tile after next)
+SIMD_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") + (("iq4_nl",) if X86 else ())
+
+_F32xL = ir.VectorType(ir.FloatType(), LANES)
+_I8x4, _I8x16, _I8x32 = (ir.VectorType(ir.IntType(8), n) for n in (4, 16, 32))
+_I16x32, _I32x32 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(32), 32)
+_I32 = ir.IntType(32)
+
+
+# --------------------------------------------------------------------------------------------
+# two compile-time arguments: the format, and a tile of zeros (its shape)
+
+
+class FormatType(types.Type):
+    """Numba type of a Format: the format name is part of the type, so each format compiles its
+    own kernel and the block step knows at compile time how to unpack."""
+
+    def __init__(self, fmt):
+        self.fmt = fmt
+        super().__init__(name=f"ggml_format_{fmt}")
+
+
+class Format:
+    """A format name as a kernel argument (Format("q4_1")): chooses the compiled kernel."""
+
+    def __init__(self, fmt):
+        self.fmt = fmt
+
+
+@typeof_impl.register(Format)
+def _typeof_format(val, c):
+    return FormatType(val.fmt)
+
+
+@register_model(FormatType)
+class _FormatModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.IntType(8))
+
+
+@unbox(FormatType)
+def _unbox_format(typ, obj, c):
+    return NativeValue(ir.Constant(ir.IntType(8), 0))
+
+
+class Float32Tile(types.Type):
+    """Numba type of rows x cols accumulators of <LANES x float>: an LLVM array value that lives in
+    registers (all its indices are constants, so LLVM splits it into rows * cols vectors)."""
+
+    def __init__(self, rows, cols):
+        self.rows, self.cols = rows, cols
+        super().__init__(name=f"float32x{LANES}_tile{rows}x{cols}")
+
+
+@register_model(Float32Tile)
+class _Float32TileModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.ArrayType(_F32xL, fe_type.rows * fe_type.cols))
+
+
+class ZeroTile:
+    """A tile of zeros as a Python argument: Numba types it as Float32Tile(rows, cols), so each
+    tile shape is compiled on its first call only."""
+
+    def __init__(self, rows, cols):
+        self.rows, self.cols = rows, cols
+
+
+@typeof_impl.register(ZeroTile)
+def _typeof_zero_tile(val, c):
+    return Float32Tile(val.rows, val.cols)
+
+
+@unbox(Float32Tile)
+def _unbox_zero_tile(typ, obj, c):
+    return NativeValue(ir.Constant(c.context.get_value_type(typ), None))
+
+
+@intrinsic
+def has_min(typingctx, tag):
+    """True for q4_1 / q5_1 (a compile-time constant: the other branch is compiled away)."""
+    return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
+        types.boolean, sig.args[0].fmt in WITH_MIN)
+
+
+@intrinsic
+def tile_cols(typingctx, tile):
+    """The tile's number of columns (x rows): a compile-time constant."""
+    return types.intp(tile), lambda context, builder, sig, args: context.get_constant(types.intp, sig.args[0].cols)
+
+
+# --------------------------------------------------------------------------------------------
+# LLVM IR pieces
+
+
+def _indices(*values):
+    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
+
+
+def _pointer(context, builder, aryty, ary, inds):
+    """The address of ary[inds] (no bounds check, no negative indices)."""
+    array = context.make_array(aryty)(context, builder, value=ary)
+    return cgutils.get_item_pointer(context, builder, aryty, array, inds, wraparound=False)
+
+
+def _load(context, builder, aryty, ary, inds, vector_type):
+    """The vector starting at ary[inds] (the last axis contiguous; unaligned load)."""
+    ptr = _pointer(context, builder, aryty, ary, inds)
+    return builder.load(builder.bitcast(ptr, vector_type.as_pointer()), align=1)
+
+
+def _splat8(value, n=32):
+    return ir.Constant(ir.VectorType(ir.IntType(8), n), [value] * n)
+
+
+def _pshufb16(builder, table, idx):
+    """table[idx] for <16 x i8> table and indices in 0..15: x86's pshufb (SSSE3)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I8x16, [_I8x16, _I8x16]),
+                                        "llvm.x86.ssse3.pshuf.b.128")
+    return builder.call(fn, [table, idx])
+
+
+def _weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, n, k):
+    """Block k of row n of W as <32 x i8>: the integers q_w of the block, in element order."""
+    zero = context.get_constant(types.intp, 0)
+    if fmt == "q8_0":
+        return _load(context, builder, wq_ty, wq, [n, k, zero], _I8x32)
+    packed = _load(context, builder, wq_ty, wq, [n, k, zero], _I8x16)  # (16,) bytes
+    low, high = builder.and_(packed, _splat8(15, 16)), builder.lshr(packed, _splat8(4, 16))
+    if fmt == "iq4_nl":  # the levels, looked up 16 at a time
+        table = ir.Constant(_I8x16, [int(v) for v in IQ4_NL_VALUES])
+        low, high = _pshufb16(builder, table, low), _pshufb16(builder, table, high)
+    q = builder.shuffle_vector(low, high, _indices(*range(32)))  # (32,): elements 0..15, then 16..31
+    if fmt in WITH_HIGH_BITS:
+        bits = _load(context, builder, wh_ty, wh, [n, k, zero], _I8x4)  # the uint32 of 5th bits
+        spread = builder.shuffle_vector(bits, bits, _indices(*[j // 8 for j in range(32)]))  # byte j//8 to lane j
+        mask = ir.Constant(_I8x32, [1 << (j % 8) for j in range(32)])
+        is_set = builder.icmp_unsigned("!=", builder.and_(spread, mask), _splat8(0))
+        q = builder.or_(q, builder.select(is_set, _splat8(16), _splat8(0)))
+    offset = {"q4_0": 8, "q5_0": 16}.get(fmt)
+    return builder.sub(q, _splat8(offset)) if offset else q
+
+
+def _pair_dots(builder, w, x):
+    """w <32 x i8>, x <32 x i16> -> <LANES x i32>: sums of neighbouring products, exact.
+
+    Products of neighbours added in int32 is what x86's vpmaddwd does in one instruction (LLVM
+    recognizes this shape); with 8 lanes the 16 pair sums are added pairwise once more."""
+    prod = builder.mul(builder.sext(w, _I32x32), builder.sext(x, _I32x32))  # (32,) int32
+    pairs = builder.add(builder.shuffle_vector(prod, prod, _indices(*range(0, 32, 2))),
+                        builder.shuffle_vector(prod, prod, _indices(*range(1, 32, 2))))  # (16,)
+    if LANES == 16:
+        return pairs
+    return builder.add(builder.shuffle_vector(pairs, pairs, _indices(*range(8))),
+                       builder.shuffle_vector(pairs, pairs, _indices(*range(8, 16))))  # (8,)
+
+
+def _scaled_add(builder, acc, pairs, scale_ptr):
+    """acc + float32(pairs) * *scale_ptr (one scale, broadcast to all lanes; fused multiply-add)."""
+    s = builder.load(scale_ptr)
+    s = builder.insert_element(ir.Constant(_F32xL, None), s, ir.Constant(_I32, 0))
+    s = builder.shuffle_vector(s, s, _indices(*[0] * LANES))  # broadcast
+    prod = builder.fmul(builder.sitofp(pairs, _F32xL), s, flags=("contract",))
+    return builder.fadd(acc, prod, flags=("contract",))
+
+
+def _prefetch(builder, ptr):
+    """Ask the cache for the line at ptr (read, keep in all levels): a hint, never a fault."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]),
+                                        "llvm.prefetch." + ("p0" if getattr(ptr.type, "is_opaque", False) else "p0i8"))
+    builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
+@intrinsic
+def tile_sums(typingctx, acc, sums):
+    """sums[i, j] = the sum of accumulator (i, j)'s lanes, as a tree (halves added until one is left)."""
+    def codegen(context, builder, sig, args):
+        acc, sums = args
+        for i in range(sig.args[0].rows):
+            for j in range(sig.args[0].cols):
+                v, n = builder.extract_value(acc, i * sig.args[0].cols + j), LANES
+                while n > 1:
+                    n //= 2
+                    v = builder.fadd(builder.shuffle_vector(v, v, _indices(*range(n))),
+                                     builder.shuffle_vector(v, v, _indices(*range(n, 2 * n))))
+                inds = [context.get_constant(types.intp, i), context.get_constant(types.intp, j)]
+                builder.store(builder.extract_element(v, ir.Constant(_I32, 0)),
+                              _pointer(context, builder, sig.args[1], sums, inds))
+        return context.get_dummy_value()
+    return types.none(acc, sums), codegen
+
+
+# --------------------------------------------------------------------------------------------
+# the block steps
+
+
+@intrinsic
+def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, x16, b0, scales):
+    """acc[i, j] + float32(pair dots of block k of W row min(n0 + i, n_last) and x row b0 + j) * scales[i, j, k].
+
+    wq, wh: the QTensor's quants and 5th bits (wh is not read for formats without them);
+    x16 int16 (B, NB, 32); scales float32 (TILE_W, cols, NB): wd[n, k] * xd[b, k].
+    Rows of W past n_last repeat row n_last (the caller drops their sums), so one tile shape
+    serves every N. Each weight block is loaded and unpacked once for the tile's cols, each x
+    block once for its rows.
+    """
+    tile = acc
+
+    def codegen(context, builder, sig, args):
+        _, acc, wq, wh, n0, n_last, k, x16, b0, scales = args
+        fmt = sig.args[0].fmt
+        wq_ty, wh_ty, x16_ty, scales_ty = sig.args[2], sig.args[3], sig.args[7], sig.args[9]
+        n0, n_last, k, b0 = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5, 6, 8))
+        const = lambda v: context.get_constant(types.intp, v)  # noqa: E731
+        clamp = lambda n, top: builder.select(builder.icmp_signed("<=", n, top), n, top)  # noqa: E731
+        # Rows PREFETCH_ROWS ahead: the tile after next. The hardware prefetcher does not follow
+        # TILE_W interleaved short streams well (measured: B = 1 was 1.3-2x slower without this).
+        last_row = builder.sub(cgutils.unpack_tuple(builder, context.make_array(wq_ty)(
+            context, builder, value=wq).shape)[0], const(1))
+        for i in range(tile.rows):
+            ahead = clamp(builder.add(n0, const(PREFETCH_ROWS + i)), last_row)
+            _prefetch(builder, _pointer(context, builder, wq_ty, wq, [ahead, k, const(0)]))
+        w = [_weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, clamp(builder.add(n0, const(i)), n_last), k)
+             for i in range(tile.rows)]  # (32,) int8 each
+        x = [_load(context, builder, x16_ty, x16, [builder.add(b0, const(j)), k, const(0)], _I16x32)
+             for j in range(tile.cols)]  # (32,) int16 each
+        for i in range(tile.rows):
+            for j in range(tile.cols):
+                a = builder.extract_value(acc, i * tile.cols + j)
+                scale_ptr = _pointer(context, builder, scales_ty, scales, [const(i), const(j), k])
+                a = _scaled_add(builder, a, _pair_dots(builder, w[i], x[j]), scale_ptr)
+                acc = builder.insert_value(acc, a, i * tile.cols + j)
+        return acc
+    return tile(tag, acc, wq, wh, n0, n_last, k, x16, b0, scales), codegen
+
+
+@intrinsic
+def row_block_step(typingctx, tag, acc, wq, wh, n, k, x16, scales):
+    """acc + float32(pair dots of block k of W row n and x16[0, k]) * scales[k]: one accumulator,
+    no prefetch (one row is one sequential stream, which the hardware prefetcher follows)."""
+    def codegen(context, builder, sig, args):
+        _, acc, wq, wh, n, k, x16, scales = args
+        n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5))
+        zero = context.get_constant(types.intp, 0)
+        w = _weight_block(context, builder, sig.args[0].fmt, sig.args[2], wq, sig.args[3], wh, n, k)
+        x = _load(context, builder, sig.args[6], x16, [zero, k, zero], _I16x32)  # (32,) int16
+        a = _scaled_add(builder, builder.extract_value(acc, 0), _pair_dots(builder, w, x),
+                        _pointer(context, builder, sig.args[7], scales, [k]))
+        return builder.insert_value(acc, a, 0)
+    return acc(tag, acc, wq, wh, n, k, x16, scales), codegen
+
+
+# --------------------------------------------------------------------------------------------
+# the kernels: rows n0..n1 of W against every row of x
+
+
+@njit(cache=True, fastmath=True)
+def min_term(wm, xs, n, b):
+    """sum_k wm[n, k] * xs[b, k]: what the minima of q4_1 / q5_1 add (one function, so decode and
+    batch add it in the same order)."""
+    m = np.float32(0)
+    for k in range(wm.shape[1]):
+        m += wm[n, k] * xs[b, k]
+    return m
+
+
+@njit(cache=True, fastmath=True)
+def simd_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
+    """out[:, n0:n1] for every row of x, tile by tile. wd, wm float32 (N, NB); xd, xs (B, NB);
+    x16 int16 (B, NB, 32); zero: ZERO_TILES[cols], cols dividing B."""
+    B, NB = xd.shape
+    cols = tile_cols(zero)
+    scales = np.empty((TILE_W, cols, NB), np.float32)  # wd[n, k] * xd[b, k]: the pair sums' scales
+    sums = np.empty((TILE_W, cols), np.float32)
+    for n_first in range(n0, n1, TILE_W):
+        n_last = min(n_first + TILE_W, n1) - 1  # the last tile repeats row n_last
+        for b0 in range(0, B, cols):
+            for i in range(TILE_W):
+                n = min(n_first + i, n_last)
+                for j in range(cols):
+                    for k in range(NB):  # vectorized: LANES scales per instruction
+                        scales[i, j, k] = wd[n, k] * xd[b0 + j, k]
+            acc = zero
+            for k in range(NB):
+                acc = tile_block_step(tag, acc, wq, wh, n_first, n_last, k, x16, b0, scales)
+            tile_sums(acc, sums)
+            for i in range(n_last + 1 - n_first):
+                for j in range(cols):
+                    v = sums[i, j]
+                    if has_min(tag):
+                        v += min_term(wm, xs, n_first + i, b0 + j)
+                    out[b0 + j, n_first + i] = v
+
+
+@njit(cache=True, parallel=True)
+def simd_parallel(tag, wd, wm, wq, wh, xd, xs, x16, out, zero, rows_per_task):
+    """simd_rows over all rows, split among threads (each task takes rows_per_task rows)."""
+    N = wq.shape[0]
+    for t in prange((N + rows_per_task - 1) // rows_per_task):
+        simd_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, t * rows_per_task, min(N, (t + 1) * rows_per_task), zero)
+
+
+@njit(cache=True, fastmath=True)
+def decode_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
+    """As simd_rows for B = 1 (xd (1, NB), x16 (1, NB, 32)), one row of W at a time; zero: DECODE_TILE."""
+    NB = xd.shape[1]
+    scales = np.empty(NB, np.float32)  # wd[n, k] * xd[0, k]
+    sums = np.empty((1, 1), np.float32)
+    for n in range(n0, n1):
+        for k in range(NB):
+            scales[k] = wd[n, k] * xd[0, k]
+        acc = zero
+        for k in range(NB):  # blocks in order, as simd_rows adds them
+            acc = row_block_step(tag, acc, wq, wh, n, k, x16, scales)
+        tile_sums(acc, sums)
+        v = sums[0, 0]
+        if has_min(tag):
+            v += min_term(wm, xs, n, 0)
+        out[0, n] = v
+
+
+@njit(cache=True, parallel=True)
+def decode_parallel(tag, wd, wm, wq, wh, xd, xs, x16, out, zero, parts):
+    """decode_rows over all rows, in `parts` contiguous slabs (one or a few per thread)."""
+    N = wq.shape[0]
+    for p in prange(parts):
+        decode_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, p * N // parts, (p + 1) * N // parts, zero)
+
+
+ZERO_TILES = {cols: ZeroTile(TILE_W, cols) for cols in range(1, TILE_X + 1)}
+DECODE_TILE = ZeroTile(1, 1)
+TAGS = {fmt: Format(fmt) for fmt in SIMD_FORMATS}
+NO_HIGH_BITS = np.zeros((1, 1, 4), np.uint8)  # stands in for wh where a format has no 5th bits (never read)
