@@ -216,7 +216,7 @@ def _string(s: bytes) -> bytes:
     (_header(n_tensors=1000), "1,000 tensor infos"),
     (_header(n_kv=1) + _string(b"k") + struct.pack("<I", 13) + bytes(8), "known value types"),
     (_header(n_kv=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2**50), "length of the value of 'k' is"),
-    (_header(n_kv=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2**20), "1,048,576 x STRING"),
+    (_header(n_kv=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2**18), "262,144 x STRING"),
     (_header(n_kv=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2) + _string(b"a") + struct.pack("<Q", 2**40),
      "length of the value of 'k'[1] is 1,099,511,627,776, which exceeds the limit"),
     (_header(n_kv=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2) + _string(b"a") + struct.pack("<Q", 99),

@@ -12,15 +12,16 @@ ways that a downloaded file can abuse:
   * count:  every JSON value becomes a Python object of ~30-100 bytes, so a 60 MB header of
             tiny entries becomes more than a gigabyte of dicts and lists.
 
-load_json checks all three *before* json.loads builds anything, with one cheap pass over the
-bytes (regular expression + NumPy, no Python loop per character):
+load_json bounds all three, without ever letting the parser build more than its limits allow:
 
-    1. the file size (from the file system, before reading) against max_bytes;
-    2. strings are cut out (brackets inside strings are text, not structure), then
-       deepest nesting  = the highest running count of '[' '{' minus ']' '}'   <= max_depth
-       values (upper bound) = containers + ':' + ',' + 1                       <= max_values
-    3. only then json.loads, which also refuses NaN / Infinity (not JSON, but Python accepts
-       them) and numbers that overflow to infinity.
+    1. the file size, from the file system before reading, against max_bytes;
+    2. an upper bound on the number of values, counted in C before parsing: every value after
+       the first follows a '[', '{', ',' or ':', so 1 + the count of those four bytes is at least
+       the number of values json.loads would build (those inside strings only raise the bound);
+    3. json.loads itself, which refuses NaN / Infinity here (not JSON, though Python accepts them)
+       and numbers that overflow to infinity, and whose RecursionError on very deep input we turn
+       into a named error;
+    4. the nesting depth of what was built, walked without recursion, against max_depth.
 
 Every problem raises JSONFileError (a ValueError) naming the file (`what`), the limit and the
 value found. Callers that speak a format of their own (safetensors, checkpoints) re-raise it as
@@ -31,47 +32,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 
-import numpy as np
-
-__all__ = ["JSONFileError", "load_json", "json_structure"]
+__all__ = ["JSONFileError", "load_json", "value_bound", "nesting_depth"]
 
 
 class JSONFileError(ValueError):
     """A JSON file or header that is malformed or larger / deeper than its limit."""
 
 
-# A JSON string: a quote, then runs of ordinary characters or backslash escapes, then a quote.
-# Written "unrolled" ([^"\\]* runs, then escape + run) so the regex engine eats long strings in
-# one tight loop instead of one alternation per character.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-# Each byte's step in nesting depth: +1 for '[' '{', -1 for ']' '}', 0 for everything else.
-_STEP = np.zeros(256, np.int8)
-_STEP[[ord("["), ord("{")]] = 1
-_STEP[[ord("]"), ord("}")]] = -1
-# NumPy works through the text this many bytes at a time, so its temporaries stay small (~6 MB).
-_CHUNK = 1 << 20
+def value_bound(raw: bytes) -> int:
+    """At least as many as the JSON values (object keys included) in raw, counted without parsing it."""
+    return 1 + raw.count(b"[") + raw.count(b"{") + raw.count(b",") + raw.count(b":")
 
 
-def json_structure(raw: bytes) -> tuple[int, int]:
-    """(deepest nesting, an upper bound on the number of values) of JSON text, without parsing it.
-
-    For invalid JSON the numbers are still bounds on what json.loads would build before failing.
-    """
-    bare = _STRING.sub(b'""', raw)  # (bytes): no string content left, only structure and scalars
-    values = 1 + bare.count(b":") + bare.count(b",") + bare.count(b"[") + bare.count(b"{")
-    return _deepest(bare), values
-
-
-def _deepest(text: bytes) -> int:
-    """The highest running count of openers minus closers (the nesting depth for balanced text)."""
-    depth = deepest = 0
-    for start in range(0, len(text), _CHUNK):
-        chunk = np.frombuffer(text, np.uint8, count=min(_CHUNK, len(text) - start), offset=start)
-        levels = depth + np.cumsum(_STEP[chunk], dtype=np.int32)  # (n,) the depth after each byte
-        deepest = max(deepest, int(levels.max()))
-        depth = int(levels[-1])
+def nesting_depth(data) -> int:
+    """How deeply arrays / objects nest in parsed JSON: 0 for a scalar, 1 for {"a": 1}, 2 for [[1]]."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:  # an explicit stack, not recursion: the data may be as deep as the parser allowed
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
 
 
@@ -90,9 +73,11 @@ def _read_bounded(source, what: str, max_bytes: int) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
             raise JSONFileError(f"{what} is {size:,} bytes, which exceeds the limit {max_bytes:,}")
-        raw = f.read(max_bytes + 1)  # +1: a file that grew since fstat still cannot slip past the limit
-    if len(raw) > max_bytes:
-        raise JSONFileError(f"{what} is over {max_bytes:,} bytes, which exceeds the limit {max_bytes:,}")
+        # read(n) allocates n bytes up front: ask for the size the file has, not for the limit. One more
+        # byte tells us if the file grew since fstat (then it may be past the limit: refuse it).
+        raw = f.read(size + 1)
+    if len(raw) > size:
+        raise JSONFileError(f"{what} grew while it was being read; expected {size:,} bytes")
     return raw
 
 
@@ -118,21 +103,19 @@ def _unique_keys(pairs: list) -> dict:
 
 def load_json(source, *, what: str, max_bytes: int, max_depth: int = 64, max_values: int | None = None,
               expect_object: bool = True, unique_keys: bool = False):
-    """Parse JSON from a path or bytes, refusing anything over its limits before parsing it.
+    """Parse JSON from a path or bytes, refusing anything over its limits.
 
     source:        a path (str / os.PathLike) or the JSON bytes themselves (e.g. a header)
     what:          how errors name the input, e.g. "models/x/config.json"
     max_bytes:     the largest input accepted, checked before the file is read
     max_depth:     the deepest nesting of arrays / objects accepted (1 for {"a": 1})
-    max_values:    the most JSON values (keys included) accepted, or None for no limit beyond max_bytes
+    max_values:    the most JSON values accepted (value_bound, checked before parsing), or None for
+                   no limit beyond max_bytes
     expect_object: the top level must be a JSON object (returned as a dict)
     unique_keys:   refuse an object that repeats a key (json keeps the last one silently)
     """
     raw = _read_bounded(source, what, max_bytes)
-    depth, values = json_structure(raw)
-    if depth > max_depth:
-        raise JSONFileError(f"{what} nests arrays/objects {depth:,} deep, which exceeds the limit {max_depth}")
-    if max_values is not None and values > max_values:
+    if max_values is not None and (values := value_bound(raw)) > max_values:
         raise JSONFileError(f"{what} holds up to {values:,} JSON values, which exceeds the limit {max_values:,}")
     try:
         text = raw.decode("utf-8")
@@ -141,10 +124,15 @@ def load_json(source, *, what: str, max_bytes: int, max_depth: int = 64, max_val
                           object_pairs_hook=_unique_keys if unique_keys else None)
     except UnicodeDecodeError as e:
         raise JSONFileError(f"{what} is not valid UTF-8 ({e})") from None
+    except RecursionError:  # the parser recurses per level; Python stops it near 1,000
+        raise JSONFileError(f"{what} nests arrays/objects more than {max_depth} deep (the limit), so deep "
+                            f"that Python's parser gave up") from None
     except JSONFileError as e:
         raise JSONFileError(f"{what}: {e}") from None
     except ValueError as e:  # JSONDecodeError, and int() refusing a number of more than 4300 digits
         raise JSONFileError(f"{what} is not valid JSON ({e})") from None
+    if (depth := nesting_depth(data)) > max_depth:
+        raise JSONFileError(f"{what} nests arrays/objects {depth:,} deep, which exceeds the limit {max_depth}")
     if expect_object and not isinstance(data, dict):
         raise JSONFileError(f"{what} must be a JSON object at the top level, got JSON {_json_kind(data)}")
     return data

@@ -77,17 +77,18 @@ TOKENIZER_JSON_BYTES = 64 << 20       # Gemma 3's tokenizer.json is 33 MB, GPT-2
 # safetensors: the header is ~150 bytes per tensor (16,384 tensors: ~2.5 MB). The reference
 # implementation allows 100 MB, but a 60 MB header of tiny entries parses into >1 GB of dicts.
 SAFETENSORS_HEADER_BYTES = 16 << 20
-SAFETENSORS_HEADER_VALUES = 16 * MAX_TENSORS + 4096  # ~14 JSON values per tensor entry, and metadata
+SAFETENSORS_HEADER_VALUES = 32 * MAX_TENSORS  # ~12 per tensor entry, ~5 more if metadata describes it
 SAFETENSORS_MAX_RANK = 16             # no model tensor has more than 5 dims; NumPy stops at 64
 
 # GGUF: a real file has ~30-50 keys, strings up to a chat template (KB) or an embedded
 # tokenizer.json (tens of MB), and arrays one entry per token (tokens, scores, types, merges).
-# Strings are parsed one by one (~0.5 us each), so the array limit also bounds the parse time:
-# 4x the largest real vocabulary, about half a second. (A GGUF model's vocabulary is therefore
-# limited to this too, below the vocab_size limit above, which only guards sizes.)
+# Strings are parsed one by one (~0.5 us each on a quiet laptop core, 2-3x that on a busy one),
+# so the array limit also bounds the parse time: 524,288 is twice the largest real token list
+# (Gemma 3: 262,144) and merge list (Llama 3: 280,147), and parses in a quarter of a second.
+# (A GGUF model's vocabulary is therefore held to this too, below the vocab_size limit above.)
 GGUF_MAX_KEYS = 65_536
 GGUF_MAX_STRING_BYTES = 64 << 20
-GGUF_MAX_ARRAY_LENGTH = 1 << 20
+GGUF_MAX_ARRAY_LENGTH = 1 << 19
 
 
 class LimitError(ValueError):
