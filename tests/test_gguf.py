@@ -282,3 +282,12 @@ def written_bytes(tmp_path_factory):
 
 def read_gguf_header_end(data: bytes) -> int:
     return parse_gguf(data).data_start
+
+
+def test_loaded_nbytes_counts_blocks_as_stored_and_plain_tensors_in_the_load_dtype(tmp_path):
+    path = tmp_path / "m.gguf"
+    q8 = GGUFTensor("q", TensorType.Q8_0, (3, 64), bytes(tensor_nbytes(TensorType.Q8_0, (3, 64))))
+    write_gguf(path, {}, [q8, GGUFTensor.from_array("h", np.ones((2, 5)), TensorType.F16)])
+    f = read_gguf(path)
+    assert f.loaded_nbytes() == 3 * 2 * 34 + 10 * 4
+    assert f.loaded_nbytes("float64") == 3 * 2 * 34 + 10 * 8

@@ -315,6 +315,13 @@ class GGUFFile:
                             f"blocks with tensor_bytes (e.g. QTensor.from_bytes)")
         return self.tensor_bytes(name).view(PLAIN_DTYPES[info.type]).reshape(info.shape)
 
+    def loaded_nbytes(self, dtype="float32") -> int:
+        """Bytes the tensors take once copied out of the file: plain ones (F32, F16, ...) as `dtype`,
+        ggml blocks as they are. Compare it with limits.check_memory before loading them."""
+        itemsize = np.dtype(dtype).itemsize
+        return sum(math.prod(info.shape) * itemsize if info.type in PLAIN_DTYPES else info.nbytes
+                   for info in self.tensors.values())
+
     def _info(self, name: str) -> TensorInfo:
         if name not in self.tensors:
             raise KeyError(f"no tensor {name!r} in this GGUF file; it has {list(self.tensors)[:8]}...")
