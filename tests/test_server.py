@@ -16,7 +16,9 @@ import tinyinfer
 from conftest import ROOT
 from tinyinfer.engine import LLM, SamplingParams
 from tinyinfer.engine.openai_api import chat_prompt
-from tinyinfer.engine.server import MAX_BODY_BYTES, make_server
+from tinyinfer.engine.server import ServerLimits, make_server
+
+MAX_BODY_BYTES = ServerLimits().max_body_bytes
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +244,7 @@ def check_error(status, payload, expected_status, param=None):
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "top_p": 1.5}, "top_p"),
     ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
-    ("/v1/completions", {"prompt": "x", "stop": [""]}, "stop"),
+    ("/v1/completions", {"prompt": "x", "stop": [""]}, "stop[0]"),
     ("/v1/completions", {"prompt": "x", "stream": "yes"}, "stream"),
     ("/v1/completions", {"max_tokens": 4}, "prompt"),
     ("/v1/completions", {"prompt": [1, 99999]}, "prompt"),  # out of the vocabulary: the engine says so
@@ -251,6 +253,27 @@ def check_error(status, payload, expected_status, param=None):
     ("/v1/chat/completions", {"messages": []}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 300}]}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 123}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": ["hi"]}, "messages[0]"),
+    # what cannot be sampled is refused up front, not inside a step shared with other requests
+    ("/v1/completions", {"prompt": "x", "temperature": 1e-320}, "temperature"),
+    ("/v1/completions", {"prompt": "x", "temperature": True}, "temperature"),
+    ("/v1/completions", {"prompt": "x", "top_p": "0.5"}, "top_p"),
+    ("/v1/completions", {"prompt": "x", "top_k": 1.5}, "top_k"),
+    ("/v1/completions", {"prompt": "x", "seed": -1}, "seed"),
+    ("/v1/completions", {"prompt": "x", "seed": 2**64}, "seed"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": True}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "ignore_eos": "no"}, "ignore_eos"),
+    ("/v1/completions", {"prompt": "x", "stop": 123}, "stop"),
+    ("/v1/completions", {"prompt": "x", "stop": ["a", 5]}, "stop[1]"),
+    ("/v1/completions", {"prompt": "x", "stop": ["s"] * 17}, "stop"),  # more than --max-stop-strings
+    ("/v1/completions", {"prompt": "x", "stop": ["s" * 257]}, "stop[0]"),  # more than --max-stop-bytes
+    ("/v1/completions", {"prompt": "x", "stop": "\ud800"}, "stop[0]"),  # a lone surrogate
+    ("/v1/completions", {"prompt": "\ud800"}, "prompt"),
+    ("/v1/completions", {"prompt": [True, False]}, "prompt"),
+    ("/v1/completions", {"prompt": list(range(300))}, "prompt"),  # more ids than the context
+    ("/v1/completions", {"prompt": "x", "model": 5}, "model"),
 ])
 def test_bad_parameters_are_400_naming_the_parameter(server, path, body, param):
     status, payload, _ = request(server, "POST", path, body)
@@ -264,6 +287,69 @@ def test_malformed_json_is_400(server):
     check_error(status, payload, 400)
     status, payload, _ = request(server, "POST", "/v1/completions", raw=b'["not", "an", "object"]')
     check_error(status, payload, 400)
+    status, payload, _ = request(server, "POST", "/v1/completions", raw=b"[" * 60_000)  # deeper than recursion
+    check_error(status, payload, 400)
+    assert "nested" in payload["error"]["message"]
+    status, payload, _ = request(server, "POST", "/v1/completions", raw=b'{"prompt": "x"}',
+                                 headers={"Content-Length": "\u00b2"})  # "²" is a digit to str.isdigit()
+    check_error(status, payload, 400)
+    assert "Content-Length" in payload["error"]["message"]
+
+
+def test_wrong_content_type_is_415_and_unknown_model_404(server):
+    status, payload, _ = request(server, "POST", "/v1/completions", raw=b'{"prompt": "x"}',
+                                 headers={"Content-Type": "text/plain"})
+    check_error(status, payload, 415)
+    status, payload, _ = request(server, "POST", "/v1/completions", {"model": "gpt-4", "prompt": "x"})
+    check_error(status, payload, 404, "model")
+    assert payload["error"]["code"] == "model_not_found"
+    # a charset parameter is fine, and so is the served model's name
+    status, payload, _ = request(server, "POST", "/v1/completions", completion_body("x", 2),
+                                 headers={"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200, payload
+
+
+def raw_exchange(server, data: bytes) -> tuple[int, dict, bytes]:
+    """Send raw bytes, read until the server closes -> (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),                   # request line too long
+    (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),  # a header line too long
+    (b"GET /health HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431),        # too many headers
+    (b"BREW /health HTTP/1.1\r\n\r\n", 501),                                     # a method nobody serves
+    (b"GET /health HTTP/9.0\r\n\r\n", 505),
+    (b"nonsense\r\n\r\n", 400),
+])
+def test_the_standard_librarys_own_errors_are_json(server, data, status):
+    got, headers, body = raw_exchange(server, data)
+    assert got == status and headers["Content-Type"] == "application/json"
+    check_error(got, json.loads(body), status)
+
+
+def test_head_and_options(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("HEAD", "/health")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/json" and resp.read() == b""
+    conn.request("OPTIONS", "/v1/chat/completions")
+    resp = conn.getresponse()
+    assert resp.status == 204 and resp.headers["Allow"] == "POST, OPTIONS" and resp.read() == b""
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("HEAD", "/v1/completions")
+    resp = conn.getresponse()
+    assert resp.status == 405 and resp.headers["Content-Type"] == "application/json" and resp.read() == b""
+    conn.close()
 
 
 def test_oversized_body_is_413_before_reading_it(server):
@@ -281,7 +367,7 @@ def test_unknown_path_404_and_wrong_method_405(server):
     check_error(status, payload, 404)
     status, payload, headers = request(server, "GET", "/v1/completions")
     check_error(status, payload, 405)
-    assert headers["Allow"] == "POST"
+    assert headers["Allow"] == "POST, OPTIONS"
     status, payload, _ = request(server, "POST", "/health", {})
     check_error(status, payload, 405)
 
@@ -324,3 +410,58 @@ def test_cli_has_serve():
 
     args = build_parser().parse_args(["serve", "--model", "tiny", "--port", "0"])
     assert (args.host, args.port, args.func.__name__) == ("127.0.0.1", 0, "cmd_serve")
+
+
+def test_too_many_json_values_are_refused_before_parsing(server):
+    for body in ({"prompt": "x", "stop": [f"s{i}" for i in range(90_000)]},  # 90k stop strings
+                 {"prompt": "x", "logit_bias": [[]] * 70_000}):              # slow to parse, few bytes
+        status, payload, _ = request(server, "POST", "/v1/completions", body)
+        check_error(status, payload, 413)
+        assert payload["error"]["code"] == "too_many_values" and "--max-json-values" in payload["error"]["message"]
+    # a prompt of ids as long as the context is fine (its commas are within the default limit)
+    status, payload, _ = request(server, "POST", "/v1/completions", {"prompt": [1] * 250, "max_tokens": 2})
+    assert status == 200, payload
+
+
+# ---- chat with the model's own template ------------------------------------------------------------
+
+
+class ChatMLTokenizer:
+    """The tiny model's tokenizer plus a ChatML chat template and an end-of-turn id, as a chat model's
+    tokenizer has them: the server must render with it, encode with special=True and stop at end_id."""
+    chat_template = "{% for message in messages %}...chatml...{% endfor %}"
+
+    def __init__(self, inner, end_id):
+        self.inner, self.stop_ids, self.special_calls = inner, frozenset({end_id}), []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    def encode(self, text, special=True):
+        self.special_calls.append(special)
+        return self.inner.encode(text)
+
+
+def test_chat_uses_the_tokenizers_template_and_stops_at_end_of_turn(model):
+    messages = [{"role": "user", "content": "Write a loop."}]
+    probe = ChatMLTokenizer(model.tokenizer, end_id=-1)
+    prompt_ids = model.tokenizer.encode(probe.apply_chat_template(messages))
+    free = LLM(model).generate(prompt_ids, SamplingParams(max_tokens=12, ignore_eos=True))[0].token_ids
+    k = max(i for i, t in enumerate(free) if t not in free[:i])  # the last token that is new where it appears
+    tokenizer = ChatMLTokenizer(model.tokenizer, end_id=free[k])
+    chat_model = tinyinfer.model.Model(model.config, model.params, tokenizer)
+    srv = make_server(chat_model, model_id="chat", port=0, quiet=True).start()
+    try:
+        status, out, _ = request(srv, "POST", "/v1/chat/completions",
+                                 {"messages": messages, "max_tokens": 12, "temperature": 0})
+        assert status == 200, out
+        assert out["usage"]["prompt_tokens"] == len(prompt_ids) and True in tokenizer.special_calls
+        assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] == k + 1
+        assert out["choices"][0]["message"]["content"] == model.tokenizer.decode(free[:k])
+        # the model without a template keeps tinyinfer's own (see test_chat_template)
+    finally:
+        srv.stop()

@@ -298,9 +298,16 @@ def cmd_tour(args):
 
 
 def cmd_serve(args):
-    from .engine.server import serve
+    from .engine.server import ServerLimits, serve
 
-    serve(resolve_model_path(args.model), host=args.host, port=args.port, max_num_seqs=args.max_num_seqs)
+    limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_json_values=args.max_json_values,
+                          max_prompt_bytes=args.max_prompt_bytes,
+                          max_stop_strings=args.max_stop_strings, max_stop_bytes=args.max_stop_bytes,
+                          max_connections=args.max_connections, backlog=args.backlog,
+                          request_timeout=args.request_timeout)
+    serve(resolve_model_path(args.model), host=args.host, port=args.port, limits=limits,
+          max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, num_blocks=args.num_blocks,
+          kv_cache_bytes=args.kv_cache_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,6 +450,27 @@ def add_serve_parser(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="at most this many requests in the running batch")
+    engine = p.add_argument_group("KV cache (sized for what is served, not for the model's declared context)")
+    engine.add_argument("--max-model-len", type=int, help="longest request served, prompt + max_tokens "
+                        "(default: the model's context, or what the cache holds if less)")
+    engine.add_argument("--num-blocks", type=int, help="KV-cache blocks of 16 positions (default: max-num-seqs "
+                        "full-length requests, within --kv-cache-bytes)")
+    engine.add_argument("--kv-cache-bytes", type=int, help="the most memory the KV cache may take "
+                        "(default 1 GiB or half the available memory, whichever is less)")
+    limits = p.add_argument_group("limits per request and per server (each refusal names its option)")
+    limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (default 1 MiB)")
+    limits.add_argument("--max-json-values", type=int, help="JSON values in a body, bounded before parsing "
+                        "(default 65,536, or 2 x max-model-len + 1024 if more)")
+    limits.add_argument("--max-prompt-bytes", type=int, help="a prompt's UTF-8 bytes, checked before tokenizing "
+                        "(default: the most that max-model-len tokens can be, at most the body limit)")
+    limits.add_argument("--max-stop-strings", type=int, default=16, help="stop strings per request (default 16)")
+    limits.add_argument("--max-stop-bytes", type=int, default=256, help="UTF-8 bytes per stop string (default 256)")
+    limits.add_argument("--max-connections", type=int, default=128,
+                        help="open connections, one thread each; beyond it a 503 (default 128)")
+    limits.add_argument("--backlog", type=int, default=128, help="connections queued before accept (default 128)")
+    limits.add_argument("--request-timeout", type=float, default=10.0,
+                        help="seconds to receive a request's headers and body, and the longest a write may "
+                             "stall (default 10)")
     p.set_defaults(func=cmd_serve)
 
 

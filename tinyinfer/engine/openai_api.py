@@ -6,12 +6,17 @@ The fields, their types and defaults, and the JSON that comes back follow OpenAI
 /v1/completions and /v1/chat/completions (non-streamed objects and streamed chunks), so the
 official `openai` client works unchanged. Nothing here knows about HTTP or threads:
 tinyinfer/engine/server.py calls these functions from its request handlers.
+
+Every field is checked before anything costly is done with it, and a refusal names the field,
+what was expected and (cut short) what came: a 400 is cheaper than any work a bad request could
+cause. Limits that a client may hit with a legitimate request (the number and length of stop
+strings) also name the `tinyinfer serve` option that raises them.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from ..sampling import MIN_TEMPERATURE, describe
 from .sampling_params import SamplingParams
 
 
@@ -30,11 +35,10 @@ class ApiError(Exception):
 
 @dataclass
 class Job:
-    """One checked request, on its way to the engine thread."""
+    """One checked, tokenized request, on its way to the engine thread."""
     request_id: str             # also the response's "id"
-    prompt: str | list[int]
-    params: SamplingParams      # its max_tokens is replaced by the engine thread (see max_tokens)
-    max_tokens: int | None      # None: whatever room the context leaves after the prompt (chat's default)
+    prompt_ids: list[int]
+    params: SamplingParams      # max_tokens already fitted to the context
     prompt_param: str           # the request field an error about the prompt names: "prompt" or "messages"
     chat: bool
     model: str
@@ -51,12 +55,12 @@ def get_param(body: dict, name: str, kinds, default, expected: str):
     if value is None:
         return default
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise ApiError(400, f"{name} must be {expected}, got {value!r}", param=name, code="invalid_value")
+        raise bad(name, expected, value)
     return value
 
 
 def bad(name: str, expected: str, value) -> ApiError:
-    return ApiError(400, f"{name} must be {expected}, got {value!r}", param=name, code="invalid_value")
+    return ApiError(400, f"{name} must be {expected}, got {describe(value)}", param=name, code="invalid_value")
 
 
 # Accepted only at the value that means "off": the server does not implement them.
@@ -64,11 +68,12 @@ UNSUPPORTED = {"logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,), "
                "presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},), "tools": ([],)}
 
 
-def parse_sampling(body: dict, default_max_tokens: int | None):
+def parse_sampling(body: dict, default_max_tokens: int | None, max_stop_strings: int = 16,
+                   max_stop_bytes: int = 256):
     """-> (SamplingParams, max_tokens or None), from OpenAI's fields plus vLLM's top_k and ignore_eos."""
     for name, off in UNSUPPORTED.items():
         if body.get(name) is not None and body[name] not in off:
-            raise ApiError(400, f"{name} is not supported by this server, got {body[name]!r}", param=name,
+            raise ApiError(400, f"{name} is not supported by this server, got {describe(body[name])}", param=name,
                            code="unsupported_parameter")
     n = get_param(body, "n", int, 1, "1")
     if n != 1:
@@ -80,27 +85,57 @@ def parse_sampling(body: dict, default_max_tokens: int | None):
     if max_tokens is not None and max_tokens < 1:
         raise bad("max_tokens", "an int >= 1", max_tokens)
     temperature = get_param(body, "temperature", (int, float), 1.0, "a number >= 0")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise bad("temperature", "a number >= 0 (0 is greedy)", temperature)
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf")):
+        raise bad("temperature", f"0 (greedy) or a finite number >= {MIN_TEMPERATURE} (smaller ones overflow "
+                                 f"logits / temperature)", temperature)
     top_p = get_param(body, "top_p", (int, float), 1.0, "a number in (0, 1]")
     if not 0 < top_p <= 1:
         raise bad("top_p", "a number in (0, 1]", top_p)
     top_k = get_param(body, "top_k", int, -1, "an int >= 1, or -1 or 0 for no limit (as in vLLM)")
     if top_k < -1:
         raise bad("top_k", "an int >= 1, or -1 or 0 for no limit (as in vLLM)", top_k)
-    seed = get_param(body, "seed", int, None, "an int >= 0")
-    if seed is not None and seed < 0:
-        raise bad("seed", "an int >= 0", seed)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)):
-        raise bad("stop", "a non-empty string or a list of them", stop)
+    seed = get_param(body, "seed", int, None, "an int in [0, 2**64)")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise bad("seed", "an int in [0, 2**64)", seed)
+    stop = parse_stop(body.get("stop"), max_stop_strings, max_stop_bytes)
     ignore_eos = get_param(body, "ignore_eos", bool, False, "true or false")
     params = SamplingParams(max_tokens=1, temperature=float(temperature), top_k=None if top_k < 1 else top_k,
-                            top_p=None if top_p == 1 else float(top_p), seed=seed, stop=stop or None,
+                            top_p=None if top_p == 1 else float(top_p), seed=seed, stop=stop,
                             ignore_eos=ignore_eos)
     return params, max_tokens
+
+
+def parse_stop(stop, max_stop_strings: int, max_stop_bytes: int) -> list[str] | None:
+    """A string or a list of strings, each non-empty, within the server's count and length limits.
+    The limits keep the engine's per-token stop check small (tinyinfer/engine/detokenizer.py)."""
+    if stop is None:
+        return None
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list):
+        raise bad("stop", "a non-empty string or a list of them", stop)
+    if len(stop) > max_stop_strings:
+        raise ApiError(400, f"stop has {len(stop)} strings; this server allows at most {max_stop_strings} "
+                            f"(tinyinfer serve --max-stop-strings)", param="stop", code="invalid_value")
+    for i, s in enumerate(stop):
+        if not isinstance(s, str) or not s:
+            raise bad(f"stop[{i}]", "a non-empty string", s)
+        try:
+            size = len(s.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise bad(f"stop[{i}]", "valid Unicode text (a lone surrogate came)", s) from None
+        if size > max_stop_bytes:
+            raise ApiError(400, f"stop[{i}] is {size} bytes of UTF-8; this server allows at most {max_stop_bytes} "
+                                f"(tinyinfer serve --max-stop-bytes)", param=f"stop[{i}]", code="invalid_value")
+    return stop or None
+
+
+def parse_model(body: dict, served: str):
+    """OpenAI answers a model it does not serve with 404 model_not_found; so do we. An absent
+    model field is taken to mean the one model served."""
+    model = get_param(body, "model", str, served, "a string (the served model's id)")
+    if model != served:
+        raise ApiError(404, f"the model {model[:100]!r} does not exist here; this server serves {served!r} "
+                            f"(GET /v1/models)", param="model", code="model_not_found")
 
 
 def parse_stream(body: dict) -> tuple[bool, bool]:
@@ -123,20 +158,15 @@ def parse_prompt(body: dict):
 CHAT_ROLES = ("system", "user", "assistant")
 
 
-def chat_prompt(messages) -> str:
-    """Messages -> one prompt string, in tinyinfer's chat template:
-
-        <|system|>\\nYou write Python.\\n<|user|>\\nA loop, please.\\n<|assistant|>\\n
-
-    The shipped models are small code LMs never trained on conversations, so this template is only
-    a convention: it makes /v1/chat/completions work end to end, not the model chat well. A model
-    tuned for chat would bring its own template (Hugging Face's chat_template), to be used here.
-    """
+def parse_messages(messages) -> list[dict]:
+    """Chat messages -> [{"role", "content"}] with string content, or a 400 naming messages[i]."""
     if not isinstance(messages, list) or not messages:
         raise bad("messages", "a non-empty list of {role, content} objects", messages)
-    parts = []
+    checked = []
     for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            raise bad(f"messages[{i}]", "an object with role and content", message)
+        role = message.get("role")
         if role not in CHAT_ROLES:
             raise bad(f"messages[{i}].role", f"one of {', '.join(CHAT_ROLES)}", role)
         content = message.get("content")
@@ -147,8 +177,40 @@ def chat_prompt(messages) -> str:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise bad(f"messages[{i}].content", "a string", content)
-        parts.append(f"<|{role}|>\n{content}\n")
-    return "".join(parts) + "<|assistant|>\n"
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+def chat_prompt(messages) -> str:
+    """Messages -> one prompt string, in tinyinfer's own chat template, for models without one:
+
+        <|system|>\nYou write Python.\n<|user|>\nA loop, please.\n<|assistant|>\n
+
+    The shipped models are small code LMs never trained on conversations, so this template is only
+    a convention: it makes /v1/chat/completions work end to end, not the model chat well. A model
+    tuned for chat brings its own template (its tokenizer's chat_template), which the server uses
+    instead (tinyinfer/engine/server.py: Handler.chat_ids).
+    """
+    return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in parse_messages(messages)) + "<|assistant|>\n"
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None)) and hasattr(tokenizer, "apply_chat_template")
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The ids that end an assistant's turn: the tokenizer's end-of-text id, any stop ids it lists,
+    and the end-of-turn markers of the common templates when its vocabulary has them (ChatML's
+    <|im_end|>, Llama 3's <|eot_id|>)."""
+    ids = set()
+    eos = getattr(tokenizer, "eos_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    for name in ("eos_ids", "stop_ids", "stop_token_ids"):
+        ids.update(t for t in getattr(tokenizer, name, None) or () if isinstance(t, int))
+    specials = getattr(tokenizer, "special_tokens", None) or {}
+    ids.update(specials[t] for t in ("<|im_end|>", "<|eot_id|>") if t in specials)
+    return sorted(ids)
 
 
 # ---- writing responses ---------------------------------------------------------------------------
