@@ -51,7 +51,7 @@ GPT2 = {"model_type": "gpt2", "vocab_size": 40, "n_embd": 16, "n_layer": 1, "n_h
 
 def hf_folder(folder: Path, config: dict = LLAMA) -> Path:
     """A complete, loadable Hugging Face folder for `config` (random weights)."""
-    from tinyinfer.checkpoint import param_shapes
+    from tinyinfer.model import param_shapes
 
     folder.mkdir(parents=True, exist_ok=True)
     shapes = param_shapes(config_from_hf(config))

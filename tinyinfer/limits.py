@@ -123,7 +123,7 @@ def model_bytes(config, dtype="float32", matrix_format: str | None = None) -> in
     """
     import numpy as np
 
-    from .checkpoint import param_shapes  # here, not at import: checkpoint imports this module
+    from .model import param_shapes  # here, not at import: model.py imports config.py, which imports this module
 
     itemsize = np.dtype(dtype).itemsize
     per_block, block_bytes = 1, itemsize
