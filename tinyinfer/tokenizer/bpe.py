@@ -16,6 +16,7 @@ import operator
 import os
 from typing import Iterable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from .byte_level import bytes_to_token_string, bytes_to_unicode, token_string_to_bytes
@@ -97,6 +98,10 @@ class Tokenizer:
         byte_chars = bytes_to_unicode()
         self._byte_ids = [self._vocab.get(byte_chars[b], MISSING_BYTE) for b in range(256)]
         self._missing_bytes = bytes(b for b in range(256) if self._byte_ids[b] == MISSING_BYTE)
+        self._byte_id_array = np.array(self._byte_ids, dtype=np.int64)   # (256,) for long pre-tokens
+        # The cache holds ids of long pre-tokens too; making them these shared int objects (not
+        # fresh ones from a NumPy array) keeps each cached id at 8 bytes instead of 36.
+        self._id_objects = list(range(len(self._id_to_str)))
         broken = [f"{b:#04x} ({byte_chars[b]!r})" for b in self._missing_bytes if 0x20 <= b < 0x7F]
         if broken:
             raise ValueError(f"unsupported vocab: no token for byte(s) {', '.join(broken[:5])}"
@@ -215,30 +220,36 @@ class Tokenizer:
 
     # ---- encoding --------------------------------------------------------------------
 
-    def _encode_pretoken(self, piece: str) -> tuple[int, ...]:
-        """One pre-token -> its ids (and into the cache)."""
+    def _encode_pretoken(self, piece: str) -> tuple[int, ...] | list[int]:
+        """One pre-token -> its ids (and into the cache, unless it is too long to keep)."""
         data = piece.encode("utf-8")
         whole = self._vocab.get(bytes_to_token_string(data)) if self._ignore_merges else None
         if whole is not None:
             ids = (whole,)
         elif len(data) >= LONG_PIECE:
-            byte_ids = self._byte_ids
-            ids = tuple(apply_merges_kernel([byte_ids[b] for b in data], self._merges))
+            symbols = self._byte_id_array[np.frombuffer(data, np.uint8)]       # (n,) int64, a copy
+            merged = apply_merges_kernel(symbols, self._merges)
+            if self._missing_bytes:
+                merged = merged[merged != MISSING_BYTE]
+            if len(piece) > self._cache.max_piece_chars:
+                return merged.tolist()                                       # too long to cache
+            ids = tuple(map(self._id_objects.__getitem__, merged.tolist()))  # the shared int objects
         else:
             byte_ids = self._byte_ids
             ids = tuple(apply_merges([byte_ids[b] for b in data], self._merges.pairs))
-        if self._missing_bytes and MISSING_BYTE in ids:
-            ids = tuple(i for i in ids if i != MISSING_BYTE)
+            if self._missing_bytes and MISSING_BYTE in ids:
+                ids = tuple(i for i in ids if i != MISSING_BYTE)
         self._cache.put(piece, ids)
         return ids
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
         """Text with no special tokens in it: pre-tokenize, then BPE each pre-token."""
-        cached = self._cache.get
+        cached = self._cache.entries.get
+        encode_pretoken = self._encode_pretoken
         for piece in self._split(text):
             ids = cached(piece)
             if ids is None:
-                ids = self._encode_pretoken(piece)
+                ids = encode_pretoken(piece)
             out += ids
 
     def encode(self, text: str, special: bool = True) -> list[int]:
@@ -300,7 +311,20 @@ class Tokenizer:
         whenever the vocabulary has a token for every byte of s (see missing_bytes).
         special=False leaves control tokens out ("<|im_end|>" renders as nothing)."""
         table = self._id_to_bytes if special else self._id_to_text_bytes
-        return b"".join(table[self._check_id(i)] for i in ids)
+        return b"".join([table[i] for i in self._checked_ids(ids)])
+
+    def _checked_ids(self, ids: Iterable[int]) -> list[int]:
+        """ids as a list of valid Python ints: checked all at once with NumPy (fast), or one by
+        one with _check_id when something is wrong (for an error that names the bad id)."""
+        ids = ids if isinstance(ids, np.ndarray) else list(ids)
+        try:
+            array = np.asarray(ids)
+        except (OverflowError, ValueError, TypeError):
+            array = None
+        if (array is not None and array.ndim == 1 and array.dtype.kind in "iu"
+                and (array.size == 0 or (array.min() >= 0 and array.max() < len(self._id_to_str)))):
+            return array.tolist()
+        return [self._check_id(i) for i in ids]
 
     def decode(self, ids: Iterable[int], special: bool = True) -> str:
         """Ids -> text. decode(encode(s)) == s for every str s (with special=True or False),

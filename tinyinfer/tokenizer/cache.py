@@ -54,6 +54,12 @@ class PieceCache:
     def get(self, piece: str) -> tuple[int, ...] | None:
         return self._entries.get(piece)
 
+    @property
+    def entries(self) -> dict[str, tuple[int, ...]]:
+        """The dict itself, for a hot loop's lookups (read-only: add with put). Eviction
+        replaces it with a new dict, so a reference held across puts may go stale, never wrong."""
+        return self._entries
+
     def put(self, piece: str, ids: tuple[int, ...]) -> None:
         if len(piece) > self.max_piece_chars:
             return

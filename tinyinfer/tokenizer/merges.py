@@ -98,13 +98,15 @@ def apply_merges(ids: list[int], merges: dict[tuple[int, int], tuple[int, int]])
     return [s for s, a in zip(sym, alive) if a]
 
 
-def apply_merges_kernel(ids: list[int], table: MergeTable) -> list[int]:
-    """apply_merges compiled with Numba: same input, same output, for long pre-tokens."""
+def apply_merges_kernel(ids, table: MergeTable) -> np.ndarray:
+    """apply_merges compiled with Numba, for long pre-tokens: same ids out, as an int64 array.
+    `ids` is a list of ints or an int64 array (which is merged in place)."""
+    ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
-        return list(ids)
+        return ids
     if len(ids) >= 1 << 31:
         raise ValueError(f"a pre-token of {len(ids):,} bytes is too long (positions must fit 31 bits)")
     from .merge_kernel import merge_kernel   # imports Numba: only when a long pre-token needs it
 
     keys, ranks, merged = table.arrays()
-    return merge_kernel(np.array(ids, dtype=np.int64), keys, ranks, merged, table.vocab_size).tolist()
+    return merge_kernel(ids, keys, ranks, merged, table.vocab_size)
