@@ -45,6 +45,7 @@ def test_csr_weights_survive_save_and_load(tmp_path, family, dtype):
     described = json.loads(metadata[SPARSE_METADATA_KEY])
     assert set(described) == set(names)
     assert names[0] not in tensors and tensors[names[0] + ".indptr"].dtype == np.int32
+    assert tensors[names[1] + ".indices"].dtype == np.uint16  # compact columns: K <= 65,536
     assert tensors[names[1] + ".data"].dtype == np.float32  # CSR values stay float32 whatever the dtype
     loaded = tinyinfer.load(tmp_path)
     for name in names:
@@ -63,6 +64,23 @@ def test_a_model_with_dense_and_csr_layers_round_trips(tmp_path):
     tinyinfer.save(model, tmp_path)
     loaded = tinyinfer.load(tmp_path)
     assert [n for n, v in loaded.params.items() if isinstance(v, CSRMatrix)] == [name]
+    np.testing.assert_array_equal(loaded.logits(IDS), model.logits(IDS))
+
+
+def test_files_with_int32_columns_still_load(tmp_path):
+    # Files written before compact columns hold SciPy's int32 indices: they load as they are, and
+    # multiply exactly as the same model with uint16 columns does.
+    model = sparse_model("llama")
+    wide = dict(model.params)
+    for name, w in wide.items():
+        if isinstance(w, CSRMatrix):
+            wide[name] = w.with_index_dtype(np.int32)
+    tinyinfer.save(type(model)(model.config, wide, model.tokenizer), tmp_path)
+    tensors, _ = read_safetensors(tmp_path / "model.safetensors")
+    assert {t.dtype for n, t in tensors.items() if n.endswith(".indices")} == {np.dtype(np.int32)}
+    loaded = tinyinfer.load(tmp_path)
+    csr = [w for w in loaded.params.values() if isinstance(w, CSRMatrix)]
+    assert csr and all(w.indices.dtype == np.int32 for w in csr)
     np.testing.assert_array_equal(loaded.logits(IDS), model.logits(IDS))
 
 

@@ -4,91 +4,111 @@ Lesson: lessons/05-pruning.py
 
     out[b, n] = sum over j in indptr[n] .. indptr[n+1]-1 of  data[j] * x[b, indices[j]]
 
-Two shapes of work, two loop orders:
+Two shapes of work, two kernels each:
 
-* decode, x: (K,) -> `spmv_rows` (sparse matrix x vector). One row at a time, a float32 sum over
-  its nonzeros; each x[indices[j]] is a gather, a load from wherever the column points.
-* prefill/batch, x: (B, K) -> `spmm_rows` (sparse x dense). x is transposed to (K, B) first, so a
-  stored weight w = data[j] meets the contiguous row xT[indices[j], :] and `acc[b] += w * xT[col, b]`
-  over b is a plain vector multiply-add: one gather per weight instead of one per weight per row of x.
+* decode, x: (K,) -> `spmv_rows` (sparse matrix x vector), a plain loop that reads like the
+  formula: one row at a time, a float32 sum over its nonzeros, each x[indices[j]] a gather (a load
+  from wherever the column points).
+* prefill/batch, x: (B, K) -> x is transposed to xT (K, B) first, so a stored weight w = data[j]
+  meets the contiguous row xT[indices[j], :]: one gather per weight instead of one per weight per
+  row of x. `spmm_rows` is the plain loop (`acc[b] += w * xT[col, b]`); `spmm_rows_vector` is the
+  measured step beyond it: the same product with its accumulators in explicit 8-lane vectors.
 
-fastmath: off. FACTS.md reports a CSR gather loop 2.3x *slower* with fastmath on this kind of
-machine (LLVM vectorizes the sum with gather instructions, which are slow on AMD EPYC; here
-vgatherqps, 8 lanes with 64-bit indices, seen in the assembly). Measured
-again by `python -m tinyinfer.bench.sparse` (serial kernels, 4096 x 4096, busy 2-core EPYC, numba
-0.68, three runs): the SpMV with fastmath took 1.5-2.2x as long as without at densities 0.5 down to
-0.05 (e.g. 2.0 vs 4.0 ms at 10%); the SpMM (B = 16) took 1.03-1.09x as long with it. (Those were the
-one-accumulator kernel.) The SpMM inner loop vectorizes over b without fastmath because it is not
-a reduction.
+Why each kernel is written the way it is, in ns per nonzero of compute alone: `python -m
+tinyinfer.bench.sparse --variants` times each way of writing it on a 1024 x 1024 matrix at 10%
+density (~100 nonzeros a row) that stays in the caches, by the thread's CPU time (the time other
+jobs held the core is not counted), best of 200 calls. Three runs on a 2-core AMD EPYC (Zen 3,
+AVX2, 2.45 GHz; numba 0.68, LLVM 20) while other jobs kept the load average at 8-9, so the ranges
+are wide; uint16 and int32 columns run the same instructions and are pooled here:
 
-Why the SpMV was slow, and the fix: one float32 accumulator per row is one chain of dependent adds,
-~4 cycles each, so the old kernel ran at ~1 nonzero per 4 cycles whatever the memory could do
-(1.5-1.6 ms at 4096 x 4096, 10% density, ~1.7M nonzeros). `spmv_rows` now keeps four accumulators
-(nonzero j goes to j mod 4) and uses unsigned offsets for data, indices and x: Numba then skips its
-negative-index wraparound test on every load (signed offsets cost a shift, an and and a cmov per
-load, seen in the assembly). Measured interleaved in one process (busy 2-core EPYC, load average ~5,
-minimum of 15 rounds): 10% density 0.79-0.87 ms (old 1.55 ms; scipy.sparse 1.42-1.48 ms, so
-~1.7x SciPy), 5% density 0.47 ms (old 0.97; SciPy 0.82). Eight accumulators were no faster; four
-accumulators with fastmath (FMA, or gathers) were within noise of these. Versus dense NumPy the
-ratio could not be measured fairly: the busy machine slowed the dense `W @ x` (64 MB, memory-bound)
-to 3-15 ms from its quiet 1.85 ms, so 0.8 ms is ~2.2x the quiet dense time, short of 3x.
-The sums are in a different order from the NumPy twin's reduceat: the tests bound the difference.
+    SpMV, written as                                      ns per nonzero
+    spmv_rows (below)                                     0.36-0.50
+    the formula as written (signed offsets)               1.5-2.4
+    no reassociation (one chain of adds)                  0.71-0.95
+    four scalar accumulators (the previous kernel)        0.47-0.62
+    fastmath=True (every flag)                            0.38-0.54
+    explicit 8-lane llvm.masked.gather                    0.50-0.64
+    explicit 8-lane AVX2 vgatherdps                       0.56-0.77
 
-Threads: rows are split into chunks of roughly equal *work* (nonzeros + one per row, read off
-indptr: `balanced_row_chunks`), not equal row counts, because a pruned matrix's rows can differ
-a lot in nonzeros (Wanda keeps the same count per row; global magnitude pruning does not).
-prange runs over the chunks, a few per thread so a slow thread (the other core is busy) does not
-hold the rest back. The threading layer is the one tinyinfer/quant/kernels.py chooses (workqueue,
-~44 us a parallel region instead of OpenMP's ~8 ms here); importing that module makes the choice,
-so both kinds of kernel agree.
+* fastmath={"reassoc", "contract"}: the row's sum may be reordered, so LLVM vectorizes it (8
+  lanes, four vectors in flight, each x[indices[j]] loaded by a scalar load into its lane) and
+  fuses the multiply-add. No NaN/Inf assumption is made (CSRMatrix.matmul refuses them anyway);
+  the other fastmath flags add nothing measurable.
+* Unsigned offsets, `np.uintp(...)` around the row bounds and the column: Numba otherwise tests
+  every signed index for "negative, so count from the end" (a shift, an and, a select a load),
+  which also stops the vectorizer.
+* Explicit vector gathers are measured and not used: this CPU's vgatherdps is no faster than
+  scalar loads, and LLVM turns its generic llvm.masked.gather back into scalar loads here. The
+  loop is near its limit: about two loads a nonzero (the column, then x), and this core issues
+  three loads a cycle, so ~0.3 ns a nonzero at 2.45 GHz is the floor (an estimate, not measured).
 
-When to use threads (`parallel=None`): decode (B = 1) always runs serial, as in tinyinfer/quant:
-on this 2-core machine with one core busy, the parallel SpMV measured 0.4-0.98x of the serial one
-(4096 x 4096, densities 0.5-0.05). Batches run parallel from PARALLEL_MIN_WORK multiply-adds
-(B * nnz) on: there the busy-machine measurement was mostly 0.94-1.0x (once 0.56x at 5% density;
-the second core was taken). That it pays on an idle machine is expected, not yet measured. Re-measure with
-`python -m tinyinfer.bench.sparse` on an idle machine. `parallel=True/False` forces either.
+16-bit columns (csr.py: uint16 when K <= 65,536) cost nothing in instructions (a zero-extending
+16-bit load instead of a 32-bit one) and save a quarter of the bytes: that pays when the product
+waits on memory, as a product from RAM on both cores does. The kernels take uint16, int32 and
+int64 columns; Numba compiles one version per dtype.
+
+The batch kernels. In `spmm_rows`, acc is an array, so every multiply-add loads and stores acc[b]
+through memory (a dependency from one nonzero to the next) and LLVM checks at run time that acc
+and xT do not overlap. `spmm_rows_vector` pads B to a multiple of 8 and, for each row and each 8
+columns of the batch, keeps four `Float32x8` accumulators (LLVM vectors: registers) that take every
+fourth nonzero: per nonzero one broadcast of w, one 8-float load of xT, one fused multiply-add,
+four chains in flight. Same runs as the table, ns per nonzero:
+
+    B = 3  (padded to 8)     spmm_rows 4.3-5.0     spmm_rows_vector 0.78-1.0
+    B = 16 (two vectors)     spmm_rows 5.1-7.7     spmm_rows_vector 1.9-2.8
+
+Its intrinsics are a few lines of generic LLVM vector IR (load, shufflevector, fmul/fadd with
+"contract"), not x86 instructions, so it runs on any CPU Numba does. Summation orders differ
+(lanes, four accumulators, fused multiply-adds) between the kernels and the twin: the tests bound
+the difference by float32 rounding of the sum of |terms|.
+
+Threads: rows are split into chunks of about equal *work* (nonzeros + one per row, read off indptr:
+`balanced_row_chunks`), not equal row counts, because a pruned matrix's rows can differ a lot in
+nonzeros (Wanda keeps the same count per row; global magnitude pruning does not). No false
+sharing: the output is allocated on a 64-byte boundary and chunk boundaries fall on multiples of
+16 rows, so two threads never write the same 64-byte cache line of out (decode) or outT (the vector
+batch kernel; the plain one's (B, N) out shares a line at a boundary when N is not a multiple of
+16). The thread policy (BLAS held to one thread while these kernels own the cores, the threading
+layer) is tinyinfer/threads.py's; `csr_matmul` applies it before its first parallel product.
+
+A product runs in parallel from PARALLEL_MIN_WORK = 2^18 multiply-adds (B * nnz) on, decode
+included: starting the threads costs ~45 us on a quiet machine (tinyinfer/threads.py), the time
+of ~100,000 nonzeros at ~0.45 ns, and halving the work pays for that from about twice as many.
+`python -m tinyinfer.bench.sparse --variants` prints serial against parallel wall times by size:
+with the load average at 9 (two threads waiting for cores other jobs held) starting them cost
+~200 us and the parallel SpMV was 0.84x the serial one at 4096 x 4096, 10% density; re-measure
+on a quiet machine. `parallel=True/False` forces either; `tinyinfer.threads.set_kernel_threads(1)`
+makes every kernel serial.
 
 Kernels are compiled on first use and cached on disk (cache=True).
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
-from ..quant import kernels as _quant_kernels  # noqa: F401  (sets numba's threading layer: one choice for tinyinfer)
+from .. import threads
 
-PARALLEL_MIN_WORK = 1 << 24  # multiply-adds (B * nnz) from which a batch is split among threads
-CHUNKS_PER_THREAD = 4  # more chunks than threads: a slow thread takes fewer of them
-FASTMATH = False  # measured: fastmath=True made the one-accumulator SpMV 1.5-2.2x slower (module docstring)
+PARALLEL_MIN_WORK = 1 << 18  # multiply-adds (B * nnz) from which a product is split among threads
+ALIGN_ROWS = 16  # chunk boundaries on multiples of 16 rows: 16 float32 outputs = one 64-byte line
+FASTMATH = {"reassoc", "contract"}  # reorder the row's sum (vectorize it), fuse multiply-adds
+LANES = 8  # float32 lanes of one Float32x8: one AVX2 ymm register (two NEON registers)
 
 # --------------------------------------------------------------------------------------------
-# rows r0..r1 of the product, one thread
+# plain loops: rows r0..r1 of the product, one thread
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def spmv_rows(indptr, indices, data, x, out, r0, r1):
-    """x float32 (K,) -> fills out[r0:r1] (float32 (N,)).
-
-    Four accumulators take every fourth nonzero: four independent chains of float adds instead
-    of one (each add waits ~4 cycles for the previous one). Offsets are unsigned (no
-    negative-index test on any load). Summed as (a0 + a1) + (a2 + a3) at the end of the row.
-    """
-    one, four = np.uintp(1), np.uintp(4)
+    """x float32 (K,) -> fills out[r0:r1] (float32 (N,)). Unsigned offsets: see the module docstring."""
     for n in range(r0, r1):
-        j, end = np.uintp(indptr[n]), np.uintp(indptr[n + 1])
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        while j + four <= end:
-            a0 += data[j] * x[np.uintp(indices[j])]
-            a1 += data[j + one] * x[np.uintp(indices[j + one])]
-            a2 += data[j + np.uintp(2)] * x[np.uintp(indices[j + np.uintp(2)])]
-            a3 += data[j + np.uintp(3)] * x[np.uintp(indices[j + np.uintp(3)])]
-            j += four
-        while j < end:  # the row's last 0..3 nonzeros
-            a0 += data[j] * x[np.uintp(indices[j])]
-            j += one
-        out[n] = (a0 + a1) + (a2 + a3)
+        acc = np.float32(0.0)
+        for j in range(np.uintp(indptr[n]), np.uintp(indptr[n + 1])):
+            acc += data[j] * x[np.uintp(indices[j])]
+        out[n] = acc
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -98,13 +118,113 @@ def spmm_rows(indptr, indices, data, xT, out, r0, r1):
     acc = np.empty(B, np.float32)
     for n in range(r0, r1):
         acc[:] = 0
-        for j in range(np.uintp(indptr[n]), np.uintp(indptr[n + 1])):  # unsigned: no wraparound tests
+        for j in range(np.uintp(indptr[n]), np.uintp(indptr[n + 1])):
             w = data[j]
             col = np.uintp(indices[j])
             for b in range(B):  # contiguous in xT: a vector multiply-add, no reduction
                 acc[b] += w * xT[col, b]
         for b in range(B):
             out[b, n] = acc[b]
+
+
+# --------------------------------------------------------------------------------------------
+# the step beyond for batches: accumulators as explicit 8-lane vectors
+#
+# Float32x8 is a Numba type whose value is an LLVM <8 x float>: a local variable of this type lives
+# in a register. The intrinsics are its whole vocabulary: zeros, w * 8 consecutive floats added in,
+# a sum of two, a store of 8 floats.
+
+_F32x8 = ir.VectorType(ir.FloatType(), LANES)
+
+
+class Float32x8(types.Type):
+    """Numba type of eight float32 lanes held as one LLVM vector value."""
+
+    def __init__(self):
+        super().__init__(name="float32x8")
+
+
+float32x8 = Float32x8()
+
+
+@register_model(Float32x8)
+class _Float32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _F32x8)
+
+
+def _address(context, builder, aryty, ary, inds):
+    """The address of ary[inds] as a pointer to <8 x float> (no bounds check, no negative indices)."""
+    array = context.make_array(aryty)(context, builder, value=ary)
+    ptr = cgutils.get_item_pointer(context, builder, aryty, array, inds, wraparound=False)
+    return builder.bitcast(ptr, _F32x8.as_pointer())
+
+
+def _intp(context, builder, value, ty):
+    return context.cast(builder, value, ty, types.intp)
+
+
+@intrinsic
+def zeros8(typingctx):
+    """Eight float32 zeros."""
+    return float32x8(), lambda context, builder, sig, args: ir.Constant(_F32x8, [0.0] * LANES)
+
+
+@intrinsic
+def add8(typingctx, a, b):
+    """Lane-wise a + b."""
+    return float32x8(a, b), lambda context, builder, sig, args: builder.fadd(args[0], args[1])
+
+
+@intrinsic
+def fma_row8(typingctx, acc, w, xT, col, b0):
+    """acc + w * xT[col, b0 : b0+8] (w broadcast to the 8 lanes; one fused multiply-add)."""
+    def codegen(context, builder, sig, args):
+        acc, w, xT, col, b0 = args
+        inds = [_intp(context, builder, col, sig.args[3]), _intp(context, builder, b0, sig.args[4])]
+        row = builder.load(_address(context, builder, sig.args[2], xT, inds), align=4)
+        w = context.cast(builder, w, sig.args[1], types.float32)
+        lanes = builder.insert_element(ir.Constant(_F32x8, None), w, ir.Constant(ir.IntType(32), 0))
+        lanes = builder.shuffle_vector(lanes, lanes, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        return builder.fadd(acc, builder.fmul(lanes, row, flags=("contract",)), flags=("contract",))
+    return float32x8(acc, w, xT, col, b0), codegen
+
+
+@intrinsic
+def store8(typingctx, acc, out, n, b0):
+    """out[n, b0 : b0+8] = acc's lanes."""
+    def codegen(context, builder, sig, args):
+        acc, out, n, b0 = args
+        inds = [_intp(context, builder, n, sig.args[2]), _intp(context, builder, b0, sig.args[3])]
+        builder.store(acc, _address(context, builder, sig.args[1], out, inds), align=4)
+        return context.get_dummy_value()
+    return types.none(acc, out, n, b0), codegen
+
+
+@njit(cache=True)
+def spmm_rows_vector(indptr, indices, data, xT, outT, r0, r1):
+    """xT float32 (K, Bp), Bp a multiple of 8 -> fills outT[r0:r1, :] (float32 (N, Bp)).
+
+    For each row and each 8 columns of the batch: four accumulators take every fourth nonzero
+    (four independent chains of multiply-adds), then are summed. The row's nonzeros are read from
+    memory for the first 8 columns and from the L1 cache for the rest.
+    """
+    one, four = np.uintp(1), np.uintp(4)
+    for n in range(r0, r1):
+        start, end = np.uintp(indptr[n]), np.uintp(indptr[n + 1])
+        for b0 in range(0, xT.shape[1], LANES):
+            a0, a1, a2, a3 = zeros8(), zeros8(), zeros8(), zeros8()
+            j = start
+            while j + four <= end:
+                a0 = fma_row8(a0, data[j], xT, indices[j], b0)
+                a1 = fma_row8(a1, data[j + one], xT, indices[j + one], b0)
+                a2 = fma_row8(a2, data[j + np.uintp(2)], xT, indices[j + np.uintp(2)], b0)
+                a3 = fma_row8(a3, data[j + np.uintp(3)], xT, indices[j + np.uintp(3)], b0)
+                j += four
+            while j < end:  # the row's last 0..3 nonzeros
+                a0 = fma_row8(a0, data[j], xT, indices[j], b0)
+                j += one
+            store8(add8(add8(a0, a1), add8(a2, a3)), outT, n, b0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,45 +243,83 @@ def spmm_parallel(indptr, indices, data, xT, out, chunk_starts):
         spmm_rows(indptr, indices, data, xT, out, chunk_starts[t], chunk_starts[t + 1])
 
 
-def balanced_row_chunks(indptr, n_chunks):
-    """int64 (n_chunks'+1,): row boundaries so each chunk holds about the same work.
+@njit(cache=True, parallel=True)
+def spmm_vector_parallel(indptr, indices, data, xT, outT, chunk_starts):
+    for t in prange(chunk_starts.size - 1):
+        spmm_rows_vector(indptr, indices, data, xT, outT, chunk_starts[t], chunk_starts[t + 1])
+
+
+def balanced_row_chunks(indptr, n_chunks, align=ALIGN_ROWS):
+    """int64 (chunks+1,): row boundaries so each chunk holds about the same work.
 
     A row's work is its nonzeros plus 1 (the row's own overhead, so empty rows are not free).
     The running work at row n is indptr[n] + n; chunk boundaries are where it crosses equal
-    fractions of the total. A single very long row cannot be split, so chunks may be uneven
-    and fewer than asked (duplicate boundaries are dropped).
+    fractions of the total, rounded to the nearest multiple of `align` rows (16: a thread's
+    float32 outputs then start on a 64-byte line of their own). A single very long row cannot be
+    split, and rounding can merge chunks, so chunks may be uneven and fewer than asked.
     """
     N = indptr.size - 1
     work = indptr.astype(np.int64) + np.arange(N + 1)  # (N+1,) running work, non-decreasing
     targets = np.linspace(0, work[-1], n_chunks + 1)  # (n_chunks+1,)
     starts = np.searchsorted(work, targets, side="left")
+    starts = (starts + align // 2) // align * align  # the nearest multiple of align
     starts[0], starts[-1] = 0, N
-    return np.unique(starts)
+    return np.unique(np.minimum(starts, N))
 
 
-def csr_matmul(indptr, indices, data, N, x, parallel=None):
+# --------------------------------------------------------------------------------------------
+# the entry point CSRMatrix.matmul calls
+
+KERNELS = ("vector", "plain")  # for batches; decode always runs spmv_rows
+
+
+def aligned_empty(shape):
+    """An uninitialized float32 array whose first element starts a 64-byte cache line."""
+    count = int(np.prod(shape))
+    buf = np.empty(count + ALIGN_ROWS, np.float32)
+    skip = (-buf.ctypes.data % 64) // 4  # float32s to the next line boundary (NumPy aligns to 16 bytes)
+    return buf[skip: skip + count].reshape(shape)
+
+
+def csr_matmul(indptr, indices, data, N, x, parallel=None, kernel="vector"):
     """x: float32 (B, K) contiguous -> float32 (B, N); same meaning as csr.csr_matmul_reference.
 
-    parallel: None chooses by size (PARALLEL_MIN_WORK); True/False forces it.
+    The arrays must be a valid CSR matrix (CSRMatrix checks them): the kernels do not check bounds.
+    parallel: None splits among threads from PARALLEL_MIN_WORK multiply-adds on; True/False forces.
+    kernel: for B > 1, "vector" (spmm_rows_vector) or "plain" (spmm_rows).
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     B, K = x.shape
-    out = np.empty((B, N), dtype=np.float32)
+    out = aligned_empty((B, N))
     if B == 0 or N == 0:
         return out
-    threads = numba.get_num_threads()
-    if parallel is None:  # see the module docstring for the measurements behind this rule
-        parallel = B > 1 and threads > 1 and B * data.size >= PARALLEL_MIN_WORK
+    n_threads = threads.numba_threads()
+    if parallel is None:
+        parallel = n_threads > 1 and B * data.size >= PARALLEL_MIN_WORK
     if parallel:
-        chunk_starts = balanced_row_chunks(indptr, CHUNKS_PER_THREAD * threads)
+        threads.apply()  # BLAS quiet while Numba's threads run (tinyinfer/threads.py)
+        chunk_starts = balanced_row_chunks(indptr, n_threads)
     if B == 1:
         if parallel:
             spmv_parallel(indptr, indices, data, x[0], out[0], chunk_starts)
         else:
             spmv_rows(indptr, indices, data, x[0], out[0], 0, N)
         return out
-    xT = np.ascontiguousarray(x.T)  # (K, B)
+    if kernel == "plain":
+        xT = np.ascontiguousarray(x.T)  # (K, B)
+        if parallel:
+            spmm_parallel(indptr, indices, data, xT, out, chunk_starts)
+        else:
+            spmm_rows(indptr, indices, data, xT, out, 0, N)
+        return out
+    Bp = -(-B // LANES) * LANES  # B rounded up to whole vectors; the padding rows of x are zeros
+    xT = np.zeros((K, Bp), np.float32)
+    xT[:, :B] = x.T
+    outT = aligned_empty((N, Bp))
     if parallel:
-        spmm_parallel(indptr, indices, data, xT, out, chunk_starts)
+        spmm_vector_parallel(indptr, indices, data, xT, outT, chunk_starts)
     else:
-        spmm_rows(indptr, indices, data, xT, out, 0, N)
+        spmm_rows_vector(indptr, indices, data, xT, outT, 0, N)
+    out[:] = outT[:, :B].T
     return out

@@ -16,8 +16,10 @@ kernels vs single-threaded OpenBLAS): decode (x: (K,)) broke even between 20% an
 1.09x). Small matrices (the tiny test models) are dominated by call overhead instead.
 
 On disk a sparse model is the usual folder (tinyinfer/checkpoint.py save / load). model.safetensors
-stores each CSRMatrix as its three arrays, `<name>.indptr`, `<name>.indices` (int32 or int64) and
-`<name>.data` (float32, whatever dtype the dense tensors are saved in), and the header's
+stores each CSRMatrix as its three arrays, `<name>.indptr`, `<name>.indices` (as held: uint16 "U16"
+for the compact columns sparsify_model builds when K <= 65,536; int32 or int64 otherwise, and in
+files written before compact columns, which load as they are) and `<name>.data` (float32, whatever
+dtype the dense tensors are saved in), and the header's
 `__metadata__` key "tinyinfer.sparse" says which names are CSR and with which (N, K) shape, as
 "tinyinfer.quantization" does for QTensors. transformers cannot load such a file (nor a quantized
 one); `prune.apply_masks` / `CSRMatrix.to_dense` give a dense model that it can.
