@@ -284,3 +284,26 @@ def test_unknown_kernel_is_named():
     qt = quantize(np.ones((3, 64), np.float32), "q4_1")
     with pytest.raises(ValueError, match="kernel must be 'simd' or 'loops'"):
         kernels.qtensor_matmul(qt, np.ones((2, 64), np.float32), kernel="fast")
+
+
+@pytest.mark.parametrize("shape", [(64,), (3, 64)])
+def test_x_too_large_for_a_float16_block_scale(shape):
+    qt = quantize(np.ones((3, 64), np.float32), "q4_1")
+    x = np.ones(shape, np.float32)
+    x[..., 5] = 1e7  # amax / 127 > 65504: the Q8_0 block's float16 scale would be inf
+    with pytest.raises(ValueError, match="float16 scale"):
+        qt.matmul(x)
+    x[..., 5] = 8e6  # just inside
+    assert np.all(np.isfinite(qt.matmul(x)))
+
+
+def test_entry_point_cache_gives_the_same_answer_as_the_dispatcher():
+    # the second call goes straight to the compiled entry point: it must see the same arguments
+    rng = np.random.default_rng(8)
+    for fmt in ALL_FMTS:
+        qt = quantize(rng.standard_normal((9, 96)).astype(np.float32), fmt)
+        x = rng.standard_normal((5, 96)).astype(np.float32)
+        first = [kernels.qtensor_matmul(qt, x[:b], parallel=p) for b in (1, 5) for p in (False, True)]
+        again = [kernels.qtensor_matmul(qt, x[:b], parallel=p) for b in (1, 5) for p in (False, True)]
+        for a, b in zip(first, again):
+            assert np.array_equal(a, b)

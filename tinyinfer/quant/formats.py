@@ -172,7 +172,10 @@ class QTensor:
         self.fmt = fmt
         self.shape = _check_shape(shape)
         _check_parts(fmt, *self.shape, scales, quants, mins, high_bits)
-        self.scales, self.quants, self.mins, self.high_bits = scales, quants, mins, high_bits
+        # C order, always: the kernels read each block as one contiguous vector (no copy if already so)
+        contiguous = lambda a: None if a is None else np.ascontiguousarray(a)  # noqa: E731
+        self.scales, self.quants = contiguous(scales), contiguous(quants)
+        self.mins, self.high_bits = contiguous(mins), contiguous(high_bits)
         # The kernels want float32; float16 -> float32 is exact, so these are the same numbers.
         self._scales_f32 = scales.astype(np.float32)  # (N, NB)
         self._mins_f32 = None if mins is None else mins.astype(np.float32)  # (N, NB)
@@ -288,18 +291,32 @@ class QTensor:
         converted to float32; the result is always float32.
         """
         N, K = self.shape
-        x2, lead = check_matmul_input(x, K, "they cannot be quantized to Q8_0 blocks")  # (B, K) float32
+        if use_reference():
+            x2, lead = self._checked_x(x)
+            out = quantized_matmul_reference(self.fmt, self._scales_f32, self.quants, x2, self._mins_f32,
+                                             self.high_bits)
+            return out.reshape(*lead, N)
+        from . import kernels  # imports Numba only when a fast path is first needed
+
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (1, 2) and x.shape[-1] == K
+                and x.flags.c_contiguous):  # a decode step's x: skip the general checks (~10 us) ...
+            x2, lead = x.reshape(-1, K), x.shape[:-1]
+        else:
+            x2, lead = check_matmul_input(x, K, "they cannot be quantized to Q8_0 blocks")  # (B, K) float32
+        try:
+            out = kernels.qtensor_matmul(self, x2)
+        except kernels.ActivationError:  # ... the quantizer flags NaN/Inf or overflow: say which
+            self._checked_x(x)
+            raise
+        return out.reshape(*lead, N)
+
+    def _checked_x(self, x):
+        """x -> (float32 (B, K), lead shape), or the error that says what is wrong with x."""
+        x2, lead = check_matmul_input(x, self.shape[1], "they cannot be quantized to Q8_0 blocks")
         if x2.size and np.abs(x2).max() > X_LIMIT:
             raise ValueError(f"x has values with |x| > {X_LIMIT:.4g}; ggml's Q8_0 activation blocks keep a "
                              f"float16 scale |x| / 127, which cannot hold them")
-        if use_reference():
-            out = quantized_matmul_reference(self.fmt, self._scales_f32, self.quants, x2, self._mins_f32,
-                                             self.high_bits)
-        else:
-            from . import kernels  # imports Numba only when a fast path is first needed
-
-            out = kernels.qtensor_matmul(self, x2)
-        return out.reshape(*lead, N)
+        return x2, lead
 
 
 def quantize(w, fmt="q8_0"):

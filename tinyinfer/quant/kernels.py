@@ -66,17 +66,22 @@ def float16_round(v):
 @njit(cache=True)
 def quantize_activations(x, xq, xd, xs):
     """x: float32 (B, K) -> fills xq (B, NB, 32) (int8 or int16), xd and xs float32 (B, NB), as
-    blocks.quantize_activations.
+    blocks.quantize_activations. Returns the number of blocks that cannot be quantized (a NaN/Inf,
+    or |x| so large that the float16 scale overflows): the caller turns that into an error.
 
     d = amax / 127 and s = d * sum q, both rounded to float16; q = rint(x * (127 / amax)).
     No fastmath, so every float32 product and rounding is the C one."""
     B, K = x.shape
     NB = K // BLOCK
+    bad = 0
     for b in range(B):
         for k in range(NB):
             amax = np.float32(0.0)
+            finite = True
             for j in range(BLOCK):
-                amax = max(amax, abs(x[b, k * BLOCK + j]))
+                v = abs(x[b, k * BLOCK + j])
+                finite &= v <= np.float32(3.4e38)  # False for NaN and inf
+                amax = max(amax, v)
             d = amax / np.float32(127.0)
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             if not np.isfinite(inv):  # amax so small that 127/amax overflows: an all-zero block
@@ -84,12 +89,14 @@ def quantize_activations(x, xq, xd, xs):
             total = 0
             for j in range(BLOCK):
                 v = x[b, k * BLOCK + j] * inv  # float32 * float32, rounded to float32 as in C
-                q = np.int32(np.rint(np.float64(v)))  # half to even, as _mm256_round_ps does
+                q = np.int32(np.rint(np.float64(v))) if finite else 0  # half to even, as _mm256_round_ps does
                 xq[b, k, j] = q
                 total += q
             xd[b, k] = float16_round(d)
             xs[b, k] = float16_round(d * np.float32(total))
-
+            if not finite or not np.isfinite(xd[b, k]):
+                bad += 1
+    return bad
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +110,10 @@ def _parts(qt):
     return qt._scales_f32, wm, qt.quants, wh
 
 
+class ActivationError(ValueError):
+    """x holds NaN/Inf or values too large for a Q8_0 block's float16 scale (QTensor.matmul explains)."""
+
+
 def quantize_x(x):
     """x float32 (B, K) -> (xq int16 (B, NB, 32), xd, xs float32 (B, NB)) with the Numba quantizer."""
     B, K = x.shape
@@ -110,12 +121,32 @@ def quantize_x(x):
     xq = np.empty((B, NB, BLOCK), np.int16)
     xd = np.empty((B, NB), np.float32)
     xs = np.empty((B, NB), np.float32)
-    quantize_activations(x, xq, xd, xs)
+    if quantize_activations(x, xq, xd, xs):
+        raise ActivationError("x has NaN/Inf values or |x| too large for a float16 block scale")
     return xq, xd, xs
 
 
+# Numba's dispatcher types every argument in Python before it calls a compiled kernel; for the
+# Format and ZeroTile arguments that costs ~5-25 us a call, more than a small matvec. So after a
+# kernel's first call for a (kernel, format, tile) the compiled entry point is kept and called
+# directly (~0.5 us). Safe because everything else about the arguments' types is fixed: QTensor
+# keeps C-contiguous arrays of fixed dtypes, and the activation arrays are made here.
+_ENTRY_POINTS = {}
+
+
+def _call(kernel, key, *args):
+    entry = _ENTRY_POINTS.get(key)
+    if entry is not None:
+        return entry(*args)
+    result = kernel(*args)  # compiles, or loads from the disk cache
+    signature = tuple(kernel.typeof_pyval(a) for a in args)
+    _ENTRY_POINTS[key] = kernel.overloads[signature].entry_point
+    return result
+
+
 def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
-    """x float32 (B, K) -> float32 (B, N) for W given as its arrays (see _parts); kernel "simd" or "loops"."""
+    """x float32 (B, K) -> float32 (B, N) for W given as its arrays (see _parts); kernel "simd" or "loops".
+    All arrays C-contiguous."""
     threads.apply()  # from the first kernel call on, Numba's threads own the cores (tinyinfer/threads.py)
     B = x.shape[0]
     N = wq.shape[0]
@@ -124,6 +155,8 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
         return out
     xq, xd, xs = quantize_x(x)
     if kernel == "loops" or fmt not in simd.SIMD_FORMATS:
+        if kernel not in ("simd", "loops"):
+            raise ValueError(f"kernel must be 'simd' or 'loops', got {kernel!r}")
         return loops.loop_matmul(fmt, wd, wm, wh, wq, xq, xd, xs, out)
     if kernel != "simd":
         raise ValueError(f"kernel must be 'simd' or 'loops', got {kernel!r}")
@@ -134,9 +167,11 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
         if parallel is None:
             parallel = n_threads > 1 and N * K >= DECODE_PARALLEL_MIN
         if parallel:
-            simd.decode_parallel(tag, wd, wm, wq, wh, xd, xs, xq, out, simd.DECODE_TILE, min(N, n_threads))
+            _call(simd.decode_parallel, ("decode_parallel", fmt), tag, wd, wm, wq, wh, xd, xs, xq, out,
+                  simd.DECODE_TILE, min(N, n_threads))
         else:
-            simd.decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, 0, N, simd.DECODE_TILE)
+            _call(simd.decode_rows, ("decode_rows", fmt), tag, wd, wm, wq, wh, xd, xs, xq, out, 0, N,
+                  simd.DECODE_TILE)
         return out
     if parallel is None:
         parallel = n_threads > 1 and B * N * K >= PARALLEL_MIN_WORK
@@ -144,17 +179,17 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
     full = B - B % simd.TILE_X
     for b0, b1 in ((0, full), (full, B)):
         if b1 > b0:
-            zero = simd.ZERO_TILES[min(simd.TILE_X, b1 - b0)]
+            cols = min(simd.TILE_X, b1 - b0)
             args = (tag, wd, wm, wq, wh, xd[b0:b1], xs[b0:b1], xq[b0:b1], out[b0:b1])
             if parallel:
-                simd.simd_parallel(*args, zero, ROWS_PER_TASK)
+                _call(simd.simd_parallel, ("simd_parallel", fmt, cols), *args, simd.ZERO_TILES[cols], ROWS_PER_TASK)
             else:
-                simd.simd_rows(*args, 0, N, zero)
+                _call(simd.simd_rows, ("simd_rows", fmt, cols), *args, 0, N, simd.ZERO_TILES[cols])
     return out
 
 
 def qtensor_matmul(qt, x, parallel=None, kernel="simd"):
-    """QTensor.matmul's fast path: x float32 (B, K) contiguous -> float32 (B, N)."""
+    """QTensor.matmul's fast path: x float32 (B, K) C-contiguous -> float32 (B, N)."""
     return matmul_parts(qt.fmt, *_parts(qt), x, parallel, kernel)
 
 
@@ -167,4 +202,5 @@ def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None, w_mins=None, w_h
     wd = np.ascontiguousarray(w_scales, np.float32)
     wm = wd if w_mins is None else np.ascontiguousarray(w_mins, np.float32)
     wh = simd.NO_HIGH_BITS if w_high_bits is None else np.ascontiguousarray(w_high_bits)
-    return matmul_parts(fmt, wd, wm, np.ascontiguousarray(w_quants), wh, x, parallel, kernel)
+    return matmul_parts(fmt, wd, wm, np.ascontiguousarray(w_quants), wh, np.ascontiguousarray(x, np.float32),
+                        parallel, kernel)
