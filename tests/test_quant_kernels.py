@@ -288,13 +288,16 @@ def test_unknown_kernel_is_named():
 
 @pytest.mark.parametrize("shape", [(64,), (3, 64)])
 def test_x_too_large_for_a_float16_block_scale(shape):
-    qt = quantize(np.ones((3, 64), np.float32), "q4_1")
+    qt = quantize(np.ones((3, 64), np.float32), "q4_0")
     x = np.ones(shape, np.float32)
     x[..., 5] = 1e7  # amax / 127 > 65504: the Q8_0 block's float16 scale would be inf
     with pytest.raises(ValueError, match="float16 scale"):
         qt.matmul(x)
     x[..., 5] = 8e6  # just inside
     assert np.all(np.isfinite(qt.matmul(x)))
+    # q4_1 also needs Q8_1's s = d * sum q, here 8e6 / 127 * 127: past float16
+    with pytest.raises(ValueError, match="whose sum is too large for the float16 s"):
+        quantize(np.ones((3, 64), np.float32), "q4_1").matmul(x)
 
 
 def test_entry_point_cache_gives_the_same_answer_as_the_dispatcher():

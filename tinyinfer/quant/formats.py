@@ -307,7 +307,7 @@ class QTensor:
             out = kernels.qtensor_matmul(self, x2)
         except kernels.ActivationError:  # ... the quantizer flags NaN/Inf or overflow: say which
             self._checked_x(x)
-            raise
+            raise  # the block sums' overflow (q4_1 / q5_1): the quantizer's own message
         return out.reshape(*lead, N)
 
     def _checked_x(self, x):

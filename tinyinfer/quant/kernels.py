@@ -66,14 +66,16 @@ def float16_round(v):
 @njit(cache=True)
 def quantize_activations(x, xq, xd, xs):
     """x: float32 (B, K) -> fills xq (B, NB, 32) (int8 or int16), xd and xs float32 (B, NB), as
-    blocks.quantize_activations. Returns the number of blocks that cannot be quantized (a NaN/Inf,
-    or |x| so large that the float16 scale overflows): the caller turns that into an error.
+    blocks.quantize_activations. Returns (blocks that cannot be quantized: a NaN/Inf, or |x| so
+    large that the float16 scale d overflows; blocks whose float16 sum s overflows, which matters
+    only to q4_1 / q5_1): the caller turns those into an error.
 
     d = amax / 127 and s = d * sum q, both rounded to float16; q = rint(x * (127 / amax)).
     No fastmath, so every float32 product and rounding is the C one."""
     B, K = x.shape
     NB = K // BLOCK
     bad = 0
+    bad_sums = 0
     for b in range(B):
         for k in range(NB):
             amax = np.float32(0.0)
@@ -96,7 +98,9 @@ def quantize_activations(x, xq, xd, xs):
             xs[b, k] = float16_round(d * np.float32(total))
             if not finite or not np.isfinite(xd[b, k]):
                 bad += 1
-    return bad
+            elif not np.isfinite(xs[b, k]):
+                bad_sums += 1
+    return bad, bad_sums
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,15 +118,20 @@ class ActivationError(ValueError):
     """x holds NaN/Inf or values too large for a Q8_0 block's float16 scale (QTensor.matmul explains)."""
 
 
-def quantize_x(x):
-    """x float32 (B, K) -> (xq int16 (B, NB, 32), xd, xs float32 (B, NB)) with the Numba quantizer."""
+def quantize_x(x, with_sums=True):
+    """x float32 (B, K) -> (xq int16 (B, NB, 32), xd, xs float32 (B, NB)) with the Numba quantizer.
+    with_sums: the product needs s (q4_1, q5_1), so its float16 overflow is an error too."""
     B, K = x.shape
     NB = K // BLOCK
     xq = np.empty((B, NB, BLOCK), np.int16)
     xd = np.empty((B, NB), np.float32)
     xs = np.empty((B, NB), np.float32)
-    if quantize_activations(x, xq, xd, xs):
+    bad, bad_sums = quantize_activations(x, xq, xd, xs)
+    if bad:
         raise ActivationError("x has NaN/Inf values or |x| too large for a float16 block scale")
+    if bad_sums and with_sums:
+        raise ActivationError(f"x has {bad_sums} blocks of 32 whose sum is too large for the float16 s of "
+                              f"ggml's Q8_1 blocks (|d * sum q| > 65504), which q4_1 / q5_1 products need")
     return xq, xd, xs
 
 
@@ -153,7 +162,7 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
     out = np.empty((B, N), np.float32)
     if B == 0:
         return out
-    xq, xd, xs = quantize_x(x)
+    xq, xd, xs = quantize_x(x, fmt in WITH_MIN)
     if kernel == "loops" or fmt not in simd.SIMD_FORMATS:
         if kernel not in ("simd", "loops"):
             raise ValueError(f"kernel must be 'simd' or 'loops', got {kernel!r}")
