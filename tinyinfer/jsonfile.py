@@ -1,4 +1,4 @@
-"""Reading JSON that came from somewhere else: bounded in size, depth and count before it is parsed.
+"""Reading JSON that came from somewhere else: bounded in size, value count and nesting depth.
 
 Lesson: lessons/10-formats.py
 
