@@ -46,9 +46,9 @@ _WHITE_SPACE = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680,
                 (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F),
                 (0x3000, 0x3000)]
 
-# Letters (L) and numbers (N) that Unicode 15.0 and 15.1 added. Python 3.11's database is
-# Unicode 14.0 and calls them unassigned; llama.cpp's tables are Unicode 15.1, so without these
-# ranges such characters would split differently from llama.cpp.
+# Letters (L), numbers (N) and punctuation (P) that Unicode 15.0 and 15.1 added. Python 3.11's
+# database is Unicode 14.0 and calls them unassigned; llama.cpp's tables are Unicode 15.1, so
+# without these ranges such characters would split differently from llama.cpp.
 _ADDED_IN_15 = {
     "L": [(0x1123F, 0x11240),   # Khojki
           (0x11F02, 0x11F02), (0x11F04, 0x11F10), (0x11F12, 0x11F33),   # Kawi
@@ -62,6 +62,8 @@ _ADDED_IN_15 = {
     "N": [(0x11F50, 0x11F59),   # Kawi digits
           (0x1D2C0, 0x1D2D3),   # Kaktovik numerals
           (0x1E4F0, 0x1E4F9)],  # Nag Mundari digits
+    "P": [(0x11B00, 0x11B09),   # Devanagari Extended-A
+          (0x11F43, 0x11F4F)],  # Kawi punctuation ("default" tells P apart; GPT-2's regex does not)
 }
 
 
@@ -88,8 +90,8 @@ def unicode_classes() -> dict[str, list[tuple[int, int]]]:
     Built by walking all 1.1 million code points once and asking `unicodedata.category` about
     each (about a second, so it is done lazily, the first time a pre-tokenizer is used, and
     cached). The categories come from the Unicode version built into Python
-    (unicodedata.unidata_version: 14.0 in Python 3.11), plus the letters and numbers added in
-    15.0 and 15.1 (_ADDED_IN_15), which is the version of llama.cpp's tables. Checked against
+    (unicodedata.unidata_version: 14.0 in Python 3.11), plus the letters, numbers and punctuation
+    added in 15.0 and 15.1 (_ADDED_IN_15), which is the version of llama.cpp's tables. Checked against
     llama.cpp for every code point (tests/test_tokenizer_llamacpp.py) and against Hugging Face's
     regex engine (tests/test_tokenizer.py). On a Python whose Unicode is newer than 15.1, code
     points added after 15.1 may split differently from llama.cpp.
