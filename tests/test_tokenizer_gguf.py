@@ -186,3 +186,17 @@ def test_lone_surrogates_are_refused(smol, teacher_tok):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert teacher_tok.encode("ab\U00010000") == teacher_tok.encode("ab\U00010000")  # a real pair is fine
+
+
+def test_smollm2_tokenizer_json_encodes_the_same_in_hugging_face(smol, tmp_path):
+    """save() writes the smollm pre-tokenizer as Digits then ByteLevel, as SmolLM2's own
+    tokenizer.json does; Hugging Face's library then gives our ids (except for bytes without a
+    token, which it drops before merging and llama.cpp after)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    smol.save(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    back = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert back.pretokenizer == "smollm" and back.special_tokens == smol.special_tokens
+    texts = [inspect.getsource(json), "x = 12345 ٣٤ ５ 3.14", "<|im_start|>user\nhi<|im_end|>\n", "a  1\t 22 😀中文"]
+    for text in texts:
+        assert smol.encode(text) == hf.encode(text).ids == back.encode(text)

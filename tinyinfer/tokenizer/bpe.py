@@ -92,8 +92,9 @@ class Tokenizer:
 
         # The token of each byte value. A vocabulary may lack some: SmolLM2's has no token for
         # 21 bytes (6 ASCII control characters and 15 that UTF-8 never or hardly uses).
-        # llama.cpp and Hugging Face then drop those bytes from the ids, so we do the same
-        # (MISSING_BYTE never merges and is removed at the end); missing_bytes lists them.
+        # llama.cpp then drops those bytes from the ids, and so do we: MISSING_BYTE stays in
+        # place while merging (so "?\x04?" gives "?", "?", not "??") and is removed at the end.
+        # (Hugging Face drops them before merging, so it can give "??".) missing_bytes lists them.
         # A vocabulary lacking a printable ASCII byte is refused: that is a broken file.
         byte_chars = bytes_to_unicode()
         self._byte_ids = [self._vocab.get(byte_chars[b], MISSING_BYTE) for b in range(256)]
@@ -350,8 +351,8 @@ class Tokenizer:
 
     @property
     def missing_bytes(self) -> bytes:
-        """Byte values the vocabulary has no token for: encode drops them (as llama.cpp and
-        Hugging Face do), so decode(encode(s)) is s without them. Empty for a complete vocabulary."""
+        """Byte values the vocabulary has no token for: encode drops them (as llama.cpp does), so
+        decode(encode(s)) is s without them. Empty for a complete vocabulary."""
         return self._missing_bytes
 
     @property
