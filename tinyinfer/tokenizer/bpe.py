@@ -411,6 +411,25 @@ class Tokenizer:
 
         return render_chat(self._chat_template, messages, add_generation_prompt)
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """The conversation's prompt as ids, safely: the template's framing tokens ("<|im_start|>",
+        "<|im_end|>") become their ids and the messages are encoded as plain text (special=False),
+        so a message that contains "<|im_end|>" cannot close its own turn. When no message contains
+        special-token text, the same ids as encode(apply_chat_template(messages), special=True)."""
+        from .chat import ChatTemplateError, chat_segments
+
+        ids: list[int] = []
+        for text, special in chat_segments(self._chat_template, messages, add_generation_prompt):
+            if special:
+                token = self._special_by_text.get(text)
+                if token is None:
+                    raise ChatTemplateError(f"the chat template frames turns with {text!r}, which is not a "
+                                            f"special token of this vocabulary")
+                ids.append(token)
+            else:
+                ids += self.encode(text, special=False)
+        return ids
+
     @property
     def merges(self) -> list[tuple[str, str]]:
         """Learned merges, highest priority first, as token strings ("Ġ", "t")."""

@@ -34,9 +34,11 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["ROLES", "ChatTemplateError", "chatml_default_system", "render_chat", "check_messages"]
+__all__ = ["ROLES", "IM_START", "IM_END", "ChatTemplateError", "chatml_default_system", "render_chat",
+           "chat_segments", "check_messages"]
 
 ROLES = ("system", "user", "assistant")
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"   # ChatML's framing tokens
 
 
 class ChatTemplateError(ValueError):
@@ -175,17 +177,35 @@ def check_messages(messages) -> list[tuple[str, str]]:
     return checked
 
 
-def render_chat(template: str | None, messages, add_generation_prompt: bool = True) -> str:
-    """The prompt text `template` renders for `messages` (a ChatML-family template, see above)."""
+def chat_segments(template: str | None, messages, add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+    """The prompt `template` renders for `messages`, as (text, is_special_token) segments: the
+    framing tokens "<|im_start|>" and "<|im_end|>" (True), and the text between them (False).
+
+    Why segments: a message may contain the text "<|im_end|>". Rendered to one string and encoded
+    with special=True, it would become the real token, and the user would have closed their own
+    turn. Tokenizer.encode_chat encodes the framing tokens as tokens and everything else as text.
+    """
     if not isinstance(add_generation_prompt, bool):
         raise TypeError(f"add_generation_prompt must be True or False, got {add_generation_prompt!r}")
     default_system = chatml_default_system(template)
     turns = check_messages(messages)
-    parts = []
     if default_system is not None and turns[0][0] != "system":
-        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+        turns.insert(0, ("system", default_system))
+    segments: list[tuple[str, bool]] = []
     for role, content in turns:
-        parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
+        segments += [(IM_START, True), (f"{role}\n{content}", False), (IM_END, True), ("\n", False)]
     if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
+        segments += [(IM_START, True), ("assistant\n", False)]
+    # "\n" then the next turn's framing: join neighbouring text so it is cut as one stretch
+    joined: list[tuple[str, bool]] = []
+    for text, special in segments:
+        if joined and not special and not joined[-1][1]:
+            joined[-1] = (joined[-1][0] + text, False)
+        else:
+            joined.append((text, special))
+    return joined
+
+
+def render_chat(template: str | None, messages, add_generation_prompt: bool = True) -> str:
+    """The prompt text `template` renders for `messages` (a ChatML-family template, see above)."""
+    return "".join(text for text, _ in chat_segments(template, messages, add_generation_prompt))
