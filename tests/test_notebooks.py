@@ -1,43 +1,63 @@
-"""The lessons: every notebook matches its lesson source, and every notebook runs.
+"""The lessons: each notebook matches its lesson source, runs, draws readable figures, names only
+code that exists, and every exercise has a check or a worked solution that runs.
 
 Lessons are written as lessons/NN-topic.py and turned into notebooks/NN-topic.ipynb by
-tinyinfer/lessons.py (`python -m tinyinfer.lessons`). These tests keep the two from drifting and
-execute each notebook in a real Jupyter kernel on small settings (TINYINFER_LESSON_SMALL=1).
+tinyinfer/lessons.py (`python -m tinyinfer.lessons`; `--execute` renders them with outputs). These
+tests execute each notebook in a real Jupyter kernel on small settings (TINYINFER_LESSON_SMALL=1).
 
-    pytest tests/test_notebooks.py            # all of it (well under a minute on small settings)
-    pytest -k "not executes"                  # the whole suite without running notebooks
+    pytest tests/test_notebooks.py            # all of it (a few minutes on small settings)
+    pytest -k "not executes and not readable and not solution_runs"   # without running any lesson
 
 No custom marker on purpose: pytest calls pytest_configure only for conftest.py files and plugins,
 never for a test module, so a marker cannot be registered from here, and an unregistered one warns
-(or fails under --strict-markers). `-k "not executes"` selects the same tests a marker would.
+(or fails under --strict-markers). `-k` selects the same tests a marker would.
 """
+import ast
+import base64
+import functools
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tinyinfer.lessons import lesson_files
+from tinyinfer.lessons import (EXECUTION_ENV, KEPT_MIME_TYPES, MAX_OUTPUT_CHARS, MAX_OUTPUT_LINES, SMALL_ENV,
+                               build_notebook, check_references, execute_notebook, internal_references,
+                               lesson_files, notebook_text, parse_cells, read_figure_report, strip_outputs)
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = lesson_files(ROOT / "lessons")  # lessons/NN-topic.py, in order
-CELL_TIMEOUT = 300  # seconds per cell; on small settings a whole notebook takes well under a minute
+SOLUTIONS = ROOT / "lessons" / "solutions"
+
+# The lessons held to the reader checks below: figures with labelled axes and legends, references
+# that resolve, no internal references, a check or a worked solution for every exercise. Every
+# lesson belongs here; a lesson joins the list in the commit that makes it pass the checks.
+READER_CHECKED = []
+CHECKED = [p for p in LESSONS if p.stem in READER_CHECKED]
+
+MAX_NOTEBOOK_BYTES = 1_500_000  # a rendered notebook, figures included: the repository stays lean
+MAX_PNG_BYTES = 250_000  # one figure
 
 
-def _lesson_ids():
-    return [p.stem for p in LESSONS]
+def _ids(paths):
+    return [p.stem for p in paths]
 
 
 def test_there_are_lessons():
     assert LESSONS, f"no lessons/NN-topic.py files under {ROOT / 'lessons'}"
+    assert set(READER_CHECKED) <= {p.stem for p in LESSONS}, "READER_CHECKED names a lesson that does not exist"
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=_lesson_ids())
+# ---- the notebook is the lesson: same cells, lean outputs ------------------------------------
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=_ids(LESSONS))
 def test_notebook_matches_lesson(lesson):
-    """The committed notebook is what build_notebook makes from the lesson now (no drift, no outputs)."""
+    """The committed notebook, outputs aside, is exactly what build_notebook makes from the lesson now."""
     nbformat = pytest.importorskip("nbformat")
-    from tinyinfer.lessons import build_notebook
-
     path = ROOT / "notebooks" / (lesson.stem + ".ipynb")
     assert path.is_file(), f"{path} is missing; run `python -m tinyinfer.lessons` in {ROOT}"
     committed = nbformat.read(path, as_version=4)
@@ -45,13 +65,35 @@ def test_notebook_matches_lesson(lesson):
     stale = f"{path.name} is out of date with lessons/{lesson.name}; run `python -m tinyinfer.lessons`"
     assert [c.cell_type for c in committed.cells] == [c.cell_type for c in built.cells], stale
     assert [c.source for c in committed.cells] == [c.source for c in built.cells], stale
-    for cell in committed.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name}: committed with outputs"
+    assert notebook_text(strip_outputs(committed)) == notebook_text(built), f"{stale} (cell ids or metadata)"
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=_ids(LESSONS))
+def test_notebook_outputs_are_lean(lesson):
+    """Rendered outputs stay small: text capped per cell, figures as compressed PNGs, nothing else."""
+    nbformat = pytest.importorskip("nbformat")
+    path = ROOT / "notebooks" / (lesson.stem + ".ipynb")
+    assert path.stat().st_size <= MAX_NOTEBOOK_BYTES, f"{path.name}: {path.stat().st_size:,} bytes"
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert not cell.metadata, f"{path.name} cell {index}: metadata {dict(cell.metadata)} (timings?)"
+        for out in cell.outputs:
+            texts = [out.text] if out.output_type == "stream" else [out.get("data", {}).get("text/plain", "")]
+            for text in texts:
+                lines = text.splitlines()
+                assert len(lines) <= MAX_OUTPUT_LINES + 2 and len(text) <= MAX_OUTPUT_CHARS + 200, \
+                    f"{path.name} cell {index}: {len(lines)} lines, {len(text)} characters of output"
+            data = out.get("data", {})
+            assert set(data) <= set(KEPT_MIME_TYPES), f"{path.name} cell {index}: output types {sorted(data)}"
+            if "image/png" in data:
+                size = len(base64.b64decode(data["image/png"]))
+                assert size <= MAX_PNG_BYTES, f"{path.name} cell {index}: a {size:,}-byte figure"
 
 
 def test_regeneration_is_idempotent(tmp_path):
-    """Building twice gives byte-identical files, so regenerating never makes a git diff by itself."""
+    """Building twice gives byte-identical files, and every committed notebook is up to date."""
     pytest.importorskip("nbformat")
     from tinyinfer.lessons import write_notebooks
 
@@ -60,60 +102,111 @@ def test_regeneration_is_idempotent(tmp_path):
     assert len(first) == len(LESSONS)
     assert write_notebooks(ROOT / "lessons", tmp_path) == []
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.ipynb")} == contents
-    for name, data in contents.items():  # and they equal the committed ones
-        assert (ROOT / "notebooks" / name).read_bytes() == data, f"notebooks/{name} differs from a fresh build"
+    stale = write_notebooks(ROOT / "lessons", ROOT / "notebooks", check=True)
+    assert stale == [], f"out of date: {[p.name for p in stale]}; run `python -m tinyinfer.lessons`"
 
 
-def _kernel_manager():
-    """A KernelManager whose "python3" kernel is *this* interpreter.
-
-    nbclient normally looks the kernel up by name among the installed kernelspecs, and a
-    "python3" spec in the user's Jupyter folders (another Python, another venv) would win over
-    the one ipykernel installs into this venv. Pinning argv to sys.executable makes the test run
-    the code under test, whatever kernels the machine has.
-    """
-    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    class ThisInterpreter(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name):
-            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                              display_name=f"Python {sys.version_info.major}.{sys.version_info.minor} (tests)",
-                              language="python", resource_dir=str(ROOT))
-
-    return KernelManager(kernel_name="python3", kernel_spec_manager=ThisInterpreter())
+# ---- running them -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=_lesson_ids())
-def test_notebook_executes(lesson, monkeypatch):
-    """Run the notebook top to bottom in a kernel: no error, and at least one figure drawn."""
+@functools.lru_cache(maxsize=None)
+def executed(stem: str):
+    """Execute a lesson's notebook once per test session -> (notebook, seconds, figure records)."""
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-
-    # The kernel inherits this environment. Agg: no GUI window, ever (the lessons switch to the
-    # inline backend with %matplotlib inline, which is what puts PNGs in the outputs). One BLAS
-    # thread: these matrices are tiny, and extra threads on a shared machine only slow them down.
-    for name, value in {"TINYINFER_LESSON_SMALL": "1", "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1",
-                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}.items():
-        monkeypatch.setenv(name, value)
-    path = ROOT / "notebooks" / (lesson.stem + ".ipynb")
-    nb = nbformat.read(path, as_version=4)
-    km = _kernel_manager()
-    client = nbclient.NotebookClient(nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT,
-                                     resources={"metadata": {"path": str(ROOT)}})  # cwd: models/ is found
-    start = time.perf_counter()
+    path = ROOT / "notebooks" / (stem + ".ipynb")
+    nb = strip_outputs(nbformat.read(path, as_version=4))
+    report = Path(os.environ.get("TMPDIR", "/tmp")) / f"tinyinfer-test-{os.getpid()}-{stem}.figures.jsonl"
     try:
-        client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+        seconds = execute_notebook(nb, ROOT, small=True, figure_report=report)  # raises, naming the cell
+        figures = read_figure_report(report)
     finally:
-        if km.has_kernel:  # nbclient leaves a kernel it did not create running; stop ours now
-            km.shutdown_kernel(now=True)
+        report.unlink(missing_ok=True)
+    print(f"{path.name}: executed in {seconds:.1f} s (small settings)")
+    return nb, seconds, figures
+
+
+def _images(nb):
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+            if "image/png" in out.get("data", {})]
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=_ids(LESSONS))
+def test_notebook_executes(lesson):
+    """Run the notebook top to bottom in a kernel: no error, and at least one figure drawn."""
+    nb, _, _ = executed(lesson.stem)
+    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+              if out.output_type == "error"]
+    assert not errors, f"{lesson.stem}: {errors[0].ename}: {errors[0].evalue}"
+    assert _images(nb), f"{lesson.stem} drew no figure (no image/png output)"
+
+
+@pytest.mark.parametrize("lesson", CHECKED, ids=_ids(CHECKED))
+def test_figures_are_readable(lesson):
+    """Every figure: labelled axes where there is data, a legend for several labelled lines, no
+    legend over the data, no overlapping labels (tinyinfer/lessons.py: audit_figure)."""
+    nb, _, figures = executed(lesson.stem)
+    assert len(figures) == len(_images(nb)), \
+        f"{lesson.stem}: {len(_images(nb))} figures in the outputs but {len(figures)} audited"
+    problems = [p for figure in figures for p in figure["problems"]]
+    assert not problems, f"{lesson.stem}:\n" + "\n".join(problems)
+
+
+# ---- what a lesson says: references, exercises, solutions ------------------------------------
+
+
+@pytest.mark.parametrize("lesson", CHECKED, ids=_ids(CHECKED))
+def test_lesson_references_resolve(lesson):
+    """Every `path: name` a lesson quotes exists and defines that name; every path it names exists."""
+    problems = check_references(lesson, ROOT)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("lesson", CHECKED, ids=_ids(CHECKED))
+def test_lesson_has_no_internal_references(lesson):
+    """No issue, ticket, planning file or run the reader cannot see."""
+    found = internal_references(lesson.read_text(encoding="utf-8"), lesson.name)
+    solution = SOLUTIONS / lesson.name
+    if solution.is_file():
+        found += internal_references(solution.read_text(encoding="utf-8"), f"solutions/{solution.name}")
+    assert not found, "\n".join(found)
+
+
+def _exercise_numbers(lesson) -> list[int]:
+    """The numbers of the items under a lesson's '## Exercises' heading."""
+    cells = parse_cells(lesson.read_text(encoding="utf-8"), str(lesson))
+    text = "\n".join(source for kind, source in cells if kind == "markdown")
+    _, _, exercises = text.partition("## Exercises")
+    return [int(n) for n in re.findall(r"^(\d+)\. ", exercises, flags=re.M)]
+
+
+@pytest.mark.parametrize("lesson", CHECKED, ids=_ids(CHECKED))
+def test_every_exercise_has_a_worked_solution(lesson):
+    """lessons/solutions/<lesson>.py defines exercise_N for each exercise N, and the lesson points to it."""
+    numbers = _exercise_numbers(lesson)
+    assert numbers, f"{lesson.name} has no numbered exercises under '## Exercises'"
+    path = SOLUTIONS / lesson.name
+    assert path.is_file(), f"{lesson.name}: no worked solutions at lessons/solutions/{lesson.name}"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert defined >= {f"exercise_{n}" for n in numbers}, \
+        f"lessons/solutions/{lesson.name} lacks {sorted({f'exercise_{n}' for n in numbers} - defined)}"
+    assert f"lessons/solutions/{lesson.name}" in lesson.read_text(encoding="utf-8"), \
+        f"{lesson.name} does not tell the reader where its solutions are"
+
+
+SOLUTION_FILES = sorted(SOLUTIONS.glob("*.py")) if SOLUTIONS.is_dir() else []
+
+
+@pytest.mark.parametrize("solution", SOLUTION_FILES, ids=_ids(SOLUTION_FILES))
+def test_solution_runs(solution):
+    """Each worked-solutions file runs on small settings from the repository root, every exercise."""
+    env = dict(os.environ, **EXECUTION_ENV, **SMALL_ENV)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(solution)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
     seconds = time.perf_counter() - start
-    print(f"{path.name}: executed in {seconds:.1f} s")
-
-    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
-    errors = [out for out in outputs if out.output_type == "error"]
-    assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
-    images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert images, f"{path.name} drew no figure (no image/png output)"
-
+    print(f"solutions/{solution.name}: {seconds:.1f} s")
+    assert result.returncode == 0, f"solutions/{solution.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert "not yet" not in result.stdout, f"a worked solution fails its own check:\n{result.stdout[-3000:]}"
