@@ -1,71 +1,207 @@
-"""Quantized matmul benchmark: Q8_0 and Q4_0 kernels against NumPy float32 on one random matrix.
+"""Quantized matmul benchmark on the roofline: every format's kernels against NumPy float32, from memory.
 
-    python -m tinyinfer.bench.quant [--n 4096 --k 4096] [--batch 32] [--batches 2,5,64] [--rounds 7] [--variants] [--json out.json]
+    python -m tinyinfer.bench.quant [--n 4096 --k 4096] [--batch 32] [--rounds 5] [--formats q8_0,q4_1]
+                                    [--quick] [--json out.json]
 
-Decode (B = 1) is timed against `W @ x`, a batch (B = 32) against `x @ W.T`, both float32 NumPy
-(BLAS) on the same W, interleaved round by round (tinyinfer.bench.interleaved). A ratio > 1 means
-the quantized kernel is faster. The kernels' time includes quantizing x to Q8_0 blocks.
---variants also times the serial and parallel kernels separately, and --batches B1,B2,... adds
-more batch sizes (each a separate x @ W.T case).
+First the machine's ceilings (tinyinfer/bench/roofline.py: read GB/s with one and all threads,
+float32 sgemm and int8 dot rates). Then, per format and kernel (simd: the explicit-vector kernels;
+loops: the plain loops), decode (B = 1) and a batch (B = 32):
+
+    time per call; achieved GB/s = the weight bytes the call must read / its time, and that as a
+    percent of the all-threads read bandwidth (the roofline); ratio = NumPy float32 time / ours.
+
+Fair by construction:
+- both sides read from memory: each side cycles through enough matrices (a different one each
+  call) that its working set is 3x the last-level cache;
+- NumPy float32 runs at its best BLAS thread count (1 or 2, chosen at start), the kernels under
+  tinyinfer's thread policy (tinyinfer/threads.py);
+- the two sides alternate in blocks (all the matrices once per block), with the other side's
+  threads quiet: after a NumPy block BLAS is set back to one thread and given time for its
+  workers to stop spinning before the kernels run;
+- the ratio reported is the median over rounds of the per-round ratios (spread: min..max).
+The kernels' time includes rounding x to Q8_0/Q8_1 blocks and every Python-side step of
+QTensor.matmul. Weights are random blocks (speed does not depend on their values).
+
+Last, the per-call time of QTensor.matmul on SmolLM2-135M's shapes (576 x 576, 192 x 576,
+1536 x 576, 576 x 1536 in Q4_1; the 49152 x 576 Q8_0 head), warm in cache: what a decode step
+pays ~120 times a token besides streaming the weights.
 Lesson: lessons/04-quantization.py
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import statistics
+import time
 
 import numpy as np
 
-from . import interleaved, machine, save_results
+from .. import threads
+from . import machine, save_results
+from .roofline import format_roofline, roofline
+
+SMOLLM2_SHAPES = [("q4_1", 576, 576), ("q4_1", 192, 576), ("q4_1", 1536, 576), ("q4_1", 576, 1536),
+                  ("q8_0", 49152, 576)]
 
 
-def run(n=4096, k=4096, batch=32, rounds=7, variants=False, seed=0, batches=()):
-    from ..quant import kernels, quantize
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs), or 32 MB when it cannot be read."""
+    sizes = []
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            break
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=32 * 2**20)
+
+
+def random_qtensor(fmt, n, k, rng):
+    """A (n, k) QTensor of random blocks (finite scales): made from bytes, instant for every format."""
+    from ..quant.blocks import BLOCK_DTYPES
+    from ..quant.formats import QTensor
+
+    dtype = BLOCK_DTYPES[fmt]
+    raw = rng.integers(0, 256, n * (k // 32) * dtype.itemsize, dtype=np.uint8)
+    structs = raw.view(dtype)
+    structs["d"] = rng.uniform(1e-3, 2e-3, structs.shape).astype(np.float16)
+    if "m" in dtype.names:
+        structs["m"] = rng.uniform(-0.02, 0, structs.shape).astype(np.float16)
+    return QTensor.from_bytes(raw, fmt, (n, k))
+
+
+def copies_past_cache(one_bytes, llc):
+    """How many matrices to cycle so that the working set is 3x the last-level cache (at least 2)."""
+    return max(2, math.ceil(3 * llc / one_bytes))
+
+
+def _block_time(fn, items):
+    """Seconds per call of fn(item) over one pass through items."""
+    t0 = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - t0) / len(items)
+
+
+def quiet_blas():
+    """BLAS back to the policy's thread count, and time for any spinning workers to go to sleep."""
+    threads.set_blas_threads(threads.policy_blas_threads())
+    time.sleep(0.1)  # OpenBLAS workers spin for up to ~2^28 cycles (~0.1 s) after a call
+
+
+def best_blas_threads(W, x, rounds=3):
+    """1 or all cores for NumPy float32 W @ x (x: (K,) or (B, K).T layout as the caller passes)."""
+    times = {}
+    for t in sorted({1, os.cpu_count() or 1}):
+        with threads.blas_threads(t):
+            times[t] = min(_block_time(lambda w: w @ x, W) for _ in range(rounds))
+    quiet_blas()
+    return min(times, key=times.get), times
+
+
+def compare(kernel_fn, qts, numpy_fn, Ws, blas_n, rounds):
+    """Interleaved blocks: NumPy float32 (blas_n threads) then the kernel (policy threads).
+    -> per-call seconds (medians) and the median / min / max of per-round ratios."""
+    fast, base, ratios = [], [], []
+    for _ in range(rounds):
+        with threads.blas_threads(blas_n):
+            b = _block_time(numpy_fn, Ws)
+        quiet_blas()
+        f = _block_time(kernel_fn, qts)
+        fast.append(f)
+        base.append(b)
+        ratios.append(b / f)
+    return {"kernel_s": statistics.median(fast), "numpy_s": statistics.median(base),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def kernel_cases(fmts, n, k, batch, rounds, roof_gbs, llc, kernels=("simd", "loops"), seed=0):
+    """Rows of results: every format x kernel, at B = 1 and B = batch."""
+    from ..quant import kernels as qk
 
     rng = np.random.default_rng(seed)
-    W = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)  # (N, K)
-    x1 = rng.standard_normal(k).astype(np.float32)  # (K,)
-    xb = rng.standard_normal((batch, k)).astype(np.float32)  # (B, K)
-    extra = {b: rng.standard_normal((b, k)).astype(np.float32) for b in batches if b != batch}  # (B, K)
-    results = {"machine": machine(), "n": n, "k": k, "batch": batch, "rounds": rounds, "cases": {}}
-    for fmt in ("q8_0", "q4_0"):
-        qt = quantize(W, fmt)
-        qt.matmul(x1), qt.matmul(xb)  # compile (or load from the cache) before timing
-        cases = {
-            f"{fmt} matvec B=1 vs W @ x": (lambda: qt.matmul(x1), lambda: W @ x1),
-            f"{fmt} matmul B={batch} vs x @ W.T": (lambda: qt.matmul(xb), lambda: xb @ W.T),
-        }
-        for b, x in extra.items():
-            qt.matmul(x)  # compile this tile shape
-            cases[f"{fmt} matmul B={b} vs x @ W.T"] = (lambda x=x: qt.matmul(x), lambda x=x: x @ W.T)
-        if variants:
-            x1b = x1[None]
-            for par in (False, True):
-                tag = "parallel" if par else "serial"
-                cases[f"{fmt} matvec B=1 {tag}"] = (
-                    lambda par=par: kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, x1b, par), lambda: W @ x1)
-                cases[f"{fmt} matmul B={batch} {tag}"] = (
-                    lambda par=par: kernels.quantized_matmul(fmt, qt._scales_f32, qt.quants, xb, par), lambda: xb @ W.T)
-        for label, (fast, base) in cases.items():
-            r = interleaved(fast, base, rounds=rounds)
-            results["cases"][label] = r
-            print(f"{label:42s} ratio {r['ratio']:5.2f}x   quantized {r['fast_s'] * 1e3:8.3f} ms   "
-                  f"numpy float32 {r['baseline_s'] * 1e3:8.3f} ms")
-    results["machine"] = machine()  # again, now that the kernels ran: the threading layer actually loaded
-    return results
+    n_fp32 = copies_past_cache(4 * n * k, llc)
+    Ws = [rng.standard_normal((n, k), dtype=np.float32) for _ in range(n_fp32)]  # (N, K) float32, cycled
+    x1 = rng.standard_normal(k, dtype=np.float32)  # (K,)
+    xb = rng.standard_normal((batch, k), dtype=np.float32)  # (B, K)
+    blas1, blas1_times = best_blas_threads(Ws, x1)
+    blasb, blasb_times = best_blas_threads(Ws, xb.T)
+    rows = []
+    for fmt in fmts:
+        one = random_qtensor(fmt, n, k, rng)
+        qts = [one] + [random_qtensor(fmt, n, k, rng) for _ in range(copies_past_cache(one.nbytes, llc) - 1)]
+        for kernel in kernels:
+            for B, x, blas_n, numpy_fn in ((1, x1[None], blas1, lambda w: w @ x1),
+                                           (batch, xb, blasb, lambda w: xb @ w.T)):
+                call = lambda qt, x=x, kernel=kernel: qk.qtensor_matmul(qt, x, kernel=kernel)  # noqa: E731
+                call(qts[0])  # compile, or load from the disk cache
+                r = compare(call, qts, numpy_fn, Ws, blas_n, rounds)
+                gbs = one.nbytes / r["kernel_s"] / 1e9
+                rows.append({"fmt": fmt, "kernel": kernel, "B": B, "bytes": one.nbytes, **r, "gbs": gbs,
+                             "roof_pct": 100 * gbs / roof_gbs, "numpy_blas_threads": blas_n,
+                             "numpy_gbs": 4 * n * k / r["numpy_s"] / 1e9, "load_average": os.getloadavg()[0]})
+                print(f"{fmt:6s} {kernel:5s} B={B:<3d} {r['kernel_s'] * 1e3:8.3f} ms {gbs:6.1f} GB/s "
+                      f"{rows[-1]['roof_pct']:4.0f}% of roof | NumPy fp32 ({blas_n} BLAS thr) "
+                      f"{r['numpy_s'] * 1e3:7.3f} ms {rows[-1]['numpy_gbs']:5.1f} GB/s | ratio {r['ratio']:5.2f}x "
+                      f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) load {rows[-1]['load_average']:.1f}", flush=True)
+    return rows, {"decode": blas1_times, "batch": blasb_times}, {"fp32_matrices": n_fp32}
+
+
+def per_call_times(shapes=SMOLLM2_SHAPES, calls=300, seed=1):
+    """Microseconds per QTensor.matmul(x) on small shapes, warm (weights in cache): median and best of
+    5 blocks, with the policy's choice of threads and with one thread forced."""
+    from ..quant import kernels as qk
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for fmt, n, k in shapes:
+        qt = random_qtensor(fmt, n, k, rng)
+        x = rng.standard_normal(k, dtype=np.float32)
+        x2 = x[None]
+        row = {"fmt": fmt, "shape": [n, k], "bytes": qt.nbytes}
+        for name, fn in (("matmul", lambda: qt.matmul(x)),
+                         ("serial", lambda: qk.qtensor_matmul(qt, x2, parallel=False)),
+                         ("parallel", lambda: qk.qtensor_matmul(qt, x2, parallel=True))):
+            fn()
+            reps = max(5, calls * 576 * 576 // (n * k))
+            blocks = [_block_time(lambda _: fn(), range(reps)) for _ in range(5)]
+            row[name + "_us"], row[name + "_best_us"] = statistics.median(blocks) * 1e6, min(blocks) * 1e6
+        row["load_average"] = os.getloadavg()[0]
+        out.append(row)
+        print(f"{fmt} {n:>5d} x {k:<4d} QTensor.matmul {row['matmul_us']:7.1f} us (best {row['matmul_best_us']:.1f}); "
+              f"kernel serial {row['serial_us']:7.1f} / parallel {row['parallel_us']:7.1f} us; "
+              f"load {row['load_average']:.1f}", flush=True)
+    return out
+
+
+def run(n=4096, k=4096, batch=32, rounds=5, fmts=("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"),
+        kernels=("simd", "loops"), quick=False):
+    llc = last_level_cache_bytes()
+    roof = roofline(quick=quick)
+    print(format_roofline(roof), flush=True)
+    rows, numpy_threads, extra = kernel_cases(fmts, n, k, batch, rounds, roof["read_gbs_all_threads"], llc, kernels)
+    small = per_call_times()
+    return {"machine": machine(), "roofline": roof, "llc_bytes": llc, "n": n, "k": k, "batch": batch,
+            "rounds": rounds, "numpy_blas_thread_times": numpy_threads, **extra, "cases": rows, "per_call": small}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=4096, help="output features N (rows of W)")
     p.add_argument("--k", type=int, default=4096, help="input features K (a multiple of 32)")
-    p.add_argument("--batch", type=int, default=32, help="B for the matmul case")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--variants", action="store_true", help="also the serial and parallel kernels separately")
-    p.add_argument("--batches", default="", help="more batch sizes, comma-separated (e.g. 2,5,64)")
+    p.add_argument("--batch", type=int, default=32, help="B for the batch case")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--formats", default="q8_0,q4_0,q4_1,q5_0,q5_1,iq4_nl", help="comma-separated")
+    p.add_argument("--kernels", default="simd,loops", help="simd (explicit vectors), loops (plain loops)")
+    p.add_argument("--quick", action="store_true", help="a smaller roofline buffer")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
-    batches = tuple(int(b) for b in args.batches.split(",") if b)
-    results = run(args.n, args.k, args.batch, args.rounds, args.variants, batches=batches)
+    results = run(args.n, args.k, args.batch, args.rounds, tuple(args.formats.split(",")),
+                  tuple(args.kernels.split(",")), args.quick)
+    results["machine"] = machine()  # again, now that the kernels ran: the threading layer actually loaded
     save_results(results, args.json)
 
 

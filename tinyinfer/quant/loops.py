@@ -12,6 +12,12 @@ where q_w are the block's small integers, unpacked from its bytes as blocks.py d
 integer sum is exact (int32), so the only rounding is in the float32 sums, as in
 formats.quantized_matmul_reference, these kernels' NumPy twin.
 
+One idiom is not the formula's: `sumi = np.int32(sumi + a * b)`. Numba types integer arithmetic
+as int64, so a plain `sumi += a * b` is vectorized with 64-bit lanes (vpmuldq: 4 products an
+instruction on AVX2); truncating every partial sum to int32 (which changes nothing: the sums fit)
+lets LLVM use 32-bit lanes and vpmaddwd, and measured ~2x faster (4096 x 4096 Q8_0 matvec, one
+thread, 29.5 -> 15.5 ms on a busy machine).
+
 Threads: `prange(N)` splits the rows of W among Numba's threads in contiguous slabs (so each
 thread streams its own part of W and writes its own part of out: no false sharing except at the
 slab edges). For each row, all B rows of x are done while the row's bytes are in L1.
@@ -39,7 +45,7 @@ def q8_0_loop(wd, wq, xq, xd, out):
             for k in range(NB):
                 sumi = np.int32(0)
                 for j in range(32):
-                    sumi += np.int32(wq[n, k, j]) * np.int32(xq[b, k, j])
+                    sumi = np.int32(sumi + np.int32(wq[n, k, j]) * np.int32(xq[b, k, j]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
             out[b, n] = acc
 
@@ -55,8 +61,8 @@ def q4_0_loop(wd, wq, xq, xd, out):
                 sumi = np.int32(0)
                 for j in range(HALF):
                     byte = np.int32(wq[n, k, j])
-                    sumi += ((byte & 15) - 8) * np.int32(xq[b, k, j])
-                    sumi += ((byte >> 4) - 8) * np.int32(xq[b, k, j + HALF])
+                    sumi = np.int32(sumi + ((byte & 15) - 8) * np.int32(xq[b, k, j])
+                                    + ((byte >> 4) - 8) * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
             out[b, n] = acc
 
@@ -73,8 +79,7 @@ def q4_1_loop(wd, wm, wq, xq, xd, xs, out):
                 sumi = np.int32(0)
                 for j in range(HALF):
                     byte = np.int32(wq[n, k, j])
-                    sumi += (byte & 15) * np.int32(xq[b, k, j])
-                    sumi += (byte >> 4) * np.int32(xq[b, k, j + HALF])
+                    sumi = np.int32(sumi + (byte & 15) * np.int32(xq[b, k, j]) + (byte >> 4) * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
                 mins += wm[n, k] * xs[b, k]
             out[b, n] = acc + mins
@@ -95,7 +100,7 @@ def q5_0_loop(wd, wh, wq, xq, xd, out):
                     byte = np.int32(wq[n, k, j])
                     lo = (byte & 15) | (((high >> j) & 1) << 4)
                     hi = (byte >> 4) | (((high >> (j + HALF)) & 1) << 4)
-                    sumi += (lo - 16) * np.int32(xq[b, k, j]) + (hi - 16) * np.int32(xq[b, k, j + HALF])
+                    sumi = np.int32(sumi + (lo - 16) * np.int32(xq[b, k, j]) + (hi - 16) * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
             out[b, n] = acc
 
@@ -116,7 +121,7 @@ def q5_1_loop(wd, wm, wh, wq, xq, xd, xs, out):
                     byte = np.int32(wq[n, k, j])
                     lo = (byte & 15) | (((high >> j) & 1) << 4)
                     hi = (byte >> 4) | (((high >> (j + HALF)) & 1) << 4)
-                    sumi += lo * np.int32(xq[b, k, j]) + hi * np.int32(xq[b, k, j + HALF])
+                    sumi = np.int32(sumi + lo * np.int32(xq[b, k, j]) + hi * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
                 mins += wm[n, k] * xs[b, k]
             out[b, n] = acc + mins
@@ -133,8 +138,8 @@ def iq4_nl_loop(wd, wq, xq, xd, out, table):
                 sumi = np.int32(0)
                 for j in range(HALF):
                     byte = wq[n, k, j]
-                    sumi += np.int32(table[byte & 15]) * np.int32(xq[b, k, j])
-                    sumi += np.int32(table[byte >> 4]) * np.int32(xq[b, k, j + HALF])
+                    sumi = np.int32(sumi + np.int32(table[byte & 15]) * np.int32(xq[b, k, j])
+                                    + np.int32(table[byte >> 4]) * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
             out[b, n] = acc
 
