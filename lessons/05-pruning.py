@@ -226,8 +226,8 @@ print(f"magnitude and Wanda agree on {agree:.1%} of this matrix's keep/drop deci
 # — and no model is — S more steps help *any* model. So the honest comparison is a pruned model
 # fine-tuned for S steps against the **unpruned model fine-tuned for the same S steps**, on the
 # same batches with the same learning-rate schedule (`finetune(model, None, ...)` with the same
-# stage). Without it, a calibration run for this project had a 50%-pruned model "beat" its own
-# teacher.
+# stage). Without it, a pruned and fine-tuned model can even "beat" its own teacher, which would
+# only say that the teacher had not finished training.
 #
 # **Schedules.** We prune in three jumps (50%, 70%, 90%). Zhu & Gupta (2017) instead raise the
 # sparsity a little at many steps along a cubic curve, `cubic_sparsity`: fast early, while many
@@ -317,69 +317,161 @@ else:
 # %%
 small_w = np.array([[0, 1.5, 0], [0, 0, 0], [2, 0, 3]], dtype=np.float32)
 m = CSRMatrix.from_dense(small_w)
-print("data   ", m.data, "\nindices", m.indices, "\nindptr ", m.indptr)
+print("data   ", m.data, "\nindices", m.indices, m.indices.dtype, "\nindptr ", m.indptr)
 x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
 print("CSR product", m.matmul(x), " NumPy twin", csr_matmul_reference(m.indptr, m.indices, m.data, 3, x[None])[0],
       " dense", small_w @ x)
+wide = m.with_index_dtype(np.int32)  # the columns as scipy.sparse and PyTorch store them
+print(f"bytes per nonzero: {wide.bytes_per_nonzero} with int32 columns (SciPy's), "
+      f"{m.bytes_per_nonzero} with uint16 columns (ours, because K = {m.shape[1]} <= 65,536)")
 
 # %% [markdown]
-# Each nonzero costs 4 bytes of value **and** 4 bytes of column index, so CSR is smaller than
-# dense float32 only below 50% density. And speed: for every nonzero the kernel loads its index,
-# then *gathers* `x[index]` from wherever it is — a dependent, irregular load that SIMD units handle
-# poorly. A dense BLAS streams both operands in order with wide vector instructions. So the
-# sparse kernel must skip a lot of work before it wins. We time it against NumPy float32 `x @ W.T`
-# (the dense matrix with its zeros), interleaved in one process (`tinyinfer/bench/__init__.py:
-# interleaved`), random unstructured sparsity as pruning leaves it.
+# **The bytes are the whole game.** A matrix-vector product (decoding one token) reads every
+# stored weight once and does one multiply-add with it. The arithmetic is cheap; reading the
+# matrix from memory is not, so its time is at least *bytes / read bandwidth*. Dense float32 reads
+# 4 bytes a weight, zeros included. CSR reads a value and a column per nonzero: 8 bytes with
+# SciPy's int32 columns, so CSR only reads less than dense below 4/8 = 50% density. A column index
+# below 65,536 fits in 16 bits, so when K ≤ 65,536 we store uint16 columns: 6 bytes a nonzero,
+# less than dense below 4/6 ≈ 67% density, and a quarter fewer bytes at any density.
+#
+# The price of the narrower format (`tinyinfer/sparse/csr.py` docstring): it is not SciPy's or
+# PyTorch's (they take int32/int64 columns), so handing the arrays over means widening them
+# (`with_index_dtype(np.int32)`), reading them in means narrowing after a check, and a C or Rust
+# port must zero-extend the unsigned 16-bit columns, never sign-extend them.
+#
+# Reading fewer bytes only helps if the kernel keeps up with memory. For each nonzero the kernel
+# loads its column, then *gathers* `x[column]` from wherever it points: an irregular load that
+# vector units handle poorly, while BLAS streams a dense matrix in order. So we measure both
+# sides against the machine's own ceiling — a **roofline**: how many GB/s this machine can read,
+# with one thread and with all of them (`tinyinfer/bench/roofline.py`), and how many GB/s each
+# kernel achieves (the bytes it must read divided by its time).
+#
+# `tinyinfer/bench/sparse.py: run` does the measuring, the same code as `tinyinfer bench sparse`:
+# every side cycles through enough different matrices that each call reads its matrix from
+# memory (a single matrix would sit in the cache, which a model's many layers do not); dense
+# NumPy float32 runs at its best BLAS thread count (1 or all cores, measured first); the sides
+# alternate in blocks with the other side's threads quiet, and each ratio is the median over
+# rounds. The CSR side is the whole `CSRMatrix.matmul`: both cores, rows split by nonzeros
+# (`tinyinfer/sparse/kernels.py`).
 
 # %%
-size = 1024 if SMALL else 4096
-densities = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02) if SMALL else (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
-rng = np.random.default_rng(0)
-x1 = rng.standard_normal(size).astype(np.float32)  # (K,) decode: one token
-speed = {}
-for density in densities:
-    dense_w = (rng.standard_normal((size, size)) * (rng.random((size, size)) < density)).astype(np.float32)  # (N, K)
-    sparse_w = CSRMatrix.from_dense(dense_w)
-    np.testing.assert_allclose(sparse_w.matmul(x1), dense_w @ x1, rtol=1e-4, atol=1e-3)
-    speed[density] = interleaved(lambda: sparse_w.matmul(x1), lambda: x1 @ dense_w.T, rounds=9 if SMALL else 15)
-    print(f"density {density:5.2f}: CSR {speed[density]['fast_s'] * 1e3:7.3f} ms, dense {speed[density]['baseline_s'] * 1e3:7.3f} ms, "
-          f"ratio {speed[density]['ratio']:5.2f}x, CSR bytes {sparse_w.nbytes / dense_w.nbytes:.2f} of dense")
-faster = [d for d in densities if speed[d]["ratio"] > 1]
-crossover = max(faster) if faster else None
+from tinyinfer.bench import sparse as sparse_bench
 
-fig, ax = plt.subplots(figsize=(7, 4))
-ax.plot(densities, [speed[d]["ratio"] for d in densities], "o-", label="CSR (Numba) vs dense float32")
+size = 1024 if SMALL else 4096
+densities = (0.5, 0.3, 0.1, 0.05) if SMALL else (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
+bench = sparse_bench.run(size, size, densities, batch=16, rounds=3 if SMALL else 7,
+                         working_set_mb=64 if SMALL else 128, log=lambda *_: None, progress=not SMALL)
+roof = bench["roofline"]
+runs = [bench["densities"][str(d)] for d in densities]
+print(f"{size}x{size}, read bandwidth {roof['read_gbs_1_thread']:.1f} GB/s (1 thread), "
+      f"{roof['read_gbs_all_threads']:.1f} GB/s ({roof['threads']} threads); dense float32 at "
+      f"{bench['dense_blas_threads']['B=1']} BLAS thread(s); load average {runs[0]['load_average'][0]:.1f}")
+for d, r in zip(densities, runs):
+    dec, ratios = r["decode"], r["ratios"]
+    print(f"density {d:4.2f}: CSR {dec['csr']['s'] * 1e3:6.3f} ms ({dec['csr']['gbs']:5.1f} GB/s), "
+          f"dense {dec['dense']['s'] * 1e3:6.3f} ms ({dec['dense']['gbs']:5.1f} GB/s); CSR vs dense "
+          f"{ratios['decode csr vs dense']['median']:5.2f}x, vs scipy.sparse {ratios['decode csr vs scipy']['median']:4.2f}x, "
+          f"uint16 vs int32 columns {ratios['decode csr vs int32 columns']['median']:4.2f}x")
+
+# %%
+nnz_fraction = np.linspace(0.01, 1.0, 100)
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+ax = axes[0]  # bytes one product must read
+dense_mb = size * size * 4 / 1e6
+ax.plot(nnz_fraction, np.full_like(nnz_fraction, dense_mb), "k-", label="dense float32 (4 B a weight)")
+ax.plot(nnz_fraction, nnz_fraction * size * size * 8 / 1e6, "C1--", label="CSR, int32 columns (8 B a nonzero)")
+ax.plot(nnz_fraction, nnz_fraction * size * size * 6 / 1e6, "C0-", label="CSR, uint16 columns (6 B a nonzero)")
+ax.set_xlabel("density (fraction of weights kept)")
+ax.set_ylabel("matrix bytes read per product (MB)")
+ax.set_title("bytes: CSR reads less than dense below 50% / 67%")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
+ax = axes[1]  # achieved GB/s against the read bandwidth
+for side, style in (("csr", "C0o-"), ("csr int32 columns", "C1s--"), ("csr serial", "C2^:"), ("scipy", "C4v:"),
+                    ("dense", "kD-")):
+    ax.plot(densities, [r["decode"][side]["gbs"] for r in runs], style, label=side)
+ax.axhline(roof["read_gbs_all_threads"], color="C3", ls="-", label=f"read bandwidth, {roof['threads']} threads")
+ax.axhline(roof["read_gbs_1_thread"], color="C3", ls=":", label="read bandwidth, 1 thread")
+ax.set_xscale("log")
+ax.set_xticks(densities, [f"{d:g}" for d in densities], minor=False)
+ax.minorticks_off()
+ax.set_xlabel("density (log scale)")
+ax.set_ylabel("achieved GB/s (bytes read / time)")
+ax.set_title("the roofline: decode (B = 1)")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+ax = axes[2]  # speed-up over dense
+dense_ratio = [r["ratios"]["decode csr vs dense"]["median"] for r in runs]
+ax.plot(densities, dense_ratio, "C0o-", label="CSR (uint16 columns) vs dense")
+ax.plot(densities, [r["ratios"]["decode csr vs dense"]["median"] / r["ratios"]["decode csr vs int32 columns"]["median"]
+                    for r in runs], "C1s--", label="CSR, int32 columns, vs dense")
+ax.plot(densities, [r["ratios"]["decode csr vs dense"]["median"] / r["ratios"]["decode csr vs scipy"]["median"]
+                    for r in runs], "C4v:", label="scipy.sparse vs dense")
 ax.axhline(1.0, color="k", ls=":")
+crossover = bench["crossover decode csr vs dense"]
 if crossover is not None:
-    ax.axvline(crossover, color="C3", ls="--", label=f"crossover: faster at density ≤ {crossover}")
+    ax.axvline(crossover, color="C3", ls="--", label=f"CSR faster at density ≤ {crossover}")
 ax.set_xscale("log")
 ax.set_yscale("log")
-ax.set_xlabel("density (fraction of weights kept)")
-ax.set_ylabel("speed-up over dense (>1: CSR faster)")
-ax.set_title(f"{size}x{size} matrix-vector product, 1 thread, {machine()['cpu']}")
+ax.set_xticks(densities, [f"{d:g}" for d in densities], minor=False)
+ax.minorticks_off()
+ax.set_xlabel("density (log scale)")
+ax.set_ylabel("speed-up over dense float32 (>1: faster)")
+ax.set_title("where CSR crosses dense")
 ax.grid(alpha=0.3, which="both")
-ax.legend()
+ax.legend(fontsize=8)
+fig.tight_layout()
 plt.show()
-print(f"crossover: CSR faster than dense at density <= {crossover} (sparsity >= "
-      f"{'n/a' if crossover is None else f'{1 - crossover:.0%}'}); the machine may be busy, so rerun for stable ratios")
 
 # %% [markdown]
-# **Why unstructured sparsity rarely beats dense BLAS.** At 50% sparsity the CSR product moves
-# as many bytes as the dense one (value + index per nonzero) and does its arithmetic through
-# gathers, so it is several times *slower*; it wins only at high sparsity (the crossover above;
-# `tinyinfer bench sparse` on 4096 x 4096 puts it between 80% and 85% sparsity here, see
-# `benchmarks/sparse.json`; on small matrices call overhead pushes it further). And that is against one BLAS thread on a
-# matrix-vector product — batches (several tokens at once, prompt processing) let the dense
-# kernel reuse each weight many times and push the crossover further out. So the article's "70%
-# sparsity → 3x" is not what a general-purpose CPU gives for unstructured sparsity; real systems
-# get speed from *structure*: 2:4 on GPUs with sparse tensor cores (at most 2x on the matrix
-# multiply), block sparsity, or simply smaller dense matrices.
+# How to read the roofline panel: a kernel on the bandwidth line is limited by memory, and only
+# fewer bytes make it faster; a kernel below the line is limited by its instructions (here the
+# gathers), and fewer bytes help it less. The lines below are computed from this run.
+
+# %%
+at = {d: r for d, r in zip(densities, runs)}
+sparsest, densest = densities[-1], densities[0]
+for d in (densest, 0.1, sparsest):
+    r = at[d]["decode"]
+    print(f"density {d}: CSR reads {at[d]['csr_mb']:.1f} MB at {r['csr']['gbs']:.1f} GB/s, "
+          f"{r['csr']['roofline_pct']:.0f}% of the all-threads read bandwidth; dense {r['dense']['gbs']:.1f} GB/s "
+          f"({r['dense']['roofline_pct']:.0f}%)")
+ratio_30 = at[0.3]["ratios"]["decode csr vs dense"]["median"]
+print(f"at 70% sparsity (density 0.3) CSR ran {ratio_30:.2f}x dense: "
+      + ("faster" if ratio_30 > 1 else "slower") + f"; at 90% sparsity {at[0.1]['ratios']['decode csr vs dense']['median']:.2f}x")
+print(f"crossover: CSR faster than dense at density <= {crossover} of {list(densities)} "
+      f"(sparsity >= {'n/a' if crossover is None else f'{1 - crossover:.0%}'}); "
+      f"with a batch of 16: density <= {bench['crossover B=16 csr vs dense']}")
+print(f"uint16 instead of int32 columns: {min(r['ratios']['decode csr vs int32 columns']['median'] for r in runs):.2f}x"
+      f" .. {max(r['ratios']['decode csr vs int32 columns']['median'] for r in runs):.2f}x as fast "
+      f"(the bytes alone would give {8 / 6:.2f}x at most)")
+
+# %% [markdown]
+# **Why unstructured sparsity rarely beats dense BLAS by much.** The byte panel sets the best
+# case: CSR cannot be faster than dense by more than dense's bytes over its own (4 / (6 ×
+# density) with uint16 columns: 6.7x at 10% density), and only if both run at the same GB/s.
+# The gathers keep CSR below the bandwidth line, so it wins only well below the byte crossover,
+# at high sparsity (the crossover above). Batches (several tokens at once, prompt processing)
+# let the dense kernel reuse each weight many times and move the crossover further out. So the
+# article's "70% sparsity → 3x" is not what a general-purpose CPU gives for unstructured sparsity
+# (the line above prints what this machine gave at 70%); real systems get speed from
+# *structure*: 2:4 on GPUs with sparse tensor cores (at most 2x on the matrix multiply), block
+# sparsity, or simply smaller dense matrices. `tinyinfer bench sparse` runs this measurement on
+# 4096 x 4096 matrices with more rounds.
 #
 # For a whole model, `sparsify_model(model, masks, min_sparsity=...)` converts only the layers
 # sparse enough to pay (`tinyinfer/sparse/model.py: DEFAULT_MIN_SPARSITY`, measured with
-# `tinyinfer bench sparse`). `models/teacher-pruned50` stores the fine-tuned 50% model that way —
-# which makes it *larger* than the dense float16 file and slower, honestly so.
-#
+# `tinyinfer bench sparse`). `models/teacher-pruned50` stores the fine-tuned 50% model that way.
+# At 50% density CSR saves no bytes (the byte panel), and the dense teacher's file is float16, 2
+# bytes a weight, while CSR values stay float32: compare the two files (sizes below).
+
+# %%
+for folder in ("teacher", "teacher-pruned50"):
+    path = ROOT / "models" / folder / "model.safetensors"
+    if path.is_file():
+        print(f"models/{folder}/model.safetensors: {path.stat().st_size / 1e6:.1f} MB")
+
+# %% [markdown]
 # ## 6. Structured pruning: speed without a sparse kernel
 #
 # Removing whole MLP neurons gives an ordinary, smaller dense model. Its forward pass is
@@ -405,10 +497,9 @@ print(f"ffn_hidden {config.ffn_hidden} -> {half_neurons.config.ffn_hidden}: "
 #   reference is the dense control, not the teacher (section 4). On our teacher the gap after the
 #   fine-tuning we could afford is far from minimal (printed below from
 #   `benchmarks/prune_quality.json`). Our teacher saw ~10 tokens per parameter: a small model
-#   trained that long has little redundancy to give away. The project's PyTorch calibration run —
-#   a 5M-parameter model trained on only 0.7 tokens per parameter — lost just +1.4% at 50% and
-#   +4.7% at 70% against its dense control. How much can be pruned depends on how much the model
-#   has left unused, which is why the published results come from very large models.
+#   trained that long has little redundancy to give away. How much can be pruned depends on how
+#   much the model has left unused, which is why the published results come from very large
+#   models.
 # * **"Sparse kernels turn that into speed."** Only at high sparsity for unstructured CSR on a
 #   CPU (section 5); structured pruning turns into speed directly (section 6), at a larger cost
 #   in quality per weight removed.

@@ -9,11 +9,14 @@ weights, stored (K, N), are transposed on the way in.
 
 Only the block linear layers are converted: the embedding is a lookup, and the (often tied) head
 stays dense. A layer goes to CSR only if at least `min_sparsity` of its weights are zero: CSR
-costs 8 bytes a nonzero, and its product beats dense float32 only well below 50% density.
+costs 6 bytes a nonzero (uint16 columns; 8 with int32), and its product beats dense float32 only
+well below 67% density.
 DEFAULT_MIN_SPARSITY comes from tinyinfer/bench/sparse.py (4096 x 4096, busy 2-core EPYC, serial
 kernels vs single-threaded OpenBLAS): decode (x: (K,)) broke even between 20% and 15% density
 (0.88x at 20%, 1.26x at 15%, 1.7x at 10%, 3.5x at 5%); a batch of 16 between 30% and 25% (0.98x,
-1.09x). Small matrices (the tiny test models) are dominated by call overhead instead.
+1.09x). Small matrices (the tiny test models) are dominated by call overhead instead. Those
+figures are the earlier serial kernels with int32 columns; the current ones use both cores and
+uint16 columns, so re-measure with `tinyinfer bench sparse` on a quiet machine before moving it.
 
 On disk a sparse model is the usual folder (tinyinfer/checkpoint.py save / load). model.safetensors
 stores each CSRMatrix as its three arrays, `<name>.indptr`, `<name>.indices` (as held: uint16 "U16"
