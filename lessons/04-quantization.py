@@ -25,26 +25,23 @@
 #
 # | piece | where |
 # |---|---|
-# | ggml's Q8_0 / Q4_0 blocks, quantize, dequantize, bytes | `tinyinfer/quant/formats.py: quantize`, `QTensor` |
+# | ggml's block rules (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), byte for byte | `tinyinfer/quant/blocks.py` |
+# | a quantized matrix: quantize, dequantize, bytes, rows | `tinyinfer/quant/formats.py: quantize`, `QTensor` |
 # | the NumPy twin of the multiply | `tinyinfer/quant/formats.py: quantized_matmul_reference` |
-# | the fast kernels (Numba) | `tinyinfer/quant/kernels.py: quantized_matmul` |
+# | the fast kernels (Numba): plain loops, explicit vectors | `tinyinfer/quant/loops.py`, `tinyinfer/quant/simd.py`, `kernels.py` |
+# | who owns the cores (BLAS vs Numba threads) | `tinyinfer/threads.py` |
+# | the machine's roofline (read bandwidth, multiply-add rate) | `tinyinfer/bench/roofline.py` |
 # | a whole quantized model | `tinyinfer/quant/model.py: quantize_model`, `weight_bytes` |
 # | GPTQ (better 4-bit rounding from calibration text) | `tinyinfer/quant/gptq.py: gptq_quantize_model`, `calibration_windows` |
 # | ternary weights, an extreme experiment | `tinyinfer/quant/lowbit.py: ternary_model` |
-# | the benchmark helpers | `tinyinfer/bench/__init__.py: interleaved`, `machine`; `tinyinfer/bench/quant.py` |
+# | the benchmark helpers | `tinyinfer/bench/__init__.py: machine`; `tinyinfer/bench/quant.py` |
 #
 # `TINYINFER_LESSON_SMALL=1` (the tests set it) makes the timed matrix and the evaluation small.
 
 # %%
 # %matplotlib inline
-import os
-
-# Matrices this small run fastest on one BLAS thread, and one thread does not fight other
-# jobs for the cores (on a busy machine, extra threads can make them many times slower).
-# This only works before NumPy is first imported.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import json
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,10 +49,15 @@ import numpy as np
 
 import tinyinfer
 from tinyinfer import corpus
-from tinyinfer.bench import interleaved, machine
+from tinyinfer.bench import machine
+from tinyinfer.bench.quant import (best_blas_threads, compare, copies_past_cache, last_level_cache_bytes,
+                                   random_qtensor)
+from tinyinfer.bench.roofline import format_roofline, roofline
 from tinyinfer.evaluate import evaluate
 from tinyinfer.model import layer_names
 from tinyinfer.quant import quantize
+from tinyinfer.quant import kernels as qkernels
+from tinyinfer.quant.blocks import BLOCK_DTYPES, IQ4_NL_VALUES
 from tinyinfer.quant.formats import quantize_activations, quantized_matmul_reference
 from tinyinfer.quant.gptq import calibration_windows, gptq_quantize_model
 from tinyinfer.quant.lowbit import ternary_model
@@ -82,7 +84,10 @@ print(f"small settings: {SMALL}; model: {MODEL_DIR.relative_to(ROOT)}, {model.nu
 # | float32 | 128 | 32 | 1x | — |
 # | float16 / bfloat16 (how models usually ship) | 64 | 16 | 2x | 1x |
 # | Q8_0 | 2 + 32 = 34 | 8.5 | 3.76x | 1.88x |
-# | Q4_0 | 2 + 16 = 18 | 4.5 | 7.1x | 3.56x |
+# | Q5_1 | 2 + 2 + 4 + 16 = 24 | 6.0 | 5.3x | 2.67x |
+# | Q5_0 | 2 + 4 + 16 = 22 | 5.5 | 5.8x | 2.91x |
+# | Q4_1 | 2 + 2 + 16 = 20 | 5.0 | 6.4x | 3.2x |
+# | Q4_0, IQ4_NL | 2 + 16 = 18 | 4.5 | 7.1x | 3.56x |
 #
 # So "a quarter" and "an eighth" are rounded, and they are against float32; against the float16
 # file you actually download, 8-bit halves the size. The speed claim rests on an argument, not
@@ -259,8 +264,9 @@ plt.show()
 #
 # ## 3. ggml's formats, byte for byte
 #
-# `tinyinfer/quant/formats.py` reproduces ggml's two simplest formats exactly, down to the float32
-# arithmetic and the rounding rule, so `QTensor.to_bytes()` is what a GGUF file stores.
+# `tinyinfer/quant/blocks.py` reproduces ggml's block formats exactly, down to the float32
+# arithmetic and the rounding rules, so `QTensor.to_bytes()` is what a GGUF file stores. The two
+# simplest first.
 #
 # **Q8_0** (`block_q8_0` in ggml/src/ggml-common.h): a float16 scale `d = amax / 127`, then 32
 # int8 `q = roundf(w / d)`; value `q * d`. `roundf` rounds halves away from zero, unlike NumPy's
@@ -321,6 +327,57 @@ print(f"largest error in this block: Q8_0 {np.abs(values8 - one_block[0]).max():
 # The same bytes read back with `QTensor.from_bytes(raw, "q4_0", (1, 32))`, which is how a GGUF
 # tensor loads; a whole matrix is just its blocks row after row, `N * K / 32` of them.
 #
+# **The other legacy formats** (`tinyinfer/quant/blocks.py`, one section each, all byte for byte
+# ggml's and checked against llama.cpp's own NumPy code in `tests/test_quant_formats.py`):
+#
+# * **Q4_1**: `d = (max - min) / 15` *and* `m = min`, both float16; value `q * d + m` (section 2's
+#   min/max grid). SmolLM2-135M, the real model tinyinfer loads, stores its linear layers this way.
+# * **Q5_0 / Q5_1**: Q4_0 / Q4_1 with a fifth bit per weight, kept apart in 4 bytes (bit j of a
+#   little-endian uint32 is element j's bit 4), so the nibbles keep Q4's layout; 32 levels.
+# * **IQ4_NL**: Q4_0's layout, but the nibble is an *index* into 16 fixed levels, denser near zero,
+#   `value = d * table[q]`; the scale comes from a small weighted least-squares search instead of
+#   the largest weight.
+#
+# The layouts, read from the block types themselves:
+
+# %%
+print(f"{'format':>7} {'bytes':>5} {'bits/weight':>11}  fields (ggml's struct, in order)")
+for fmt, dtype in BLOCK_DTYPES.items():
+    fields = ", ".join(f"{name} {dtype.fields[name][0].itemsize} B" for name in dtype.names)
+    print(f"{fmt:>7} {dtype.itemsize:>5} {dtype.itemsize * 8 / 32:>11.2f}  {fields}")
+print(f"IQ4_NL levels: {IQ4_NL_VALUES.tolist()}")
+
+errors = {fmt: np.sqrt(((quantize(W, fmt).dequantize() - W) ** 2).mean()) / sigma for fmt in BLOCK_DTYPES}
+for fmt, e in errors.items():
+    print(f"{fmt:>7}: RMS error on {name.split('.', 2)[-1]} {e:.4f} std")
+
+# %% [markdown]
+# **Why a non-uniform grid wins at the same 4.5 bits.** Within a block, most weights are small and
+# only a few are near the block's largest. Q4_0's 16 levels are evenly spaced from -8d to 7d, so
+# the many small weights share a few levels near zero; IQ4_NL's levels crowd where the weights
+# are. Below: every weight of our matrix divided by its block's largest |w| (signed so that the
+# largest is +1), against both grids scaled the same way.
+
+# %%
+blocks_w = W.reshape(-1, 32)
+peak = blocks_w[np.arange(len(blocks_w)), np.abs(blocks_w).argmax(1)]  # (blocks,) the signed max
+safe_peak = np.where(peak == 0, 1.0, peak)
+relative = (blocks_w / safe_peak[:, None]).ravel()  # each block's largest weight at +1
+plt.figure(figsize=(9, 3.4))
+plt.hist(relative, bins=200, range=(-1.05, 1.05), color="gray", label="weights / their block's signed max")
+q4_levels = np.arange(-8, 8) / -8.0  # Q4_0: d = max / -8, the max on level -8
+nl_levels = IQ4_NL_VALUES / -127.0  # IQ4_NL's first guess d = max / -127 (the search then refines it)
+top = plt.gca().get_ylim()[1]
+plt.vlines(q4_levels, 0, top * 0.45, color="C0", lw=1.5, label="Q4_0 levels")
+plt.vlines(nl_levels, top * 0.5, top * 0.95, color="C3", lw=1.5, label="IQ4_NL levels")
+plt.xlabel("w / (signed largest w of its block)")
+plt.ylabel("weights")
+plt.title(f"16 levels, two ways: RMS error Q4_0 {errors['q4_0']:.4f} std, IQ4_NL {errors['iq4_nl']:.4f} std")
+plt.legend(fontsize=8, loc="upper left")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## 4. The kernels: multiplying without converting back to floats
 #
 # One way to use quantized weights is to dequantize them to float32 and call the BLAS. That saves
@@ -328,10 +385,13 @@ print(f"largest error in this block: Q8_0 {np.abs(values8 - one_block[0]).max():
 # for the CPU, and `tinyinfer/quant/kernels.py` copies it:
 #
 # 1. quantize the **activations** x to Q8_0 blocks on the fly (`quantize_activations`: int8 plus
-#    one scale per 32 numbers; cheap, x is one vector);
-# 2. for each block, the dot product of the two int8 (or int4) vectors is a sum of small-integer
-#    products, **exact** in int32 (at most 32 x 127 x 127): the CPU does 16 or 32 of them per
-#    instruction;
+#    one scale per 32 numbers; cheap, x is one vector). For Q4_1 / Q5_1 weights the blocks are
+#    Q8_1: they also carry `s = d * sum(q)`, because `w = q_w d_w + m_w` makes every block's dot
+#    product `d_w d_x sum(q_w q_x) + m_w s_x`: the minimum costs one multiply a block. Like ggml,
+#    we keep d and s as float16 (all its block structs hold), so a model loaded from a GGUF file
+#    computes what llama.cpp computes, up to the order of float32 additions;
+# 2. for each block, the dot product of the two small-integer vectors is **exact** in int32
+#    (at most 32 x 127 x 127): the CPU does 8 to 32 of them per instruction;
 # 3. multiply each block's integer sum by the two scales and add the blocks in float32:
 #    `out[b, n] = sum_k (sum_j xq[b,k,j] * wq[n,k,j]) * xd[b,k] * wd[n,k]`.
 #
@@ -343,92 +403,145 @@ print(f"largest error in this block: Q8_0 {np.abs(values8 - one_block[0]).max():
 # %%
 rng = np.random.default_rng(0)
 x = rng.standard_normal((4, K)).astype(np.float32)  # (B, K): four activation rows
-for fmt in ("q8_0", "q4_0"):
+for fmt in BLOCK_DTYPES:
     qt = quantize(W, fmt)
     numba_out = qt.matmul(x)  # (B, N) the Numba kernel (compiled on first use, then cached on disk)
-    twin_out = quantized_matmul_reference(fmt, qt.scales.astype(np.float32), qt.quants, x)  # (B, N)
+    twin_out = quantized_matmul_reference(fmt, qt.scales, qt.quants, x, qt.mins, qt.high_bits)  # (B, N)
     scale = np.abs(x @ W.T).max()
-    print(f"{fmt}: |kernel - twin| {np.abs(numba_out - twin_out).max() / scale:.1e},  "
+    print(f"{fmt:>6}: |kernel - twin| {np.abs(numba_out - twin_out).max() / scale:.1e},  "
           f"|kernel - x @ dequantized.T| {np.abs(numba_out - x @ qt.dequantize().T).max() / scale:.1e},  "
           f"|kernel - x @ W.T| {np.abs(numba_out - x @ W.T).max() / scale:.1e}   (relative to max |x @ W.T|)")
     assert np.allclose(numba_out, twin_out, rtol=1e-4, atol=1e-5 * scale)
-xq, xd = quantize_activations(x)
-print(f"x as Q8_0 blocks: quants {xq.shape} {xq.dtype}, scales {xd.shape} {xd.dtype}")
+xq, xd, xs = quantize_activations(x)
+print(f"x as Q8_1 blocks: quants {xq.shape} {xq.dtype}, scales d {xd.shape} and sums s {xs.shape} "
+      f"(float16 values, held as {xd.dtype})")
 
 # %% [markdown]
-# **Is it faster?** Every speed claim in tinyinfer is a ratio measured in one process,
-# alternating the two calls round after round (`tinyinfer/bench/__init__.py: interleaved`), with
-# the machine printed next to it. We time one matrix-vector product (decode: B = 1, what
-# generating a token does for every weight) and a batch of 32 rows (prefill), against NumPy's
-# float32 `W @ x`, on a random matrix (4096 x 4096 normally, the size of one LLaMA-7B projection;
-# 1024 x 1024 on small settings). The Numba time includes quantizing x.
+# **Two ways to write the kernel.** `tinyinfer/quant/loops.py` has one *plain-loop* kernel per
+# format that reads like the formula: for every row, for every block, unpack the block's integers
+# and add up their products with x. `tinyinfer/quant/simd.py` computes the same thing with
+# *explicit vectors*: a block step written in LLVM's vector IR (load 16 bytes, split the nibbles
+# with one mask and one shift, multiply neighbouring pairs into int32 lanes with x86's
+# `vpmaddwd`, convert and fused-multiply-add into a float32 accumulator that stays in a register
+# for the whole row). Both split the rows over the cores (`prange`).
 #
-# Both sides run on **one thread**: the first cell pinned the BLAS to one thread, so we pin Numba
-# too (it would otherwise split a large batch over both cores). The full benchmark, with the
-# parallel kernels as well, is `python -m tinyinfer.bench.quant`.
+# **Is it faster? The roofline.** Generating one token reads every weight once and does one
+# multiply-add with it, so the fastest a matrix-vector product can go is
+# `bytes of the weights / the memory's read bandwidth`. That bandwidth is a property of the
+# machine, so we measure it first (`tinyinfer/bench/roofline.py`: a Numba loop that only reads a
+# buffer far larger than the last-level cache, with one thread and with all of them), along with
+# the float32 multiply-add rate of NumPy's BLAS for comparison. Then every format's decode
+# (B = 1) kernel, both ways, against NumPy's float32 `W @ x`, on random blocks (speed does not
+# depend on the values), and a kernel's **achieved GB/s** = the bytes it must read / its time.
+#
+# Fair, by construction (`tinyinfer/bench/quant.py`): each side cycles through enough matrices
+# that they cannot stay in the cache; NumPy runs at its best BLAS thread count; the two sides
+# alternate in blocks, and after NumPy's block its threads are put back to sleep before ours run
+# (OpenBLAS's threads keep spinning after a call and would steal our cores: `tinyinfer/threads.py`
+# has the measurements); the ratio is the median of per-round ratios.
 
 # %%
-import numba
-
 print(json.dumps(machine(), indent=1))
 size = 1024 if SMALL else 4096
-rounds = 15 if SMALL else 7
-big = (rng.standard_normal((size, size)) * 0.02).astype(np.float32)  # (N, K): speed does not depend on values
+rounds = 3 if SMALL else 5
+roof = roofline(quick=SMALL)  # the machine's ceilings, measured now
+print(format_roofline(roof))
+llc = last_level_cache_bytes()
+cycle_for = llc // 8 if SMALL else llc  # small settings: a working set small enough to be quick, maybe in cache
+Ws = [rng.standard_normal((size, size), dtype=np.float32) for _ in range(copies_past_cache(4 * size * size, cycle_for))]
 x1 = rng.standard_normal(size).astype(np.float32)  # (K,)
 xb = rng.standard_normal((32, size)).astype(np.float32)  # (32, K)
-threads = numba.get_num_threads()
-numba.set_num_threads(1)
-timings = {}  # (fmt, case) -> interleaved's result
-for fmt in ("q8_0", "q4_0"):
-    qbig = quantize(big, fmt)
-    timings[fmt, "B=1"] = interleaved(lambda: qbig.matmul(x1), lambda: big @ x1, rounds=rounds)
-    timings[fmt, "B=32"] = interleaved(lambda: qbig.matmul(xb), lambda: xb @ big.T, rounds=rounds)
-numba.set_num_threads(threads)
-for (fmt, case), r in timings.items():
-    print(f"{size}x{size} {fmt} {case:>4}: quantized {r['fast_s'] * 1e3:7.3f} ms, numpy float32 "
-          f"{r['baseline_s'] * 1e3:7.3f} ms, ratio {r['ratio']:.2f}x")
+blas_n, blas_times = best_blas_threads(Ws, x1)
+print(f"NumPy float32 W @ x: {blas_n} BLAS thread(s) is fastest here "
+      f"({', '.join(f'{t} threads {s * 1e3:.2f} ms' for t, s in blas_times.items())}); "
+      f"{len(Ws)} float32 matrices cycled, {len(Ws) * 4 * size * size / 2**20:.0f} MB vs a {llc / 2**20:.0f} MB cache")
+
+decode = {}  # (fmt, kernel) -> compare()'s result, plus GB/s
+batch = {}  # fmt -> the B = 32 comparison
+for fmt in BLOCK_DTYPES:
+    one = random_qtensor(fmt, size, size, rng)
+    qts = [one] + [random_qtensor(fmt, size, size, rng) for _ in range(copies_past_cache(one.nbytes, cycle_for) - 1)]
+    for kernel in ("loops", "simd"):
+        call = lambda qt, kernel=kernel: qkernels.qtensor_matmul(qt, x1[None], kernel=kernel)  # noqa: E731
+        call(qts[0])  # compile, or load from the disk cache
+        r = compare(call, qts, lambda w: w @ x1, Ws, blas_n, rounds)
+        decode[fmt, kernel] = {**r, "gbs": one.nbytes / r["kernel_s"] / 1e9, "bytes": one.nbytes}
+    if fmt in ("q8_0", "q4_0"):
+        call = lambda qt: qkernels.qtensor_matmul(qt, xb)  # noqa: E731
+        call(qts[0])
+        batch[fmt] = compare(call, qts, lambda w: xb @ w.T, Ws, blas_n, rounds)
+numpy_s = float(np.median([r["numpy_s"] for r in decode.values()]))
+numpy_gbs = 4 * size * size / numpy_s / 1e9
+roof_gbs = roof["read_gbs_all_threads"]
+print(f"\n{size} x {size}, decode (B = 1); NumPy float32 {numpy_s * 1e3:.3f} ms = {numpy_gbs:.1f} GB/s "
+      f"({100 * numpy_gbs / roof_gbs:.0f}% of the roof)")
+print(f"{'format':>7} {'kernel':>6} {'ms':>8} {'GB/s':>6} {'% roof':>6} {'vs NumPy fp32':>14} {'bytes ratio':>11}")
+for (fmt, kernel), r in decode.items():
+    print(f"{fmt:>7} {kernel:>6} {r['kernel_s'] * 1e3:>8.3f} {r['gbs']:>6.1f} {100 * r['gbs'] / roof_gbs:>6.0f} "
+          f"{r['ratio']:>13.2f}x {4 * size * size / r['bytes']:>10.2f}x")
+for fmt, r in batch.items():
+    print(f"{fmt} B = 32 (simd): {r['kernel_s'] * 1e3:.2f} ms vs NumPy float32 {r['numpy_s'] * 1e3:.2f} ms: "
+          f"{r['ratio']:.2f}x")
 
 # %%
-bits_axis = [32, 8.5, 4.5]
-plt.figure(figsize=(6.5, 3.8))
-plt.plot(bits_axis, [1, 32 / 8.5, 32 / 4.5], "k:", marker="o", label="bytes read (fp32 / format): the ideal")
-plt.plot(bits_axis, [1, 4, 8], "--", color="gray", marker="x", label="the article's claim (4x, 8x)")
-for case, color in (("B=1", "C0"), ("B=32", "C1")):
-    plt.plot(bits_axis, [1] + [timings[fmt, case]["ratio"] for fmt in ("q8_0", "q4_0")], "o-", color=color,
-             label=f"measured, {case}")
-plt.xscale("log", base=2)
-plt.xticks(bits_axis, ["fp32", "Q8_0\n8.5", "Q4_0\n4.5"])
-plt.xlabel("bits per weight")
-plt.ylabel("speed relative to NumPy float32")
-plt.title(f"{size} x {size}, one thread")
-plt.legend(fontsize=8)
-plt.grid(alpha=0.3)
+fmts = list(BLOCK_DTYPES)
+fig, axes = plt.subplots(1, 2, figsize=(12.5, 4))
+ax = axes[0]
+where = np.arange(len(fmts))
+for offset, kernel, color in ((-0.15, "loops", "C0"), (0.15, "simd", "C1")):
+    ax.bar(where + offset, [decode[f, kernel]["gbs"] for f in fmts], width=0.3, color=color,
+           label={"loops": "plain loops", "simd": "explicit vectors"}[kernel])
+ax.axhline(roof_gbs, color="k", lw=2, label=f"read bandwidth, {roof['threads']} threads (the roof)")
+ax.axhline(roof["read_gbs_1_thread"], color="k", ls="--", lw=1, label="read bandwidth, 1 thread")
+ax.axhline(numpy_gbs, color="C2", ls=":", lw=2, label=f"NumPy float32 W @ x ({blas_n} BLAS thr)")
+ax.set_xticks(where, [f"{f}\n{BLOCK_DTYPES[f].itemsize * 8 / 32:g} bits" for f in fmts])
+ax.set_ylabel("achieved GB/s (weight bytes / time)")
+ax.set_title(f"decode, {size} x {size}: each kernel against the memory roof")
+ax.legend(fontsize=7, loc="upper right")
+ax.grid(axis="y", alpha=0.3)
+ax = axes[1]
+ax.plot(where, [4 * size * size / decode[f, "simd"]["bytes"] for f in fmts], "k:", marker="o",
+        label="bytes read (fp32 / format): the ideal")
+for kernel, color in (("loops", "C0"), ("simd", "C1")):
+    ax.plot(where, [decode[f, kernel]["ratio"] for f in fmts], "o-", color=color,
+            label={"loops": "plain loops", "simd": "explicit vectors"}[kernel])
+ax.axhline(1, color="C2", ls=":", label="NumPy float32")
+ax.set_xticks(where, fmts)
+ax.set_ylabel("speed relative to NumPy float32")
+ax.set_title("decode speed (median of per-round ratios)")
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Read the measured lines with care; they belong to *this* machine:
-#
-# * **Decode (B = 1)** is where the memory argument applies, and only if the matrix does not fit
-#   in the CPU's caches: a 4096 x 4096 float32 matrix is 64 MB and streams from RAM, a 1024 x 1024
-#   one is 4 MB and may sit in cache, where arithmetic, not memory, sets the pace. The ideal line
-#   is an upper bound: the kernels also unpack nibbles and quantize x.
-# * **Batches (B = 32)** reuse each weight 32 times, so they are limited by arithmetic, and the
-#   BLAS float32 kernels are very well tuned. Our batch kernel (`tinyinfer/quant/kernels.py`)
-#   keeps a 4 x 4 tile of outputs in registers so each loaded weight block serves four rows of x;
-#   that brings it level with BLAS, not past it.
-# * **Threads and neighbours matter**: a second BLAS thread, a busy core (this lesson was written
-#   next to a training job), or another CPU changes every ratio. That is why `machine()` is
-#   printed with them, and why a claim such as "4x faster" means nothing without its machine.
-#
-# For reference, on a quiet 2-core AMD EPYC VM, `python -m tinyinfer.bench.quant` measured at
-# 4096 x 4096 (NumPy with its default threads): decode Q8_0 1.8-2.6x and Q4_0 1.3-1.8x the
-# speed of float32; batch-32 1.0-1.4x and 0.9x; a batch of 2 to 5 rows 2.4-5x, because there
-# OpenBLAS spends most of its time repacking the float matrix. In the benchmark NumPy's 64 MB
-# matrix evicts ours every round, so both stream from memory, and one core of this VM reads far
-# less per second than OpenBLAS's two threads together. Far from 4x and 8x: llama.cpp's
-# hand-written SIMD kernels, on a machine with many cores sharing a wide memory bus, get much
-# closer to the ideal line (`benchmarks/RESULTS.md` has the whole table).
+# What this run measured, read off the numbers above (they belong to *this* machine and this
+# moment: a busy neighbour on a 2-core machine changes every one of them, which is why the
+# machine and its load average are printed with them):
+
+# %%
+best_fmt, best_kernel = max(decode, key=lambda key: decode[key]["gbs"])
+gain = [decode[f, "simd"]["gbs"] / decode[f, "loops"]["gbs"] for f in fmts]
+print(f"- the best kernel ({best_fmt}, {best_kernel}) reads {decode[best_fmt, best_kernel]['gbs']:.1f} GB/s, "
+      f"{100 * decode[best_fmt, best_kernel]['gbs'] / roof_gbs:.0f}% of the {roof_gbs:.1f} GB/s roof;")
+print(f"- explicit vectors are {min(gain):.1f}x to {max(gain):.1f}x the plain loops' GB/s across the six formats;")
+print(f"- NumPy float32 reads {numpy_gbs:.1f} GB/s ({100 * numpy_gbs / roof_gbs:.0f}% of the roof), so a format "
+      f"at the roof would be its bytes ratio faster; measured decode: "
+      + ", ".join(f"{f} {decode[f, 'simd']['ratio']:.2f}x" for f in fmts) + ";")
+print(f"- at B = 32 each weight is used 32 times, so arithmetic, not memory, sets the pace: "
+      + ", ".join(f"{f} {r['ratio']:.2f}x" for f, r in batch.items()) + " NumPy float32;")
+print(f"- working sets: {'small settings, some may fit in the cache' if SMALL else 'every side past the cache'}; "
+      f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+
+# %% [markdown]
+# Where the time goes when a kernel is below the roof: at B = 1 a 4-bit block of 32 weights is
+# 18 bytes, so at tens of GB/s a core has only a few nanoseconds per block, while unpacking
+# nibbles, multiplying, converting and scaling takes a dozen vector instructions. So when the
+# 4-bit kernels sit further below the roof than Q8_0 (34 bytes a block for about the same work),
+# instructions, not memory, are their limit. Plain loops do worse for a reason you can check in `loops.py`'s docstring: LLVM does not find
+# the pair-wise integer multiply-add in them, and Numba's integer arithmetic is 64-bit unless told
+# otherwise. llama.cpp's hand-written kernels (`vpmaddubsw`, which multiplies unsigned by signed
+# bytes 32 at a time) do the same work in fewer instructions.
 #
 # ## 5. Quality: what the model loses
 #
@@ -438,9 +551,10 @@ plt.show()
 # sensitive output head at higher precision. Since `tinyinfer/model.py` calls `matmul(w, x)` for
 # every linear layer, nothing else changes.
 #
-# Four variants against float32:
+# The variants against float32:
 #
-# * **Q8_0** and **Q4_0**: round to nearest, ggml's rules (section 3);
+# * **Q8_0**, **Q5_0**, **Q4_1**, **Q4_0**: round to nearest, ggml's rules (section 3); **IQ4_NL**:
+#   ggml's non-linear grid with its scale search;
 # * **GPTQ Q4_0** (`tinyinfer/quant/gptq.py: gptq_quantize_model`): the same Q4_0 bytes, but
 #   rounded column by column, and after each column the not-yet-rounded weights are nudged to
 #   cancel the error *on real inputs*; those inputs come from a few windows of **training** text
@@ -468,14 +582,17 @@ calib = calibration_windows(calib_stream, n_windows=16 if SMALL else 64, seq_len
 print(f"held-out: {eval_windows} windows of {seq_len} tokens; GPTQ calibration: {calib.shape} from "
       f"{len(calib_docs)} training documents")
 
-variants = {"fp32": model, "Q8_0": quantize_model(model, "q8_0"), "Q4_0": quantize_model(model, "q4_0"),
-            "GPTQ Q4_0": gptq_quantize_model(model, calib, progress=False), "ternary": ternary_model(model)}
-linear_bits = {"fp32": 32, "Q8_0": 8.5, "Q4_0": 4.5, "GPTQ Q4_0": 4.5, "ternary": 2.1}  # bits a linear weight
+variants = {"fp32": model, "Q8_0": quantize_model(model, "q8_0"), "Q5_0": quantize_model(model, "q5_0"),
+            "Q4_1": quantize_model(model, "q4_1"), "Q4_0": quantize_model(model, "q4_0"),
+            "IQ4_NL": quantize_model(model, "iq4_nl"), "GPTQ Q4_0": gptq_quantize_model(model, calib, progress=False),
+            "ternary": ternary_model(model)}
+linear_bits = {"fp32": 32, "Q8_0": 8.5, "Q5_0": 5.5, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5, "GPTQ Q4_0": 4.5,
+               "ternary": 2.1}  # bits a linear weight
 
 n_linear = sum(int(np.prod(np.shape(model.params[n]))) for n in names)  # weights in the linear layers
 float_rest = weight_bytes(model) - 4 * n_linear  # embedding (= tied head), norms: stay float32
 sizes = {label: float_rest + n_linear * bits / 8 for label, bits in linear_bits.items()}
-for label in ("Q8_0", "Q4_0", "GPTQ Q4_0"):  # the real QTensors take exactly what the formula says
+for label in ("Q8_0", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL", "GPTQ Q4_0"):  # the real QTensors take what the formula says
     assert weight_bytes(variants[label]) == sizes[label]
 
 results = {}
@@ -500,7 +617,7 @@ for label in quantized:
 ax.axhline(0, color="k", ls="--", label=f"fp32 (perplexity {base:.2f})")
 ax.set_xscale("log", base=2)
 ax.set_yscale("symlog", linthresh=1)  # linear within +-1 %, logarithmic beyond: ternary is far off
-ax.set_xticks([2.1, 4.5, 8.5, 32], ["2.1", "4.5", "8.5", "32"])
+ax.set_xticks([2.1, 4.5, 5.5, 8.5, 32], ["2.1", "4.5", "5.5", "8.5", "32"])
 ax.set_xlabel("bits per linear weight")
 ax.set_ylabel("held-out perplexity change (%)")
 ax.set_title(f"perplexity vs bits ({MODEL_DIR.name}, {eval_windows} windows)")
@@ -549,19 +666,20 @@ print(f"model: {MODEL_DIR.name}; machine: {machine()['cpu']}")
 for fmt, label, claim_x in (("q8_0", "Q8_0", 4), ("q4_0", "Q4_0", 8)):
     print(f"{label}: claimed {claim_x}x smaller, {claim_x}x faster, <1% accuracy lost")
     print(f"   measured: linear weights {32 / linear_bits[label]:.2f}x smaller, whole model "
-          f"{sizes['fp32'] / sizes[label]:.2f}x; decode {timings[fmt, 'B=1']['ratio']:.2f}x, "
-          f"batch-32 {timings[fmt, 'B=32']['ratio']:.2f}x the speed of NumPy float32 ({size}x{size}, 1 thread); "
-          f"perplexity {results[label]['perplexity'] / base - 1:+.2%}, top-1 agreement "
+          f"{sizes['fp32'] / sizes[label]:.2f}x; decode {decode[fmt, 'simd']['ratio']:.2f}x, "
+          f"batch-32 {batch[fmt]['ratio']:.2f}x the speed of NumPy float32 ({size}x{size}, both on "
+          f"this machine's cores); perplexity {results[label]['perplexity'] / base - 1:+.2%}, top-1 agreement "
           f"{results[label]['top1_agreement']:.1%}")
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Q4_1 for real.** ggml's Q4_1 block holds a float16 `d`, a float16 `m` and 16 bytes of
-#    nibbles (20 bytes, 5 bits a weight), with `d = (max - min) / 15` and
-#    `q = min(15, trunc((w - min) / d + 0.5))`. Write `quantize_q4_1(w)` in NumPy, laid out like
-#    `formats.BLOCK_Q4_0`, and compare its RMS error on section 2's matrix with Q4_0's. Is the
-#    extra half bit better spent on Q4_1 or on a finer Q4_0 grid?
+# 1. **Importance-weighted IQ4_NL.** `blocks.quantize_iq4_nl(w, importance=...)` weights each
+#    weight's rounding error in the scale search. Collect the mean squared input of each column
+#    of one layer from calibration text (`calibration_windows`), pass it as `importance` (one row
+#    repeated for every output row), and compare the layer's output error `||x W^T - x Wq^T||`
+#    on held-out inputs with the unweighted search. Is the gain bigger for Q4_0-sized blocks with
+#    outliers?
 # 2. **Block size.** Redo section 2's "int4 per block" with blocks of 8, 16, 64, 128 and 256
 #    (one float16 scale per block) and plot RMS error against bits per weight. Where does a
 #    smaller block stop paying for its scale? (ggml's K-quants answer this with blocks of 256
@@ -573,9 +691,11 @@ for fmt, label, claim_x in (("q8_0", "Q8_0", 4), ("q4_0", "Q4_0", 8)):
 #    computes the same function with rescaled weights. Check that its logits equal the original's,
 #    then feed it to `quantize_model(..., "q4_0")` and to `gptq_quantize_model`. How do the four
 #    Q4_0 variants rank? Try 4 and 64 calibration windows.
-# 5. **Threads.** Rerun section 4 with `numba.set_num_threads(2)` and, in a fresh kernel,
-#    `OPENBLAS_NUM_THREADS=2`. Which side gains more from the second core, and what happens when
-#    another program is busy on it? Compare with `python -m tinyinfer.bench.quant --variants`.
+# 5. **Threads.** Rerun section 4 with `threads.set_kernel_threads(1)` (one Numba thread), then
+#    time `qkernels.qtensor_matmul(qt, x, parallel=True)` right after a NumPy product run under
+#    `threads.blas_threads(2)`, with and without a `time.sleep(0.1)` between them. How long do
+#    OpenBLAS's threads spin, and what does `python -m tinyinfer.bench.roofline --contention` show
+#    when another program is busy on the machine?
 # 6. **The embedding.** Our model keeps its tied embedding in float32. Quantize it to Q8_0 with
 #    `quantize`, compute the logits as `h @ E_dequantized.T` from the final hidden state by hand,
 #    and measure the KL divergence it adds. How small would the model get, and is that worth it?
