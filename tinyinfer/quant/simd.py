@@ -170,6 +170,15 @@ def _load(context, builder, aryty, ary, inds, vector_type):
     return builder.load(builder.bitcast(ptr, vector_type.as_pointer()), align=1)
 
 
+def _load_block(context, builder, aryty, ary, row, k, vector_type):
+    """The vector at ary[row, k, 0] of a C-contiguous (R, NB, L) array whose L * itemsize is the
+    vector's size: row's start plus k times a compile-time constant, so LLVM can step a pointer
+    along the row instead of multiplying by the run-time shape every block."""
+    zero = context.get_constant(types.intp, 0)
+    start = builder.bitcast(_pointer(context, builder, aryty, ary, [row, zero, zero]), vector_type.as_pointer())
+    return builder.load(builder.gep(start, [k], inbounds=True), align=1)
+
+
 def _splat8(value, n=32):
     return ir.Constant(ir.VectorType(ir.IntType(8), n), [value] * n)
 
@@ -185,15 +194,15 @@ def _weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, n, k):
     """Block k of row n of W as <32 x i8>: the integers q_w of the block, in element order."""
     zero = context.get_constant(types.intp, 0)
     if fmt == "q8_0":
-        return _load(context, builder, wq_ty, wq, [n, k, zero], _I8x32)
-    packed = _load(context, builder, wq_ty, wq, [n, k, zero], _I8x16)  # (16,) bytes
+        return _load_block(context, builder, wq_ty, wq, n, k, _I8x32)
+    packed = _load_block(context, builder, wq_ty, wq, n, k, _I8x16)  # (16,) bytes
     low, high = builder.and_(packed, _splat8(15, 16)), builder.lshr(packed, _splat8(4, 16))
     if fmt == "iq4_nl":  # the levels, looked up 16 at a time
         table = ir.Constant(_I8x16, [int(v) for v in IQ4_NL_VALUES])
         low, high = _pshufb16(builder, table, low), _pshufb16(builder, table, high)
     q = builder.shuffle_vector(low, high, _indices(*range(32)))  # (32,): elements 0..15, then 16..31
     if fmt in WITH_HIGH_BITS:
-        bits = _load(context, builder, wh_ty, wh, [n, k, zero], _I8x4)  # the uint32 of 5th bits
+        bits = _load_block(context, builder, wh_ty, wh, n, k, _I8x4)  # the uint32 of 5th bits
         spread = builder.shuffle_vector(bits, bits, _indices(*[j // 8 for j in range(32)]))  # byte j//8 to lane j
         mask = ir.Constant(_I8x32, [1 << (j % 8) for j in range(32)])
         is_set = builder.icmp_unsigned("!=", builder.and_(spread, mask), _splat8(0))
@@ -283,7 +292,7 @@ def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, x16, b0, scales)
             _prefetch(builder, _pointer(context, builder, wq_ty, wq, [ahead, k, const(0)]))
         w = [_weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, clamp(builder.add(n0, const(i)), n_last), k)
              for i in range(tile.rows)]  # (32,) int8 each
-        x = [_load(context, builder, x16_ty, x16, [builder.add(b0, const(j)), k, const(0)], _I16x32)
+        x = [_load_block(context, builder, x16_ty, x16, builder.add(b0, const(j)), k, _I16x32)
              for j in range(tile.cols)]  # (32,) int16 each
         for i in range(tile.rows):
             for j in range(tile.cols):
@@ -304,7 +313,7 @@ def row_block_step(typingctx, tag, acc, wq, wh, n, k, x16, scales):
         n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5))
         zero = context.get_constant(types.intp, 0)
         w = _weight_block(context, builder, sig.args[0].fmt, sig.args[2], wq, sig.args[3], wh, n, k)
-        x = _load(context, builder, sig.args[6], x16, [zero, k, zero], _I16x32)  # (32,) int16
+        x = _load_block(context, builder, sig.args[6], x16, zero, k, _I16x32)  # (32,) int16
         a = _scaled_add(builder, builder.extract_value(acc, 0), _pair_dots(builder, w, x),
                         _pointer(context, builder, sig.args[7], scales, [k]))
         return builder.insert_value(acc, a, 0)
