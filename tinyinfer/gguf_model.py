@@ -40,9 +40,14 @@ from .checkpoint import LOAD_DTYPES, CheckpointError, _check_params, _dtype_name
 from .config import ModelConfig
 from .export import dense_model, dense_weight
 from .gguf import GGUFError, GGUFTensor, TensorType, read_gguf, write_gguf
+from .limits import check_memory, model_bytes
 from .model import Model, embedding_name, layer_names
 from .quant.formats import QTensor
-from .tokenizer.gguf_vocab import TokenizerMetadataError, from_gguf_metadata, to_gguf_metadata
+from .tokenizer.gguf_vocab import (
+    TokenizerMetadataError,
+    from_gguf_metadata,
+    to_gguf_metadata,
+)
 
 __all__ = ["GGUF_QUANTS", "export_gguf", "load_gguf", "rope_permute", "rope_unpermute",
            "gguf_tensor_names", "llama_metadata"]
@@ -329,6 +334,9 @@ def load_gguf(path, dtype=None) -> Model:
     except GGUFError as e:
         raise CheckpointError(str(e)) from None
     config = _config_from_gguf(f.metadata, f.tensors, source)
+    # what the model will take once loaded, checked against the machine before anything is copied out
+    check_memory(f.loaded_nbytes() if dtype_name is None else model_bytes(config, dtype_name),
+                 f"{source}: its tensors")
     names = gguf_tensor_names(config)
     unexpected = sorted(set(f.tensors) - set(names.values()))
     if unexpected:

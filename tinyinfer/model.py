@@ -466,11 +466,14 @@ class Model:
         if T + max_new_tokens > self.config.n_ctx:
             raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                              f"context length n_ctx = {self.config.n_ctx}")
+        from .inference import InferenceModel
+
+        fast = InferenceModel(self)  # model.forward's arithmetic, laid out for decoding
         rngs = [np.random.default_rng(None if seed is None else [seed, row]) for row in range(B)]
         cache = ContiguousKVCache(self.config, B, self.dtype, max_len=T + max_new_tokens)
         out = np.zeros((B, T + max_new_tokens), dtype=np.int64)
         out[:, :T] = arr
-        logits = forward(self.params, self.config, arr, 0, cache, logits_rows=[-1])[:, -1]  # prefill: (B, V)
+        logits = fast.forward(arr, np.arange(T), cache, logits_rows=[-1])[:, -1]  # prefill: (B, V)
         done = np.zeros(B, dtype=bool)
         for step in range(max_new_tokens):
             nxt = np.array([sample_token(logits[b], rngs[b], temperature, top_k, top_p) for b in range(B)])
@@ -481,5 +484,14 @@ class Model:
                     out = out[:, : T + step + 1]
                     break
             if step + 1 < max_new_tokens:
-                logits = forward(self.params, self.config, nxt[:, None], T + step, cache)[:, -1]
+                logits = fast.forward(nxt[:, None], np.array([T + step]), cache)[:, -1]  # (B, V)
         return out[0] if was_1d else out
+
+    def chat(self, messages, max_new_tokens: int = 256, temperature=0.0, top_k=None, top_p=None, seed=None,
+             stream: bool = False):
+        """The assistant's reply to messages [{"role": "system" | "user" | "assistant", "content": str}]:
+        rendered with the tokenizer's chat template, generated until the end-of-turn token. Returns the
+        text, or with stream=True an iterator of text pieces as they come (tinyinfer/generate.py)."""
+        from .generate import chat
+
+        return chat(self, messages, max_new_tokens, temperature, top_k, top_p, seed, stream)

@@ -175,7 +175,8 @@ def attention_forward(q, k, v):
     qg = q.reshape(B, G, R * T, D)
     scores = (qg @ k.swapaxes(-1, -2)).reshape(B, G, R, T, S)
     scores *= 1.0 / math.sqrt(D)
-    scores += causal_mask(T, S, scores.dtype)  # query t sits at position S-T+t, sees keys <= it
+    if T > 1:  # one query (a decode step) sees every key: nothing to mask
+        scores += causal_mask(T, S, scores.dtype)  # query t sits at position S-T+t, sees keys <= it
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores, out=scores)
     p /= p.sum(axis=-1, keepdims=True)  # (B, G, R, T, S)
