@@ -37,7 +37,12 @@ from . import loops, simd
 from .blocks import BLOCK, WITH_HIGH_BITS, WITH_MIN
 
 PARALLEL_MIN_WORK = 1 << 22  # multiply-adds (B * N * K) below which a batch runs on one thread
-DECODE_PARALLEL_MIN = 1 << 20  # weights (N * K) below which a matvec runs on one thread
+# Weights (N * K) below which a matvec runs on one thread. Starting a parallel region costs tens of
+# microseconds here (workqueue: ~45 us measured on a quiet 2-core EPYC), so splitting pays only
+# when the serial matvec takes about twice that: ~2-4 MB of blocks at ~25 GB/s a core, i.e. ~4M
+# weights. Every linear layer of SmolLM2-135M (<= 1536 x 576) is below it, its 49152 x 576 head
+# above. Re-measure with `python -m tinyinfer.bench.quant` (serial vs parallel us per call).
+DECODE_PARALLEL_MIN = 1 << 22
 ROWS_PER_TASK = 64  # rows of W a thread takes at a time in a batch
 
 # --------------------------------------------------------------------------------------------
