@@ -274,6 +274,7 @@ def check_error(status, payload, expected_status, param=None):
     ("/v1/completions", {"prompt": [True, False]}, "prompt"),
     ("/v1/completions", {"prompt": list(range(300))}, "prompt"),  # more ids than the context
     ("/v1/completions", {"prompt": "x", "model": 5}, "model"),
+    ("/v1/completions", {"prompt": "x", "stop": json.loads("[" * 900 + "]" * 900)}, "stop[0]"),  # quoted short
 ])
 def test_bad_parameters_are_400_naming_the_parameter(server, path, body, param):
     status, payload, _ = request(server, "POST", path, body)

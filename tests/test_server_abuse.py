@@ -94,8 +94,13 @@ def stream(port, body, leave_after_first=False, timeout=60) -> dict:
     reader = sock.makefile("rb")
     try:
         result["status"] = int(reader.readline().split()[1])
-        while reader.readline() not in (b"\r\n", b""):  # headers
-            pass
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if result["status"] != 200:  # a JSON error, not a stream
+            result["error"] = json.loads(reader.read(int(headers["content-length"])))["error"]
+            return result
         while True:
             size = int(reader.readline().strip(), 16)  # chunked transfer
             if size == 0:

@@ -11,6 +11,8 @@ TypeError naming the argument, a value out of range a ValueError saying the rang
 """
 from __future__ import annotations
 
+import reprlib
+
 import numpy as np
 
 # Below this a positive temperature is refused, as vLLM clamps it: logits / temperature grows as
@@ -32,12 +34,14 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 6, 4
+
+
 def describe(value) -> str:
-    """repr(value) cut to a readable length, with its type: errors quote what came, not a megabyte of it."""
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:60] + f"... ({len(text)} characters)"
-    return f"{text} ({type(value).__name__})"
+    """A short repr of value with its type: errors quote what came, not a megabyte of it, and
+    never recurse into a deeply nested list (reprlib stops at two levels)."""
+    return f"{_SHORT.repr(value)} ({type(value).__name__})"
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None, none_ok: bool = False):

@@ -70,10 +70,13 @@ class ModelRunner:
         try:
             logits = self.forward(seqs, num_new_tokens)  # (S, V)
         except Exception as err:
-            if len(seqs) == 1:
-                return [err]
-            return [self.run([seq], [n])[0] for seq, n in zip(seqs, num_new_tokens)]
-        return [self.sample(seq, n, row) for seq, n, row in zip(seqs, num_new_tokens, logits)]
+            failure = err
+        else:
+            return [self.sample(seq, n, row) for seq, n, row in zip(seqs, num_new_tokens, logits)]
+        if len(seqs) == 1:
+            return [failure]
+        # outside the except block, so a member's own error is not chained to the batch's
+        return [self.run([seq], [n])[0] for seq, n in zip(seqs, num_new_tokens)]
 
     @staticmethod
     def sample(seq: Sequence, n: int, row: np.ndarray):

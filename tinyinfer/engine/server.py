@@ -64,6 +64,7 @@ import io
 import json
 import queue
 import re
+import selectors
 import socket
 import sys
 import threading
@@ -561,6 +562,64 @@ class Handler(BaseHTTPRequestHandler):
         return finished
 
 
+class Refuser:
+    """Answers connections beyond the cap with a 503, from one thread for all of them.
+
+    The answer is written at once (a fresh socket's send buffer takes a few hundred bytes), but
+    the socket is closed only when the client has finished sending its request, or after `grace`
+    seconds: closing a socket whose request is unread makes the kernel reset the connection, and
+    the client would see the reset instead of the answer. A selector waits on every such socket
+    at once, so a flood of refused clients costs one thread, not one each.
+    """
+
+    def __init__(self, grace: float = 1.0):
+        self.grace = grace
+        self.selector = selectors.DefaultSelector()
+        self.incoming: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self.run, name="tinyinfer-refuser", daemon=True)
+        self.thread.start()
+
+    def refuse(self, sock: socket.socket, answer: bytes):
+        try:
+            sock.setblocking(False)
+            sock.send(answer)
+            sock.shutdown(socket.SHUT_WR)  # the answer is all we send
+        except OSError:
+            sock.close()
+            return
+        self.incoming.put(sock)
+
+    def stop(self):
+        self.incoming.put(None)
+
+    def run(self):
+        deadlines: dict[socket.socket, float] = {}
+        while True:
+            while deadlines == {} or not self.incoming.empty():  # idle: sleep until a refusal comes
+                sock = self.incoming.get()
+                if sock is None:  # stop(): let the pending ones go now
+                    for pending in deadlines:
+                        pending.close()
+                    self.selector.close()
+                    return
+                deadlines[sock] = time.monotonic() + self.grace
+                self.selector.register(sock, selectors.EVENT_READ)
+            for key, _ in self.selector.select(timeout=0.05):
+                try:
+                    done = not key.fileobj.recv(65536)  # drain the request; b"": the client is done
+                except BlockingIOError:
+                    done = False
+                except OSError:
+                    done = True
+                if done:
+                    deadlines[key.fileobj] = 0.0
+            now = time.monotonic()
+            for sock in [s for s, t in deadlines.items() if t <= now]:
+                del deadlines[sock]
+                self.selector.unregister(sock)
+                sock.close()
+
+
 class OpenAIServer(ThreadingHTTPServer):
     """ThreadingHTTPServer + one EngineLoop. start()/stop() run it in the background (tests,
     notebooks); serve_forever() in the foreground is what `tinyinfer serve` does."""
@@ -579,6 +638,7 @@ class OpenAIServer(ThreadingHTTPServer):
         self.serving_thread: threading.Thread | None = None
         self.num_connections, self.num_refused = 0, 0
         self.connections_lock = threading.Lock()
+        self.refuser = Refuser(grace=min(1.0, self.limits.request_timeout))
         tokenizer = engine.tokenizer
         longest_token = max(len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size))
         self.max_prompt_bytes = self.limits.max_prompt_bytes or min(self.limits.max_body_bytes,
@@ -620,24 +680,16 @@ class OpenAIServer(ThreadingHTTPServer):
                 self.num_connections -= 1
 
     def refuse(self, request: socket.socket):
-        """503 in JSON, written from the accepting thread without reading the request: a fresh
-        socket's send buffer takes these few bytes at once, so this never blocks for long."""
         body = json.dumps(ApiError(503, f"the server has {self.limits.max_connections} connections open, its "
                                         f"limit (tinyinfer serve --max-connections); retry shortly",
                                    type="server_error", code="too_many_connections").body()).encode()
         head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
                 f"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
-        try:
-            request.settimeout(1.0)
-            request.sendall(head + body)
-            request.shutdown(socket.SHUT_WR)
-            request.setblocking(False)
-            for _ in range(16):  # take what the client already sent, so closing does not reset the answer
-                if not request.recv(65536):
-                    break
-        except OSError:
-            pass
-        self.shutdown_request(request)
+        self.refuser.refuse(request, head + body)
+
+    def server_close(self):
+        super().server_close()
+        self.refuser.stop()
 
     def handle_error(self, request, client_address):
         if isinstance(sys.exc_info()[1], OSError):  # a client that reset or timed out: nothing to report
