@@ -6,12 +6,15 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tinyinfer
 from conftest import ROOT, small_model
 from tinyinfer.engine import LLM, LLMEngine, RequestError, SamplingParams
 from tinyinfer.engine.llm import DEFAULT_KV_CACHE_BYTES, kv_block_bytes
 from tinyinfer.engine.block_manager import BlockManager
+from tinyinfer.engine.detokenizer import StopMatcher, TextStream
 from tinyinfer.engine.model_runner import ModelRunner
 from tinyinfer.model import forward
 from tinyinfer.engine.sequence import Sequence
@@ -559,3 +562,41 @@ def test_a_huge_declared_context_does_not_size_the_cache():
     ps = prompts(2, seed=17)
     outs = llm.generate(ps, SamplingParams(max_tokens=5))
     assert [o.token_ids for o in outs] == [greedy_reference(model, p, 5) for p in ps]
+
+
+# ---- stop strings on bytes, streaming text -----------------------------------------------------------
+
+PIECES = [b"a", b"b", b" ", b"ab", "é".encode(), "é".encode()[:1], "é".encode()[1:], "€".encode()[:2],
+          "€".encode()[2:], "€".encode(), b"\xff"]
+
+
+@given(tokens=st.lists(st.sampled_from(PIECES), min_size=1, max_size=14),
+       stop=st.lists(st.text(alphabet="ab é€", min_size=1, max_size=4), min_size=1, max_size=4))
+def test_stop_matching_on_bytes_equals_searching_the_text(tokens, stop):
+    """StopMatcher, which looks only at where a new match can end, stops at the same token and cuts
+    the same text as searching the whole decoded text after every token (what the engine did
+    before); and TextStream's increments add up to that text."""
+    matcher = StopMatcher(stop)
+    data, cut, stopped_at = bytearray(), None, None
+    for k, token in enumerate(tokens):
+        start = len(data)
+        data += token
+        cut = matcher.find(data, start)
+        if cut is not None:
+            stopped_at = k
+            break
+    naive_at = naive_text = None
+    for k in range(len(tokens)):
+        text = b"".join(tokens[:k + 1]).decode("utf-8", errors="replace")
+        found = [i for i in (text.find(s) for s in stop) if i >= 0]
+        if found:
+            naive_at, naive_text = k, text[:min(found)]
+            break
+    assert stopped_at == naive_at
+    final = data[:cut].decode("utf-8", errors="replace") if cut is not None else data.decode("utf-8", errors="replace")
+    if naive_text is not None:
+        assert final == naive_text
+    stream = TextStream(hold_bytes=matcher.max_len - 1)
+    last = stopped_at if stopped_at is not None else len(tokens) - 1  # the last token goes to finish()
+    shown = "".join(stream.add(t) for t in tokens[:last]) + stream.finish(final)
+    assert shown == final
