@@ -17,18 +17,26 @@ Two shapes of work, two kernels each:
 Why each kernel is written the way it is, in ns per nonzero of compute alone: `python -m
 tinyinfer.bench.sparse --variants` times each way of writing it on a 1024 x 1024 matrix at 10%
 density (~100 nonzeros a row) that stays in the caches, by the thread's CPU time (the time other
-jobs held the core is not counted), best of 200 calls. Three runs on a 2-core AMD EPYC (Zen 3,
-AVX2, 2.45 GHz; numba 0.68, LLVM 20) while other jobs kept the load average at 8-9, so the ranges
+jobs held the core is not counted), best of 200 calls. Four runs on a 2-core AMD EPYC (Zen 3,
+AVX2, 2.45 GHz; numba 0.68, LLVM 20) while other jobs kept the load average at 6-9, so the ranges
 are wide; uint16 and int32 columns run the same instructions and are pooled here:
 
     SpMV, written as                                      ns per nonzero
-    spmv_rows (below)                                     0.36-0.50
+    spmv_rows (below)                                     0.36-0.51
     the formula as written (signed offsets)               1.5-2.4
     no reassociation (one chain of adds)                  0.71-0.95
     four scalar accumulators (the previous kernel)        0.47-0.62
-    fastmath=True (every flag)                            0.38-0.54
+    fastmath=True (every flag)                            0.37-0.54
     explicit 8-lane llvm.masked.gather                    0.50-0.64
-    explicit 8-lane AVX2 vgatherdps                       0.56-0.77
+    explicit 8-lane AVX2 vgatherdps                       0.55-0.77
+    limit: the gathers alone (sum of x[column])           0.36-0.43
+    limit: the values alone (sum of data, in order)       0.11
+
+So spmv_rows costs what its gathers cost: loading each column and then x at that column is the
+work, the multiply-adds ride along. Its hot loop (`spmv_rows.inspect_asm()`, compiled with cache
+off), per 8 nonzeros: 8 column loads (movzwl for uint16), 8 loads of x into vector lanes (vmovss/vinsertps),
+one vinsertf128 and one vfmadd231ps with the 8 values read straight from memory; four such
+accumulators in flight.
 
 * fastmath={"reassoc", "contract"}: the row's sum may be reordered, so LLVM vectorizes it (8
   lanes, four vectors in flight, each x[indices[j]] loaded by a scalar load into its lane) and
@@ -38,9 +46,9 @@ are wide; uint16 and int32 columns run the same instructions and are pooled here
   every signed index for "negative, so count from the end" (a shift, an and, a select a load),
   which also stops the vectorizer.
 * Explicit vector gathers are measured and not used: this CPU's vgatherdps is no faster than
-  scalar loads, and LLVM turns its generic llvm.masked.gather back into scalar loads here. The
-  loop is near its limit: about two loads a nonzero (the column, then x), and this core issues
-  three loads a cycle, so ~0.3 ns a nonzero at 2.45 GHz is the floor (an estimate, not measured).
+  scalar loads, and LLVM turns its generic llvm.masked.gather back into scalar loads here. Two
+  loads a nonzero (the column, then x) at this core's three loads a cycle would allow ~0.3 ns a
+  nonzero at 2.45 GHz (an estimate from the instruction count; the gathers alone measure 0.36+).
 
 16-bit columns (csr.py: uint16 when K <= 65,536) cost nothing in instructions (a zero-extending
 16-bit load instead of a 32-bit one) and save a quarter of the bytes: that pays when the product
