@@ -248,7 +248,8 @@ def _arrays(m):
 def _print_density(log, density, entry, batch):
     loads = entry["load_average"]
     log(f"\ndensity {density} (sparsity {1 - density:.0%}): {entry['nnz']:,} nonzeros, {entry['csr_mb']:.1f} MB "
-        f"as CSR with uint16 columns, {entry['matrices']} matrices cycled; load average {loads[0]:.1f} -> {loads[1]:.1f}")
+        f"as CSR with uint16 columns, {entry['matrices']} matrices cycled; "
+        f"load average {loads[0]:.1f} -> {loads[1]:.1f}")
     for case in ("decode", f"batch B={batch}"):
         for name, s in entry[case].items():
             log(f"  {case:10s} {name:18s} {s['s'] * 1e3:8.3f} ms  {s['gbs']:6.1f} GB/s  "
@@ -332,7 +333,8 @@ def _variant_kernels():
     return {"spmv_rows (the kernel)": kernels.spmv_rows, "the formula as written (signed offsets)": formula_as_written,
             "no reassoc (in order)": in_order, "four scalar accumulators": four_scalar_accumulators,
             "fastmath=True (all flags)": full_fastmath, **_gather_kernels(),
-            "limit: gathers alone (sum of x[column])": minimal_gather, "limit: values alone (sum of data)": minimal_stream}
+            "limit: gathers alone (sum of x[column])": minimal_gather,
+            "limit: values alone (sum of data)": minimal_stream}
 
 
 def _gather_kernels():
@@ -422,7 +424,8 @@ def _gather_kernels():
 
     found = {"explicit llvm.masked.gather (8 lanes)": spmv_with(gather_fma(False))}
     try:
-        avx2 = "avx2" in open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            avx2 = "avx2" in f.read()
     except OSError:
         avx2 = False
     if platform.machine() in ("x86_64", "AMD64") and avx2:
@@ -471,8 +474,8 @@ def variants(n=1024, k=1024, densities=(0.1, 0.05), batches=(3, 16), calls=200, 
                 np.testing.assert_allclose(run(), xb @ m.to_dense().T, rtol=1e-3, atol=1e-4)
                 ns = _cpu_seconds(run, max(20, calls // B)) / m.nnz * 1e9
                 out[f"density {density} SpMM B={B} {kernel}"] = ns
-                log(f"  SpMM B={B:<3d} {kernel:6s} kernel (csr_matmul, serial, x transposed in)   {ns:6.3f} ns a nonzero "
-                    f"({ns / B:.3f} per nonzero per row of x)")
+                log(f"  SpMM B={B:<3d} {kernel:6s} kernel (csr_matmul, serial, x transposed in)   "
+                    f"{ns:6.3f} ns a nonzero ({ns / B:.3f} per nonzero per row of x)")
     return out
 
 
