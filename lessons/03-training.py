@@ -45,6 +45,7 @@ from tinyinfer.presets import get_preset
 from tinyinfer.tokenizer import Tokenizer
 from tinyinfer.train import AdamW, TrainConfig, clip_grad_norm, lr_at, sample_batch
 
+from tinyinfer.lesson_tools import compare
 from tinyinfer.lessons import repo_root
 
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
@@ -63,9 +64,52 @@ print(f"small settings: {SMALL}")
 #   one op at a time.
 #
 # The model's `backward` (`tinyinfer/model.py`) calls the ops' backward functions in the reverse
-# order of the forward pass. Here is RMSNorm, `out = x / rms(x) * w`:
+# order of the forward pass.
+#
+# ### RMSNorm's backward, derived
+#
+# As llm.c's LayerNorm tutorial does for LayerNorm, we derive one backward on paper before reading
+# its code. RMSNorm acts on each row (one position's vector) `x` of C numbers:
+#
+# $$ r = \sqrt{\tfrac{1}{C}\textstyle\sum_i x_i^2 + \varepsilon}, \qquad \hat x = \frac{x}{r},
+# \qquad y = w \odot \hat x . $$
+#
+# We are given `g = dL/dy` (the `dout` of the rest of the network) and want `dL/dw` and `dL/dx`.
+#
+# **The gain.** `y_i = w_i x̂_i`, so `dL/dw_i = g_i x̂_i` for one row. The same w is used by every
+# row (every position of every sequence), and a parameter used several times collects the sum of
+# its gradients: `dL/dw = Σ_rows g ⊙ x̂`.
+#
+# **The input.** First through the gain: `dL/dx̂ = g ⊙ w`; call it `ĝ`. Then through the
+# normalisation. Every `x̂_i = x_i / r` depends on every `x_j`, through r, with
+# `∂r/∂x_j = x_j / (C r)`:
+#
+# $$ \frac{\partial \hat x_i}{\partial x_j} = \frac{\delta_{ij}}{r} - \frac{x_i}{r^2}\,\frac{x_j}{C r}
+# = \frac{1}{r}\Big(\delta_{ij} - \frac{\hat x_i \hat x_j}{C}\Big) . $$
+#
+# The chain rule sums over i:
+#
+# $$ \frac{\partial L}{\partial x_j} = \sum_i \hat g_i \frac{\partial \hat x_i}{\partial x_j}
+# = \frac{1}{r}\Big(\hat g_j - \hat x_j \cdot \tfrac{1}{C}\textstyle\sum_i \hat g_i \hat x_i\Big),
+# \qquad\text{so}\qquad dx = \frac{1}{r}\big(\hat g - \hat x \cdot \mathrm{mean}(\hat g \odot \hat x)\big). $$
+#
+# The first term is what we would get if r were a constant; the second removes the part of `ĝ`
+# that points along `x̂` itself, because moving x along its own direction only rescales it, and
+# the normalisation undoes a rescaling. That is all `tinyinfer/ops.py: rmsnorm_backward` does,
+# with `1/r` cached by the forward pass as `rstd`. Here is the derivation as code, next to the
+# library's:
 
 # %%
+def rmsnorm_backward_derived(g, x, w, eps):
+    """dL/dx and dL/dw of y = w * x / r, straight from the derivation above."""
+    r = np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps)  # (T, 1)
+    xhat = x / r  # (T, C)
+    dw = (g * xhat).sum(axis=0)  # (C,) summed over the rows that share w
+    ghat = g * w  # dL/dxhat (T, C)
+    dx = (ghat - xhat * (ghat * xhat).mean(axis=-1, keepdims=True)) / r  # (T, C)
+    return dx, dw
+
+
 rng = np.random.default_rng(0)
 x = rng.standard_normal((3, 8))  # (T, C) in float64
 w = rng.standard_normal(8)  # (C,)
@@ -74,11 +118,14 @@ out, cache = ops.rmsnorm_forward(x, w, eps)
 dout = rng.standard_normal(out.shape)  # pretend the rest of the network sent back this dL/dout
 dx, dw = ops.rmsnorm_backward(dout, cache)
 print("out", out.shape, " dx", dx.shape, " dw", dw.shape)
+derived_dx, derived_dw = rmsnorm_backward_derived(dout, x, w, eps)
+print(f"derivation vs the library: dx differs by {np.abs(derived_dx - dx).max():.1e}, "
+      f"dw by {np.abs(derived_dw - dw).max():.1e}")
 
 # %% [markdown]
 # ## 2. Checking a gradient with finite differences
 #
-# How do we know `rmsnorm_backward` is right? The definition of a derivative gives an
+# How do we know `rmsnorm_backward` (and our derivation) is right? The definition of a derivative gives an
 # independent answer: nudge one input by a small h both ways and see how the loss moves,
 # `dL/dx ≈ (L(x + h) - L(x - h)) / 2h` (the *central* difference, accurate to order h²).
 # Using the loss `L = sum(out * dout)` makes dL/dout exactly `dout`, so the two must agree.
@@ -323,9 +370,17 @@ plt.show()
 
 # %% [markdown]
 # The loss drops fast from ln V as the model learns which tokens are common at all, then more
-# slowly. The held-out loss sits above the training loss: these few documents are not enough
-# to learn the corpus, and the model is starting to remember its training text. What it writes
-# after so little training:
+# slowly. Whether the held-out loss ends above the training loss, and by how much, says whether
+# the model is starting to remember its few training documents rather than learn the corpus:
+
+# %%
+final_train, final_val = float(np.mean(train_losses[-10:])), val_points[-1][1]
+print(compare(final_val, final_train, what="The held-out loss", verb="ends at", of="the training loss",
+              more="above it: the model does better on the text it trains on than on new text",
+              less="below it: no sign of memorising yet", same="level with it: no sign of memorising yet"))
+
+# %% [markdown]
+# What it writes after so little training:
 
 # %%
 prompt_ids = tokenizer.encode("def ")
@@ -335,18 +390,12 @@ print(tokenizer.decode(model.generate(prompt_ids, max_new_tokens=30, temperature
 # ## 7. The shipped models' training curves
 #
 # `tinyinfer train` writes `history.json` next to the model: the training loss every 25 steps
-# and the held-out loss at every checkpoint, with the configurations used. We plot every shipped
-# model that has one (the teacher once it is trained, the tiny model always), against the number
-# of training tokens seen (steps × batch size × sequence length).
+# and the held-out loss at every checkpoint, with the configurations used. We plot the teacher's
+# and the tiny model's against the number of training tokens seen (steps × batch size × sequence
+# length).
 
 # %%
-histories = {}
-for name in ("teacher", "tiny"):
-    path = ROOT / "models" / name / "history.json"
-    if path.is_file():
-        histories[name] = json.loads(path.read_text())
-if "teacher" not in histories:
-    print("models/teacher is not trained yet: showing the tiny model only")
+histories = {name: json.loads((ROOT / "models" / name / "history.json").read_text()) for name in ("teacher", "tiny")}
 
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for (name, history), color in zip(histories.items(), ["C3", "C0"]):
@@ -360,34 +409,35 @@ ax.set_xscale("log")
 ax.set_xlabel("training tokens seen")
 ax.set_ylabel("cross-entropy (nats per token)")
 ax.set_title("shipped models (history.json)")
-ax.legend()
+ax.legend(loc="best")
 ax.grid(alpha=0.3)
 plt.tight_layout()
 plt.show()
 for name, history in histories.items():
     last = history["val"][-1]
     print(f"{name}: held-out loss {last['loss']:.3f}, perplexity {last['perplexity']:.1f}, "
-          f"top-1 {last['top1']:.1%} after {history['train_seconds'] / 60:.0f} minutes of training")
+          f"top-1 {last['top1']:.1%} after {history['train_seconds'] / 60:.0f} minutes of training "
+          f"({history['model_config']['n_layer']} layers)")
 
 # %% [markdown]
 # ## 8. Tokens per parameter, and why the teacher must be well trained
 #
 # How long to train? A useful measure is **training tokens per parameter**. The "Chinchilla"
 # study (Hoffmann et al., 2022) found that for a fixed compute budget, loss is lowest at around
-# 20 tokens per parameter; far below that, the model has capacity it never learned to use.
+# 20 tokens per parameter; far below that, the model has capacity it never learned to use. The
+# table reads each shipped model's size from the configuration in its `history.json` and the
+# tokens it saw from the same file.
 
 # %%
-print(f"{'model':>8} {'parameters':>11} {'tokens':>12} {'tokens/param':>13}")
-for name in ("tiny", "teacher"):
-    model_config, preset_tc = get_preset(name)
-    n_params = model_config.num_params()
-    if name in histories:
-        tokens, note = histories[name]["tokens_seen"], "seen"
-    else:
-        tokens, note = preset_tc.max_steps * preset_tc.batch_size * preset_tc.seq_len, "planned by the preset"
-    print(f"{name:>8} {n_params:>11,} {tokens:>12,} {tokens / n_params:>13.1f}  ({note})")
-print(f"{'ours':>8} {small_config.num_params():>11,} {tc.max_steps * tc.batch_size * tc.seq_len:>12,} "
-      f"{tc.max_steps * tc.batch_size * tc.seq_len / small_config.num_params():>13.1f}  (section 6)")
+CHINCHILLA = 20  # tokens per parameter at the compute-optimal point (Hoffmann et al., 2022)
+tokens_per_param = {}
+print(f"{'model':>8} {'parameters':>11} {'tokens seen':>12} {'tokens/param':>13}")
+for name, history in histories.items():
+    n_params = ModelConfig(**history["model_config"]).num_params()
+    tokens_per_param[name] = history["tokens_seen"] / n_params
+    print(f"{name:>8} {n_params:>11,} {history['tokens_seen']:>12,} {tokens_per_param[name]:>13.1f}")
+ours = tc.max_steps * tc.batch_size * tc.seq_len
+print(f"{'ours':>8} {small_config.num_params():>11,} {ours:>12,} {ours / small_config.num_params():>13.1f}  (section 6)")
 
 # %% [markdown]
 # Every later lesson measures against the teacher: how much quantizing its weights to 8 or 4
@@ -398,18 +448,38 @@ print(f"{'ours':>8} {small_config.num_params():>11,} {tc.max_steps * tc.batch_si
 #   free on it and misleadingly expensive on a real model;
 # * a distilled student learns the teacher's whole next-token distribution, its mistakes
 #   included; a vague teacher teaches vagueness;
-# * its held-out loss must have flattened, not still be falling, or two measurements taken a
-#   checkpoint apart would disagree.
+# * its held-out loss should have flattened, not still be falling fast, or two measurements taken
+#   a checkpoint apart would disagree.
 #
-# So the teacher gets around 11 tokens per parameter on a CPU budget of hours, and its curve above
-# (once it exists) should bend flat before the end. The tiny model is for fast tests only.
+# How the shipped teacher stands on the last two counts, read from its history:
+
+# %%
+teacher_val = histories["teacher"]["val"]
+recent = teacher_val[-5:]  # the last five checkpoints
+fall = recent[0]["loss"] - recent[-1]["loss"]
+steps = recent[-1]["step"] - recent[0]["step"]
+print(compare(tokens_per_param["teacher"], CHINCHILLA,
+              what=f"The teacher saw {tokens_per_param['teacher']:.1f} tokens per parameter,", verb="",
+              of=f"Chinchilla's {CHINCHILLA}",
+              more="more than compute-optimal", less="short of compute-optimal, on a CPU budget of "
+              f"{histories['teacher']['train_seconds'] / 3600:.1f} hours"))
+print(f"Over its last {steps:,} steps its held-out loss fell from {recent[0]['loss']:.3f} to {recent[-1]['loss']:.3f} "
+      f"({fall / recent[0]['loss']:.1%}): "
+      + ("still falling, so a longer run would give a somewhat better teacher; the later lessons measure "
+         "this one, and its figures would move a little with more training" if fall / recent[0]["loss"] > 0.005
+         else "nearly flat, so more steps at this size would change little"))
+print(f"The tiny model saw {tokens_per_param['tiny']:.1f} tokens per parameter in "
+      f"{histories['tiny']['train_seconds'] / 60:.0f} minutes: it is for fast tests only.")
 
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions for every exercise are in `lessons/solutions/03-training.py` (run it from the
+# repository root: `python lessons/solutions/03-training.py`); exercise 6 has a check cell below.
+#
 # 1. **Break a backward.** Copy `ops.rmsnorm_backward`, drop the `- xhat * (...)` term, and run
-#    the check of section 2 against your copy. How large is the error? Which term of the chain
-#    rule did you forget?
+#    the check of section 2 against your copy. How large is the error? Which term of the
+#    derivation in section 1 did you forget?
 # 2. **The GELU check.** Write the finite-difference check of section 2 for `ops.gelu_forward` /
 #    `ops.gelu_backward`. Then do it for `ops.attention_forward` with G < H: what are the shapes
 #    of `dk` and `dv`, and why are they summed over the query heads of a group?
@@ -419,5 +489,12 @@ print(f"{'ours':>8} {small_config.num_params():>11,} {tc.max_steps * tc.batch_si
 #    training and held-out losses end up?
 # 5. **Weight decay.** AdamW decays matrices only (`p.ndim >= 2`). Why not norm gains, which
 #    start at 1?
-# 6. **Budget.** With the tokens per second printed by `tinyinfer train`, how many hours would 20
-#    tokens per parameter take for the teacher on this machine?
+# 6. **Budget.** The teacher's `history.json` records `tokens_seen` and `train_seconds`. At that
+#    average speed, how many hours would 20 tokens per parameter take for the teacher?
+
+# %%
+from tinyinfer.lesson_tools import check, solution
+
+answers = solution("03-training")
+budget_hours = None  # exercise 6: your answer, in hours
+check(budget_hours, answers.hours_for_tokens_per_param(histories["teacher"], 20), tol=0.02, name="budget_hours")
