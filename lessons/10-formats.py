@@ -12,13 +12,14 @@
 #
 # | exit | what the engine reads | tinyinfer function |
 # |---|---|---|
-# | llama.cpp | one `.gguf` file: header, key/value metadata, tensor table, aligned data | `tinyinfer/export.py: export_gguf` |
+# | llama.cpp | one `.gguf` file: header, key/value metadata, tensor table, aligned data | `tinyinfer/gguf_model.py: export_gguf` |
 # | transformers | a folder: `config.json`, `model.safetensors`, `tokenizer.json` | `tinyinfer/export.py: export_hf` |
-# | back in | either of the above | `tinyinfer.load(path)` (`.gguf` goes to `tinyinfer/export.py: load_gguf`) |
+# | back in | either of the above | `tinyinfer.load(path)` (`.gguf` goes to `tinyinfer/gguf_model.py: load_gguf`) |
 #
-# The container (GGUF's bytes) is `tinyinfer/gguf.py: write_gguf, read_gguf`, about 300
-# lines; the model mapping (names, RoPE row order, tokenizer keys) is `tinyinfer/export.py`.
-# `tests/test_llamacpp_parity.py` runs the files in llama.cpp itself (tests/export_README.md).
+# The container (GGUF's bytes) is `tinyinfer/gguf.py: write_gguf, read_gguf`; the model mapping
+# (names, RoPE row order, tokenizer keys) is `tinyinfer/gguf_model.py`. The first cell prints how
+# long each is: a file format you can read in one sitting. `tests/test_llamacpp_parity.py` runs
+# the files in llama.cpp itself (tests/export_README.md).
 #
 # `TINYINFER_LESSON_SMALL=1` (the tests set it) only shortens the last comparison.
 
@@ -36,8 +37,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import tinyinfer
-from tinyinfer.export import dense_model, export_gguf, export_hf, gguf_tensor_names, rope_permute
+from tinyinfer.export import dense_model, export_hf
 from tinyinfer.gguf import TENSOR_BLOCKS, read_gguf
+from tinyinfer.gguf_model import export_gguf, gguf_tensor_names, rope_permute
 from tinyinfer.quant.formats import BLOCK_Q8_0
 from tinyinfer.quant.model import quantize_model
 
@@ -50,6 +52,10 @@ model = tinyinfer.load(MODEL_DIR)
 config = model.config
 OUT = Path(tempfile.mkdtemp(prefix="tinyinfer-lesson10-"))
 print(f"model: {MODEL_DIR.relative_to(ROOT)}, {model.num_params():,} parameters; files go to {OUT}")
+for module in ("gguf.py", "gguf_model.py", "export.py"):
+    lines = (ROOT / "tinyinfer" / module).read_text(encoding="utf-8").splitlines()
+    code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
+    print(f"tinyinfer/{module}: {len(lines)} lines ({len(code)} that are neither blank nor comments)")
 
 # %% [markdown]
 # ## 1. Write one
@@ -85,7 +91,8 @@ print(f"magic {magic!r}, version {version}, {n_tensors} tensors, {n_kv} key/valu
 # and floats as FLOAT32, as llama.cpp's own converter does. `tokenizer.ggml.*` holds the whole
 # byte-level BPE of lesson 02: the token strings, their types (normal / control), the merges in
 # rank order, and `tokenizer.ggml.pre = "gpt-2"`, which selects GPT-2's pre-tokenizer regex in
-# llama.cpp, the one `tinyinfer/tokenizer.py` uses.
+# llama.cpp, the one `tinyinfer/tokenizer/pretokenizers.py: gpt2_split` uses (lesson 02); the
+# metadata is written and read by `tinyinfer/tokenizer/gguf_vocab.py`.
 
 # %%
 f = read_gguf(paths["q8_0"])
@@ -110,7 +117,7 @@ for key, value in f.metadata.items():
 #   multiple of 32 (`general.alignment`), so the loader can `mmap` the file and hand each tensor
 #   to SIMD code without copying. Zeros pad the gaps.
 #
-# The names are ggml's (`tinyinfer/export.py: gguf_tensor_names`); a tied head has no
+# The names are ggml's (`tinyinfer/gguf_model.py: gguf_tensor_names`); a tied head has no
 # `output.weight`, and llama.cpp then multiplies by `token_embd` itself.
 
 # %%
@@ -176,7 +183,7 @@ assert BLOCK_Q8_0.itemsize == TENSOR_BLOCKS[info.type][1] == 34
 # ("rotate half", `tinyinfer/ops.py: rope_forward`); ggml's default RoPE pairs neighbours
 # (2i, 2i + 1), the layout of Meta's original LLaMA code. Same rotation, different storage order.
 # So the exporter reorders the *rows* of q_proj and k_proj within each head
-# (`tinyinfer/export.py: rope_permute`, the same reshape as llama.cpp's `convert_hf_to_gguf.py`),
+# (`tinyinfer/gguf_model.py: rope_permute`, the same reshape as llama.cpp's `convert_hf_to_gguf.py`),
 # and `load_gguf` undoes it. Since q and k are reordered alike, every attention score q . k is
 # unchanged. We check that on one head: rotate-half RoPE on HF rows vs interleaved RoPE on
 # permuted rows.
@@ -235,18 +242,20 @@ for g in groups:
     if sizes.any():
         ax.bar(list(paths), sizes, bottom=bottom, label=g)
         bottom += sizes
+ax.set_xlabel("file (weight format)")
 ax.set_ylabel("MB of tensor data")
 ax.set_title("where the bytes go")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="best")
 ax = axes[1]
 for quant, p in paths.items():
     infos = [t for t in read_gguf(p).tensors.values() if t.name.startswith("blk.0.")]
     ax.scatter([t.name.split(".")[2] for t in infos], [8 * t.nbytes / int(np.prod(t.shape)) for t in infos],
                label=quant, s=30)
+ax.set_xlabel("tensor of block 0 (GGUF name)")
 ax.set_ylabel("bits per weight")
 ax.set_title("layer 0, per tensor")
 ax.tick_params(axis="x", rotation=45)
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="best")
 plt.tight_layout()
 plt.show()
 
@@ -302,6 +311,9 @@ if llama_cpp is not None:
 
 # %% [markdown]
 # ## Exercises
+#
+# Worked solutions for every exercise are in `lessons/solutions/10-formats.py` (run it from the
+# repository root: `python lessons/solutions/10-formats.py`, or `... 2` for exercise 2 alone).
 #
 # 1. **A GGUF by hand.** Without `write_gguf`, write a file with `struct.pack` that holds one key
 #    (`general.architecture = "demo"`) and one 3x32 float32 tensor. Read it with

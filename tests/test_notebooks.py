@@ -35,7 +35,7 @@ SOLUTIONS = ROOT / "lessons" / "solutions"
 # The lessons held to the reader checks below: figures with labelled axes and legends, references
 # that resolve, no internal references, a check or a worked solution for every exercise. Every
 # lesson belongs here; a lesson joins the list in the commit that makes it pass the checks.
-READER_CHECKED = ["01-transformer", "03-training", "06-distillation", "07-kv-cache"]
+READER_CHECKED = ["01-transformer", "03-training", "06-distillation", "07-kv-cache", "10-formats"]
 CHECKED = [p for p in LESSONS if p.stem in READER_CHECKED]
 
 MAX_NOTEBOOK_BYTES = 1_500_000  # a rendered notebook, figures included: the repository stays lean
