@@ -95,3 +95,7 @@ class PieceCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __reduce__(self):
+        """A copy (copy.deepcopy, pickle) starts empty: a lock cannot be copied, entries need not be."""
+        return (PieceCache, (self.max_bytes, self.max_piece_chars))
