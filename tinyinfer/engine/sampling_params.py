@@ -30,6 +30,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None  # finish ("stop") when one of these ids is sampled
     stop: list[str] | str | None = None  # finish ("stop") when the text contains one; cut before it
     ignore_eos: bool = False             # keep going past the tokenizer's end-of-text token
+    # built from stop when the params are made; change stop with dataclasses.replace, which rebuilds it
     stop_matcher: StopMatcher | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
