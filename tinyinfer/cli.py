@@ -347,7 +347,8 @@ def cmd_serve(args):
                           max_stop_strings=args.max_stop_strings, max_stop_bytes=args.max_stop_bytes,
                           max_connections=args.max_connections, backlog=args.backlog,
                           request_timeout=args.request_timeout)
-    serve(resolve_model_path(args.model), host=args.host, port=args.port, limits=limits,
+    served_name = args.served_model_name or Path(args.model).name.removesuffix(".gguf")  # "smollm2", "teacher"
+    serve(resolve_model_path(args.model), host=args.host, port=args.port, limits=limits, model_id=served_name,
           max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, num_blocks=args.num_blocks,
           kv_cache_bytes=args.kv_cache_bytes)
 
@@ -506,6 +507,8 @@ def add_serve_parser(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="at most this many requests in the running batch")
+    p.add_argument("--served-model-name", help="the model id clients send and /v1/models lists (default: the "
+                   "--model argument's last part, e.g. smollm2 or teacher); requests naming another get a 404")
     engine = p.add_argument_group("KV cache (sized for what is served, not for the model's declared context)")
     engine.add_argument("--max-model-len", type=int, help="longest request served, prompt + max_tokens "
                         "(default: the model's context, or what the cache holds if less)")

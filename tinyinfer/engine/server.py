@@ -744,14 +744,16 @@ def make_server(model, model_id: str = "model", host: str = "127.0.0.1", port: i
 
 
 def serve(model_path, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None,
-          **engine_kwargs):
-    """Load a model folder and serve it until Ctrl-C; the model id is the folder's name."""
+          model_id: str | None = None, **engine_kwargs):
+    """Load a model (a folder or a .gguf file) and serve it until Ctrl-C. Clients must name it
+    model_id in their requests (or leave "model" out); default: the folder's or file's name."""
     from pathlib import Path
 
     from .. import load
 
     path = Path(model_path)
-    server = make_server(load(path), path.resolve().name, host, port, limits=limits, **engine_kwargs)
+    model_id = model_id or path.resolve().name.removesuffix(".gguf")
+    server = make_server(load(path), model_id, host, port, limits=limits, **engine_kwargs)
     server.engine_loop.start()
     engine = server.engine_loop.engine
     print(f"serving {path} as {server.model_id!r} on http://{host}:{server.port}/v1 (Ctrl-C to stop); "
