@@ -147,7 +147,8 @@ def test_smollm2_vocabulary(smol, smollm2_meta):
     assert smol.special_ids == {"bos": 1, "eos": 2, "unk": 0, "pad": 2} and not smol.add_bos
     assert list(smol.special_tokens)[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     assert len(smol.special_tokens) == 17 and all(smol.token_type(i) == CONTROL for i in range(17))
-    assert smol.eos_id == 2 and smol.bos_id == 1 and smol.stop_ids == {0, 2}
+    assert smol.eos_id == 2 and smol.bos_id == 1
+    assert smol.stop_ids == {0, 2, 4}    # <|endoftext|>, <|im_end|>, <reponame> (llama.cpp's FIM-repo rule)
     assert smol.chat_template == SMOLLM2_TEMPLATE
     # 21 byte values have no token in this vocabulary; encode drops them, as llama.cpp does
     assert smol.missing_bytes == bytes([0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, *range(0xF5, 0x100)])

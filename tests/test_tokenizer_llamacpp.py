@@ -61,6 +61,12 @@ def llama_ids(llm, text: str, special: bool) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
 
+def llama_end_of_generation(llm, vocab_size: int) -> list[int]:
+    import llama_cpp
+
+    return [i for i in range(vocab_size) if llama_cpp.llama_vocab_is_eog(llm._model.vocab, i)]
+
+
 def llama_piece(llm, token: int, special: bool) -> bytes:
     """llama_token_to_piece, the C function, with a buffer big enough for any token.
     (llama-cpp-python's detokenize gives each token 32 bytes and silently cuts longer ones.)"""
@@ -165,6 +171,7 @@ def make_golden() -> dict:
         "vocab_sha256": vocab_digest(meta),
         "pieces_sha256": pieces_digest(lambda i: llama_piece(llm, i, True), vocab_size),
         "pieces_sha256_no_special": pieces_digest(lambda i: llama_piece(llm, i, False), vocab_size),
+        "end_of_generation_ids": llama_end_of_generation(llm, vocab_size),
         "texts": entries,
     }
     llm.close()
@@ -229,6 +236,10 @@ def test_golden_decode(smol, golden):
         assert smol.decode_bytes(entry["ids"]) == dropped
 
 
+def test_golden_stop_ids(smol, golden):
+    assert sorted(smol.stop_ids) == golden["end_of_generation_ids"]
+
+
 def test_golden_file_is_small():
     assert os.path.getsize(GOLDEN) < 400_000
 
@@ -289,6 +300,35 @@ def test_live_other_pretokenizers(llm, smollm2_meta, tmp_path, pre):
         for text in texts:
             for special in (False, True):
                 assert ours.encode(text, special=special) == llama_ids(other, text, special), (pre, text[:80])
+    finally:
+        other.close()
+
+
+def test_live_token_types(llm, smollm2_meta, tmp_path):
+    """Other token types on the same vocabulary: user-defined tokens are matched even with
+    special=False, an end-of-generation text stays CONTROL whatever the file says, and an unused
+    token decodes to nothing (llama.cpp's rules)."""
+    from tinyinfer.tokenizer import USER_DEFINED, UNUSED
+
+    meta = {k: v for k, v in smollm2_meta.items() if not k.startswith("general.alignment")}
+    types = np.array(meta["tokenizer.ggml.token_type"])
+    types[[2, 3, 4, 5]] = USER_DEFINED         # <|im_end|>, <repo_name>, <reponame>, <file_sep>
+    types[[100, 1000, 30000]] = UNUSED
+    meta["tokenizer.ggml.token_type"] = types
+    path = tmp_path / "vocab-types.gguf"
+    write_gguf(path, meta, [])
+    other = open_vocab(path)
+    ours = from_gguf_metadata(meta, "types")
+    texts = ["<repo_name>x<reponame>y<file_sep><|im_end|><|im_start|>", " ".join(SPECIALS) + " end",
+             ours.decode([100, 1000, 30000]) + " and " + inspect.getsource(json.decoder)[:3000]]
+    try:
+        for text in texts:
+            for special in (False, True):
+                assert ours.encode(text, special=special) == llama_ids(other, text, special), (special, text[:80])
+        for special in (False, True):
+            for i in [*range(0, 20), 100, 1000, 30000, 49151]:
+                assert ours.decode_bytes([i], special=special) == llama_piece(other, i, special), (i, special)
+        assert sorted(ours.stop_ids) == llama_end_of_generation(other, ours.vocab_size)
     finally:
         other.close()
 

@@ -37,12 +37,13 @@ tokenizer.json (tests/test_tokenizer.py) and as llama.cpp for a GGUF file
 (tests/test_tokenizer_llamacpp.py, with a golden file of llama.cpp's ids so that the check runs
 without llama.cpp too).
 """
-from .bpe import DEFAULT_SPECIAL_TOKENS, END_OF_GENERATION_TEXTS, SPECIAL_ID_ROLES, Tokenizer
+from .bpe import DEFAULT_SPECIAL_TOKENS, SPECIAL_ID_ROLES, Tokenizer
 from .byte_level import bytes_to_token_string, bytes_to_unicode, token_string_to_bytes, unicode_to_bytes
 from .chat import ChatTemplateError, render_chat
 from .gguf_vocab import TokenizerMetadataError, from_gguf_metadata, to_gguf_metadata
 from .pretokenizers import GPT2_SPLIT_PATTERN, PRETOKENIZERS, get_pretokenizer, pretokenize
-from .special_tokens import BYTE, CONTROL, NORMAL, TOKEN_TYPE_NAMES, UNKNOWN, UNUSED, USER_DEFINED
+from .special_tokens import (BYTE, CONTROL, END_OF_GENERATION_TEXTS, NORMAL, TOKEN_TYPE_NAMES, UNKNOWN, UNUSED,
+                             USER_DEFINED)
 
 __all__ = ["Tokenizer", "bytes_to_unicode", "pretokenize", "GPT2_SPLIT_PATTERN", "PRETOKENIZERS",
            "get_pretokenizer", "from_gguf_metadata", "to_gguf_metadata", "TokenizerMetadataError",

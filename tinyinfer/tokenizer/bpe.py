@@ -23,22 +23,19 @@ from .byte_level import bytes_to_token_string, bytes_to_unicode, token_string_to
 from .cache import DEFAULT_CACHE_BYTES, PieceCache
 from .merges import LONG_PIECE, MergeTable, apply_merges, apply_merges_kernel
 from .pretokenizers import get_pretokenizer
-from .special_tokens import (BYTE, CONTROL, NORMAL, TOKEN_TYPE_NAMES, UNKNOWN, UNUSED, USER_DEFINED,
-                             atomic_order, split_on_special)
+from .special_tokens import (BYTE, CONTROL, END_OF_GENERATION_ROLES, END_OF_GENERATION_TEXTS, NORMAL, ROLE_TEXTS,
+                             TOKEN_TYPE_NAMES, UNKNOWN, UNUSED, USER_DEFINED, atomic_order, split_on_special)
 
-__all__ = ["Tokenizer", "DEFAULT_SPECIAL_TOKENS", "SPECIAL_ID_ROLES", "END_OF_GENERATION_TEXTS"]
+__all__ = ["Tokenizer", "DEFAULT_SPECIAL_TOKENS", "SPECIAL_ID_ROLES"]
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>",)
 
-# The roles a special id can have, as GGUF names them (tokenizer.ggml.<key>).
+# The roles a special id can have, and the GGUF key that names each (tokenizer.ggml.<key>).
 SPECIAL_ID_ROLES = {"bos": "bos_token_id", "eos": "eos_token_id", "eot": "eot_token_id",
                     "eom": "eom_token_id", "unk": "unknown_token_id", "pad": "padding_token_id",
-                    "sep": "seperator_token_id", "mask": "mask_token_id"}  # "seperator" is GGUF's spelling
-
-# Tokens that end a generation wherever they appear, found by their text: llama.cpp's rule
-# (llama-vocab.cpp, special_eog_ids), for the families whose tokens these are.
-END_OF_GENERATION_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
-                           "<end_of_turn>", "<|end_of_text|>", "<EOT>")
+                    "sep": "seperator_token_id", "mask": "mask_token_id",   # "seperator": GGUF's spelling
+                    "fim_pre": "fim_pre_token_id", "fim_suf": "fim_suf_token_id", "fim_mid": "fim_mid_token_id",
+                    "fim_pad": "fim_pad_token_id", "fim_rep": "fim_rep_token_id", "fim_sep": "fim_sep_token_id"}
 
 MISSING_BYTE = -1   # stands for a byte the vocabulary has no token for; dropped from the ids
 _ATOMIC = (CONTROL, UNKNOWN, USER_DEFINED)   # types cut out of text before pre-tokenizing
@@ -66,7 +63,8 @@ class Tokenizer:
         token_types     one llama.cpp token type per id (special_tokens.py: NORMAL, CONTROL,
                         USER_DEFINED, ...); default NORMAL, CONTROL for special_tokens
         pretokenizer    llama.cpp's tokenizer.ggml.pre name: "gpt-2", "smollm", "default"
-        special_ids     {role: id}, roles "bos", "eos", "eot", "eom", "unk", "pad", "sep", "mask"
+        special_ids     {role: id}, roles "bos", "eos", "eot", "eom", "unk", "pad", "sep", "mask",
+                        "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep"
         add_bos         whether the model expects a BOS token before a prompt (encode never
                         adds one; prompt builders read this)
         chat_template   the model's Jinja chat template (tokenizer.chat_template), or None
@@ -374,11 +372,15 @@ class Tokenizer:
 
     @property
     def stop_ids(self) -> frozenset[int]:
-        """Ids that end a generation (llama.cpp's end-of-generation set): eos, eot and eom ids,
-        and every token whose text is in END_OF_GENERATION_TEXTS. For SmolLM2: {0, 2}
-        (<|endoftext|> and <|im_end|>); for tinyinfer's GPT-2-style tokenizers, <|endoftext|>."""
-        ids = {self._special_ids[r] for r in ("eos", "eot", "eom") if r in self._special_ids}
-        for text in END_OF_GENERATION_TEXTS:
+        """Ids that end a generation: llama.cpp's end-of-generation set (special_tokens.py says how
+        it is found). For SmolLM2: {0, 2, 4}, <|endoftext|>, <|im_end|> (its eos) and <reponame>;
+        for tinyinfer's GPT-2-style tokenizers, <|endoftext|>."""
+        ids = {self._special_ids[role] for role in END_OF_GENERATION_ROLES if role in self._special_ids}
+        texts = list(END_OF_GENERATION_TEXTS)
+        for role in END_OF_GENERATION_ROLES:
+            if role not in self._special_ids:        # a role the file does not name: found by its text
+                texts += ROLE_TEXTS.get(role, ())
+        for text in texts:
             i = self.token_to_id(text)
             if i is not None:
                 ids.add(i)

@@ -24,13 +24,15 @@ import warnings
 
 import numpy as np
 
-from .bpe import END_OF_GENERATION_TEXTS, SPECIAL_ID_ROLES, Tokenizer
+from .bpe import SPECIAL_ID_ROLES, Tokenizer
 from .pretokenizers import PRETOKENIZERS
-from .special_tokens import CONTROL, NORMAL, TOKEN_TYPE_NAMES, UNUSED
+from .special_tokens import CONTROL, END_OF_GENERATION_TEXTS, NORMAL, ROLE_TEXTS, TOKEN_TYPE_NAMES, UNUSED
 
 __all__ = ["from_gguf_metadata", "to_gguf_metadata", "TokenizerMetadataError"]
 
 _KEY = "tokenizer.ggml."
+# Older files name three fill-in-the-middle ids under other keys; llama.cpp reads both.
+_DEPRECATED_ROLE_KEYS = {"fim_pre": "prefix_token_id", "fim_suf": "suffix_token_id", "fim_mid": "middle_token_id"}
 
 
 class TokenizerMetadataError(ValueError):
@@ -52,6 +54,18 @@ def _split_merge(merge: str, rank: int, source: str) -> tuple[str, str]:
         raise TokenizerMetadataError(f"{source}: tokenizer.ggml.merges[{rank}] is {merge!r}; "
                                      f"expected two tokens separated by a space")
     return merge[:cut], merge[cut + 1:]
+
+
+def _control_by_text(tokens: list[str], types: list[int], special_ids: dict[str, int]) -> None:
+    """llama.cpp's rules by text (special_tokens.py): end-of-generation tokens, and the tokens it
+    gives a role the file does not name, are CONTROL whatever tokenizer.ggml.token_type says."""
+    texts = set(END_OF_GENERATION_TEXTS)
+    for role, role_texts in ROLE_TEXTS.items():
+        if role not in special_ids:
+            texts.update(role_texts)
+    for i, token in enumerate(tokens):
+        if token in texts:
+            types[i] = CONTROL
 
 
 def from_gguf_metadata(meta: dict, source: str = "GGUF") -> Tokenizer | None:
@@ -92,9 +106,6 @@ def from_gguf_metadata(meta: dict, source: str = "GGUF") -> Tokenizer | None:
     if bad is not None:
         raise TokenizerMetadataError(f"{source}: tokenizer.ggml.token_type[{bad}] is {types[bad]} (token "
                                      f"{tokens[bad]!r}); known types are {TOKEN_TYPE_NAMES}")
-    for i, token in enumerate(tokens):
-        if token in END_OF_GENERATION_TEXTS and types[i] != CONTROL:
-            types[i] = CONTROL   # llama.cpp makes end-of-generation tokens CONTROL whatever the file says
 
     vocab: dict[str, int] = {}
     for i, token in enumerate(tokens):
@@ -108,13 +119,15 @@ def from_gguf_metadata(meta: dict, source: str = "GGUF") -> Tokenizer | None:
 
     special_ids = {}
     for role, key in SPECIAL_ID_ROLES.items():
-        value = meta.get(_KEY + key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < len(tokens):
-            raise TokenizerMetadataError(f"{source}: tokenizer.ggml.{key} is {value!r}; expected a token id "
-                                         f"in 0..{len(tokens) - 1}")
-        special_ids[role] = int(value)
+        for key in (key, _DEPRECATED_ROLE_KEYS.get(role)):
+            value = meta.get(_KEY + key) if key else None
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < len(tokens):
+                raise TokenizerMetadataError(f"{source}: tokenizer.ggml.{key} is {value!r}; expected a token id "
+                                             f"in 0..{len(tokens) - 1}")
+            special_ids[role] = int(value)
+    _control_by_text(tokens, types, special_ids)
     add_bos = meta.get(_KEY + "add_bos_token", False)
     if not isinstance(add_bos, (bool, np.bool_)):
         raise TokenizerMetadataError(f"{source}: tokenizer.ggml.add_bos_token must be a bool, got {add_bos!r}")

@@ -27,11 +27,42 @@ from __future__ import annotations
 from typing import Iterable
 
 __all__ = ["NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE", "TOKEN_TYPE_NAMES",
-           "atomic_order", "split_on_special"]
+           "END_OF_GENERATION_TEXTS", "ROLE_TEXTS", "END_OF_GENERATION_ROLES", "atomic_order", "split_on_special"]
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 TOKEN_TYPE_NAMES = {NORMAL: "NORMAL", UNKNOWN: "UNKNOWN", CONTROL: "CONTROL",
                     USER_DEFINED: "USER_DEFINED", UNUSED: "UNUSED", BYTE: "BYTE"}
+
+# Special tokens known by their text. Conversion scripts do not always record which token ends a
+# turn or marks a fill-in-the-middle part, so llama.cpp also recognises them by their text
+# (llama-vocab.cpp, load_vocab), and we follow it:
+#   * a token whose text is in END_OF_GENERATION_TEXTS ends a generation, and is made CONTROL;
+#   * a role the file does not name (no tokenizer.ggml.<role>_token_id key) goes to a token whose
+#     text is in ROLE_TEXTS[role], which is made CONTROL;
+#   * the tokens of END_OF_GENERATION_ROLES end a generation too. So for SmolLM2 llama.cpp stops
+#     at <|endoftext|> (0), <|im_end|> (2, eos) and <reponame> (4, the StarCoder-style
+#     fill-in-the-middle "repository" marker), and so does Tokenizer.stop_ids.
+# (llama.cpp also drops <|end|> and </s> from the set for two model families whose pre-tokenizers
+# tinyinfer does not implement, so those exceptions never apply here.)
+END_OF_GENERATION_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[")
+ROLE_TEXTS = {
+    "eot": ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+            "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>"),
+    "eom": ("<|eom_id|>",),
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+END_OF_GENERATION_ROLES = ("eos", "eot", "eom", "fim_pad", "fim_rep", "fim_sep")
 
 
 def atomic_order(tokens: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
