@@ -8,8 +8,7 @@ Two steps, as in llama.cpp's CPU backend:
 
 1. `quantize_activations` rounds x to Q8_0 blocks (and Q8_1's block sums for q4_1 / q5_1),
    bit-identical to blocks.quantize_activations (float16 rounding of d and s spelled out, since
-   Numba has no float16 on the CPU). The quants are written as int16, the width the kernels
-   multiply in, so no second pass widens them.
+   Numba has no float16 on the CPU). The quants are int8, as the kernels multiply them.
 2. A kernel multiplies (its NumPy twin: formats.quantized_matmul_reference):
    - simd.py, the explicit-vector kernels (default): `decode_rows` for B = 1, register tiles for
      batches; every format (iq4_nl on x86);
@@ -70,7 +69,7 @@ def float16_round(v):
 
 @njit(cache=True)
 def quantize_activations(x, xq, xd, xs):
-    """x: float32 (B, K) -> fills xq (B, NB, 32) (int8 or int16), xd and xs float32 (B, NB), as
+    """x: float32 (B, K) -> fills xq int8 (B, NB, 32), xd and xs float32 (B, NB), as
     blocks.quantize_activations. Returns (blocks that cannot be quantized: a NaN/Inf, or |x| so
     large that the float16 scale d overflows; blocks whose float16 sum s overflows, which matters
     only to q4_1 / q5_1): the caller turns those into an error.
@@ -124,11 +123,11 @@ class ActivationError(ValueError):
 
 
 def quantize_x(x, with_sums=True):
-    """x float32 (B, K) -> (xq int16 (B, NB, 32), xd, xs float32 (B, NB)) with the Numba quantizer.
+    """x float32 (B, K) -> (xq int8 (B, NB, 32), xd, xs float32 (B, NB)) with the Numba quantizer.
     with_sums: the product needs s (q4_1, q5_1), so its float16 overflow is an error too."""
     B, K = x.shape
     NB = K // BLOCK
-    xq = np.empty((B, NB, BLOCK), np.int16)
+    xq = np.empty((B, NB, BLOCK), np.int8)
     xd = np.empty((B, NB), np.float32)
     xs = np.empty((B, NB), np.float32)
     bad, bad_sums = quantize_activations(x, xq, xd, xs)

@@ -18,11 +18,11 @@ IR that updates a whole tile of accumulators from one block of each row:
      add their 5th bits (the 4 bytes spread to 32 lanes by a shuffle, masked, compared, 16 or 0);
      q4_0 / q5_0 subtract 8 / 16; iq4_nl looks its 16 levels up with a byte shuffle (x86's pshufb,
      the one non-generic instruction here: other CPUs use the plain loops for iq4_nl);
-  2. neighbouring products added in int32 (`_pair_dots`: sext, mul, even + odd lanes: x86's
-     vpmaddwd, which LLVM picks from this shape), with x widened to int16 once per call;
-  3. on AVX2 (8 float lanes) the 16 pair sums are halved once more in int32 (exact), then
-     converted to float32 and fused-multiply-added into the accumulator with the pair's block
-     scale wd[n,k] * xd[b,k] (precomputed per tile, LANES at a time).
+  2. neighbouring products added in int32 lanes (`_pair_dots`): on AVX2 with vpmaddubsw and
+     vpmaddwd (4 products a lane, 8 lanes), elsewhere from generic IR (sext, mul, shuffles, which
+     LLVM turns into vpmaddwd on AVX-512: 2 products a lane, 16 lanes);
+  3. the lanes converted to float32 and fused-multiply-added into the accumulator with the
+     block's scale wd[n,k] * xd[b,k] (precomputed per tile, LANES at a time).
 The lanes are summed once per output; the minimum's term of q4_1 / q5_1 is a separate sum over
 blocks. Batches (B >= 2) use TILE_W rows of W by TILE_X rows of x per tile (each weight block
 loaded and unpacked once for TILE_X rows of x); decode (B = 1) uses one row at a time, read as one
@@ -31,6 +31,13 @@ same whether it decodes alone or in a batch (tests/test_quant_kernels.py checks 
 
 Tiles: on AVX-512 (32 zmm registers) a 4 x 4 tile of 16-lane accumulators fits; on AVX2 (16 ymm)
 the accumulators are 8 lanes and the tile 4 x 2, so accumulators and the 4 weight vectors fit.
+
+Measured step by step (4096 x 4096 decode, one thread, CPU time per block, a busy 2-core Zen 3
+with AVX2, so absolute times are inflated; old and new alternated twice): the generic pair dots
+(vpmovsxbw + vpmaddwd on int16 x) took 2.2-2.4 ns a block for q4_1, 3.2-4.5 for q5_1, 3.5-4.4 for
+q8_0; vpmaddubsw on int8 x 1.7, 2.0-2.1 and 2.7-3.1. A second accumulator per row (to hide the
+fused multiply-add's latency) changed nothing (0.98-1.2x), nor did a 4-row tile for decode.
+The x86 intrinsics (pmadd.ub.sw, pmadd.wd) are the only non-generic IR besides pshufb.
 `simd_rows.inspect_asm(sig)` shows the loop (compile with cache off to inspect).
 """
 from __future__ import annotations
@@ -56,15 +63,17 @@ def _host_has(feature):
 
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 WIDE = _host_has("avx512f")
+AVX2 = X86 and _host_has("avx2")
 LANES = 16 if WIDE else 8  # float32 lanes of one accumulator: one zmm (AVX-512) or one ymm (AVX2)
 TILE_W = 4  # rows of W in one register tile: each loaded x block serves TILE_W rows of W
 TILE_X = 4 if WIDE else 2  # rows of x in one register tile: each loaded weight block serves TILE_X rows
 PREFETCH_ROWS = 2 * TILE_W  # the block step asks for W's blocks this many rows ahead (the tile after next)
+UNSIGNED = WITH_MIN  # q4_1, q5_1: q in 0..15 / 0..31
 SIMD_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") + (("iq4_nl",) if X86 else ())
 
 _F32xL = ir.VectorType(ir.FloatType(), LANES)
-_I8x4, _I8x16, _I8x32 = (ir.VectorType(ir.IntType(8), n) for n in (4, 16, 32))
-_I16x32, _I32x32 = ir.VectorType(ir.IntType(16), 32), ir.VectorType(ir.IntType(32), 32)
+_I8x4, _I8xq, _I8x32 = (ir.VectorType(ir.IntType(8), n) for n in (4, 16, 32))
+_I32x32 = ir.VectorType(ir.IntType(32), 32)
 _I32 = ir.IntType(32)
 
 
@@ -185,7 +194,7 @@ def _splat8(value, n=32):
 
 def _pshufb16(builder, table, idx):
     """table[idx] for <16 x i8> table and indices in 0..15: x86's pshufb (SSSE3)."""
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I8x16, [_I8x16, _I8x16]),
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I8xq, [_I8xq, _I8xq]),
                                         "llvm.x86.ssse3.pshuf.b.128")
     return builder.call(fn, [table, idx])
 
@@ -195,10 +204,10 @@ def _weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, n, k):
     zero = context.get_constant(types.intp, 0)
     if fmt == "q8_0":
         return _load_block(context, builder, wq_ty, wq, n, k, _I8x32)
-    packed = _load_block(context, builder, wq_ty, wq, n, k, _I8x16)  # (16,) bytes
+    packed = _load_block(context, builder, wq_ty, wq, n, k, _I8xq)  # (16,) bytes
     low, high = builder.and_(packed, _splat8(15, 16)), builder.lshr(packed, _splat8(4, 16))
     if fmt == "iq4_nl":  # the levels, looked up 16 at a time
-        table = ir.Constant(_I8x16, [int(v) for v in IQ4_NL_VALUES])
+        table = ir.Constant(_I8xq, [int(v) for v in IQ4_NL_VALUES])
         low, high = _pshufb16(builder, table, low), _pshufb16(builder, table, high)
     q = builder.shuffle_vector(low, high, _indices(*range(32)))  # (32,): elements 0..15, then 16..31
     if fmt in WITH_HIGH_BITS:
@@ -211,18 +220,38 @@ def _weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, n, k):
     return builder.sub(q, _splat8(offset)) if offset else q
 
 
-def _pair_dots(builder, w, x):
-    """w <32 x i8>, x <32 x i16> -> <LANES x i32>: sums of neighbouring products, exact.
+def _x86(builder, name, ret, *args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, list(args))
 
-    Products of neighbours added in int32 is what x86's vpmaddwd does in one instruction (LLVM
-    recognizes this shape); with 8 lanes the 16 pair sums are added pairwise once more."""
-    prod = builder.mul(builder.sext(w, _I32x32), builder.sext(x, _I32x32))  # (32,) int32
+
+def _pair_dots(builder, w, x, unsigned):
+    """w, x <32 x i8> -> <LANES x i32>: sums of neighbouring products, exact.
+
+    16 lanes (AVX-512): lane l = w[2l] x[2l] + w[2l+1] x[2l+1], what vpmaddwd does (LLVM picks it
+    from this shape). 8 lanes (AVX2): lane l = the four products 4l..4l+3. On AVX2 that is two
+    instructions: vpmaddubsw multiplies unsigned by signed bytes and adds neighbours into int16
+    (exact here: at most 2 x 128 x 127 < 32767), then vpmaddwd by ones adds neighbouring int16s
+    into int32. Its first operand must be unsigned: q4_1 / q5_1's q are; for the signed formats
+    |w| goes first and x takes w's sign (vpsignb's rule, written as selects), so the products are
+    unchanged. Elsewhere the same lanes come from generic IR (sext, mul, shuffles)."""
+    if LANES == 8 and AVX2:
+        if not unsigned:
+            negative = builder.icmp_signed("<", w, _splat8(0))
+            x = builder.select(negative, builder.sub(_splat8(0), x),
+                               builder.select(builder.icmp_signed("==", w, _splat8(0)), _splat8(0), x))
+            w = builder.select(negative, builder.sub(_splat8(0), w), w)  # |w|; -128 stays 0x80 = 128 unsigned
+        pairs16 = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(ir.IntType(16), 16), w, x)
+        ones = ir.Constant(ir.VectorType(ir.IntType(16), 16), [1] * 16)
+        return _x86(builder, "llvm.x86.avx2.pmadd.wd", ir.VectorType(_I32, 8), pairs16, ones)
+    extend = builder.zext if unsigned else builder.sext
+    prod = builder.mul(extend(w, _I32x32), builder.sext(x, _I32x32))  # (32,) int32
     pairs = builder.add(builder.shuffle_vector(prod, prod, _indices(*range(0, 32, 2))),
                         builder.shuffle_vector(prod, prod, _indices(*range(1, 32, 2))))  # (16,)
     if LANES == 16:
         return pairs
-    return builder.add(builder.shuffle_vector(pairs, pairs, _indices(*range(8))),
-                       builder.shuffle_vector(pairs, pairs, _indices(*range(8, 16))))  # (8,)
+    return builder.add(builder.shuffle_vector(pairs, pairs, _indices(*range(0, 16, 2))),
+                       builder.shuffle_vector(pairs, pairs, _indices(*range(1, 16, 2))))  # (8,): quads
 
 
 def _scaled_add(builder, acc, pairs, scale_ptr):
@@ -265,11 +294,11 @@ def tile_sums(typingctx, acc, sums):
 
 
 @intrinsic
-def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, x16, b0, scales):
+def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, xq, b0, scales):
     """acc[i, j] + float32(pair dots of block k of W row min(n0 + i, n_last) and x row b0 + j) * scales[i, j, k].
 
     wq, wh: the QTensor's quants and 5th bits (wh is not read for formats without them);
-    x16 int16 (B, NB, 32); scales float32 (TILE_W, cols, NB): wd[n, k] * xd[b, k].
+    xq int8 (B, NB, 32); scales float32 (TILE_W, cols, NB): wd[n, k] * xd[b, k].
     Rows of W past n_last repeat row n_last (the caller drops their sums), so one tile shape
     serves every N. Each weight block is loaded and unpacked once for the tile's cols, each x
     block once for its rows.
@@ -277,9 +306,9 @@ def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, x16, b0, scales)
     tile = acc
 
     def codegen(context, builder, sig, args):
-        _, acc, wq, wh, n0, n_last, k, x16, b0, scales = args
+        _, acc, wq, wh, n0, n_last, k, xq, b0, scales = args
         fmt = sig.args[0].fmt
-        wq_ty, wh_ty, x16_ty, scales_ty = sig.args[2], sig.args[3], sig.args[7], sig.args[9]
+        wq_ty, wh_ty, xq_ty, scales_ty = sig.args[2], sig.args[3], sig.args[7], sig.args[9]
         n0, n_last, k, b0 = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5, 6, 8))
         const = lambda v: context.get_constant(types.intp, v)  # noqa: E731
         clamp = lambda n, top: builder.select(builder.icmp_signed("<=", n, top), n, top)  # noqa: E731
@@ -292,32 +321,32 @@ def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, x16, b0, scales)
             _prefetch(builder, _pointer(context, builder, wq_ty, wq, [ahead, k, const(0)]))
         w = [_weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, clamp(builder.add(n0, const(i)), n_last), k)
              for i in range(tile.rows)]  # (32,) int8 each
-        x = [_load_block(context, builder, x16_ty, x16, builder.add(b0, const(j)), k, _I16x32)
-             for j in range(tile.cols)]  # (32,) int16 each
+        x = [_load_block(context, builder, xq_ty, xq, builder.add(b0, const(j)), k, _I8x32)
+             for j in range(tile.cols)]  # (32,) int8 each
         for i in range(tile.rows):
             for j in range(tile.cols):
                 a = builder.extract_value(acc, i * tile.cols + j)
                 scale_ptr = _pointer(context, builder, scales_ty, scales, [const(i), const(j), k])
-                a = _scaled_add(builder, a, _pair_dots(builder, w[i], x[j]), scale_ptr)
+                a = _scaled_add(builder, a, _pair_dots(builder, w[i], x[j], fmt in UNSIGNED), scale_ptr)
                 acc = builder.insert_value(acc, a, i * tile.cols + j)
         return acc
-    return tile(tag, acc, wq, wh, n0, n_last, k, x16, b0, scales), codegen
+    return tile(tag, acc, wq, wh, n0, n_last, k, xq, b0, scales), codegen
 
 
 @intrinsic
-def row_block_step(typingctx, tag, acc, wq, wh, n, k, x16, scales):
-    """acc + float32(pair dots of block k of W row n and x16[0, k]) * scales[k]: one accumulator,
+def row_block_step(typingctx, tag, acc, wq, wh, n, k, xq, scales):
+    """acc + float32(pair dots of block k of W row n and xq[0, k]) * scales[k]: one accumulator,
     no prefetch (one row is one sequential stream, which the hardware prefetcher follows)."""
     def codegen(context, builder, sig, args):
-        _, acc, wq, wh, n, k, x16, scales = args
+        _, acc, wq, wh, n, k, xq, scales = args
         n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5))
         zero = context.get_constant(types.intp, 0)
         w = _weight_block(context, builder, sig.args[0].fmt, sig.args[2], wq, sig.args[3], wh, n, k)
-        x = _load_block(context, builder, sig.args[6], x16, zero, k, _I16x32)  # (32,) int16
-        a = _scaled_add(builder, builder.extract_value(acc, 0), _pair_dots(builder, w, x),
+        x = _load_block(context, builder, sig.args[6], xq, zero, k, _I8x32)  # (32,) int8
+        a = _scaled_add(builder, builder.extract_value(acc, 0), _pair_dots(builder, w, x, sig.args[0].fmt in UNSIGNED),
                         _pointer(context, builder, sig.args[7], scales, [k]))
         return builder.insert_value(acc, a, 0)
-    return acc(tag, acc, wq, wh, n, k, x16, scales), codegen
+    return acc(tag, acc, wq, wh, n, k, xq, scales), codegen
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,9 +364,9 @@ def min_term(wm, xs, n, b):
 
 
 @njit(cache=True, fastmath=True)
-def simd_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
+def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
     """out[:, n0:n1] for every row of x, tile by tile. wd, wm float32 (N, NB); xd, xs (B, NB);
-    x16 int16 (B, NB, 32); zero: ZERO_TILES[cols], cols dividing B."""
+    xq int8 (B, NB, 32); zero: ZERO_TILES[cols], cols dividing B."""
     B, NB = xd.shape
     cols = tile_cols(zero)
     scales = np.empty((TILE_W, cols, NB), np.float32)  # wd[n, k] * xd[b, k]: the pair sums' scales
@@ -352,7 +381,7 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
                         scales[i, j, k] = wd[n, k] * xd[b0 + j, k]
             acc = zero
             for k in range(NB):
-                acc = tile_block_step(tag, acc, wq, wh, n_first, n_last, k, x16, b0, scales)
+                acc = tile_block_step(tag, acc, wq, wh, n_first, n_last, k, xq, b0, scales)
             tile_sums(acc, sums)
             for i in range(n_last + 1 - n_first):
                 for j in range(cols):
@@ -363,16 +392,16 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
 
 
 @njit(cache=True, parallel=True)
-def simd_parallel(tag, wd, wm, wq, wh, xd, xs, x16, out, zero, rows_per_task):
+def simd_parallel(tag, wd, wm, wq, wh, xd, xs, xq, out, zero, rows_per_task):
     """simd_rows over all rows, split among threads (each task takes rows_per_task rows)."""
     N = wq.shape[0]
     for t in prange((N + rows_per_task - 1) // rows_per_task):
-        simd_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, t * rows_per_task, min(N, (t + 1) * rows_per_task), zero)
+        simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, t * rows_per_task, min(N, (t + 1) * rows_per_task), zero)
 
 
 @njit(cache=True, fastmath=True)
-def decode_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
-    """As simd_rows for B = 1 (xd (1, NB), x16 (1, NB, 32)), one row of W at a time; zero: DECODE_TILE."""
+def decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
+    """As simd_rows for B = 1 (xd (1, NB), xq (1, NB, 32)), one row of W at a time; zero: DECODE_TILE."""
     NB = xd.shape[1]
     scales = np.empty(NB, np.float32)  # wd[n, k] * xd[0, k]
     sums = np.empty((1, 1), np.float32)
@@ -381,7 +410,7 @@ def decode_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
             scales[k] = wd[n, k] * xd[0, k]
         acc = zero
         for k in range(NB):  # blocks in order, as simd_rows adds them
-            acc = row_block_step(tag, acc, wq, wh, n, k, x16, scales)
+            acc = row_block_step(tag, acc, wq, wh, n, k, xq, scales)
         tile_sums(acc, sums)
         v = sums[0, 0]
         if has_min(tag):
@@ -390,11 +419,11 @@ def decode_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, n0, n1, zero):
 
 
 @njit(cache=True, parallel=True)
-def decode_parallel(tag, wd, wm, wq, wh, xd, xs, x16, out, zero, parts):
+def decode_parallel(tag, wd, wm, wq, wh, xd, xs, xq, out, zero, parts):
     """decode_rows over all rows, in `parts` contiguous slabs (one or a few per thread)."""
     N = wq.shape[0]
     for p in prange(parts):
-        decode_rows(tag, wd, wm, wq, wh, xd, xs, x16, out, p * N // parts, (p + 1) * N // parts, zero)
+        decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, p * N // parts, (p + 1) * N // parts, zero)
 
 
 ZERO_TILES = {cols: ZeroTile(TILE_W, cols) for cols in range(1, TILE_X + 1)}
