@@ -42,6 +42,7 @@ The x86 intrinsics (pmadd.ub.sw, pmadd.wd) are the only non-generic IR besides p
 """
 from __future__ import annotations
 
+import os
 import platform
 
 import numpy as np
@@ -63,7 +64,9 @@ def _host_has(feature):
 
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 WIDE = _host_has("avx512f")
-AVX2 = X86 and _host_has("avx2")
+# TINYINFER_SIMD_GENERIC=1 uses the generic-IR block dots even on AVX2 (to test the path other CPUs
+# take; give it its own NUMBA_CACHE_DIR, since Numba's disk cache does not see this switch)
+AVX2 = X86 and _host_has("avx2") and os.environ.get("TINYINFER_SIMD_GENERIC", "") != "1"
 LANES = 16 if WIDE else 8  # float32 lanes of one accumulator: one zmm (AVX-512) or one ymm (AVX2)
 TILE_W = 4  # rows of W in one register tile: each loaded x block serves TILE_W rows of W
 TILE_X = 4 if WIDE else 2  # rows of x in one register tile: each loaded weight block serves TILE_X rows
