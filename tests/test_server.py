@@ -429,11 +429,14 @@ def test_too_many_json_values_are_refused_before_parsing(server):
 
 class ChatMLTokenizer:
     """The tiny model's tokenizer plus a ChatML chat template and an end-of-turn id, as a chat model's
-    tokenizer has them: the server must render with it, encode with special=True and stop at end_id."""
+    tokenizer has them: the server must render with it, encode with encode_chat (or, for a tokenizer
+    without one, encode the rendered text with special=True) and stop at end_id."""
     chat_template = "{% for message in messages %}...chatml...{% endfor %}"
 
-    def __init__(self, inner, end_id):
-        self.inner, self.stop_ids, self.special_calls = inner, frozenset({end_id}), []
+    def __init__(self, inner, end_id, with_encode_chat=True):
+        self.inner, self.stop_ids, self.calls = inner, frozenset({end_id}), []
+        if not with_encode_chat:
+            self.encode_chat = None
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -443,24 +446,31 @@ class ChatMLTokenizer:
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
     def encode(self, text, special=True):
-        self.special_calls.append(special)
+        self.calls.append(f"encode(special={special})")
         return self.inner.encode(text)
 
+    def encode_chat(self, messages, add_generation_prompt=True):
+        self.calls.append("encode_chat")
+        return self.inner.encode(self.apply_chat_template(messages, add_generation_prompt))
 
-def test_chat_uses_the_tokenizers_template_and_stops_at_end_of_turn(model):
+
+@pytest.mark.parametrize("with_encode_chat", [True, False])
+def test_chat_uses_the_tokenizers_template_and_stops_at_end_of_turn(model, with_encode_chat):
     messages = [{"role": "user", "content": "Write a loop."}]
     probe = ChatMLTokenizer(model.tokenizer, end_id=-1)
     prompt_ids = model.tokenizer.encode(probe.apply_chat_template(messages))
     free = LLM(model).generate(prompt_ids, SamplingParams(max_tokens=12, ignore_eos=True))[0].token_ids
     k = max(i for i, t in enumerate(free) if t not in free[:i])  # the last token that is new where it appears
-    tokenizer = ChatMLTokenizer(model.tokenizer, end_id=free[k])
+    tokenizer = ChatMLTokenizer(model.tokenizer, end_id=free[k], with_encode_chat=with_encode_chat)
     chat_model = tinyinfer.model.Model(model.config, model.params, tokenizer)
     srv = make_server(chat_model, model_id="chat", port=0, quiet=True).start()
     try:
+        tokenizer.calls.clear()
         status, out, _ = request(srv, "POST", "/v1/chat/completions",
                                  {"messages": messages, "max_tokens": 12, "temperature": 0})
         assert status == 200, out
-        assert out["usage"]["prompt_tokens"] == len(prompt_ids) and True in tokenizer.special_calls
+        assert tokenizer.calls == (["encode_chat"] if with_encode_chat else ["encode(special=True)"])
+        assert out["usage"]["prompt_tokens"] == len(prompt_ids)
         assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] == k + 1
         assert out["choices"][0]["message"]["content"] == model.tokenizer.decode(free[:k])
         # the model without a template keeps tinyinfer's own (see test_chat_template)

@@ -469,14 +469,21 @@ class Handler(BaseHTTPRequestHandler):
         (a model tuned for chat) renders the conversation itself, its special tokens atomic;
         without one, tinyinfer's own template (openai_api.chat_prompt) is plain text."""
         tokenizer = self.server.engine_loop.engine.tokenizer
-        if has_chat_template(tokenizer):
-            try:
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-            except (ValueError, TypeError, KeyError) as err:
-                raise ApiError(400, f"messages could not be rendered with the model's chat template: {err}",
-                               param="messages", code="invalid_value") from None
-            return self.server.prompt_ids(text, "messages", special=True), end_of_turn_ids(tokenizer)
-        return self.server.prompt_ids(chat_prompt(messages), "messages"), []
+        if not has_chat_template(tokenizer):
+            return self.server.prompt_ids(chat_prompt(messages), "messages"), []
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            self.server.check_prompt_bytes(text, "messages")  # before any tokenizing
+            # encode_chat encodes the messages as plain text, so a message holding "<|im_end|>"
+            # cannot end its own turn; a tokenizer without it encodes the rendered prompt
+            encode_chat = getattr(tokenizer, "encode_chat", None)
+            ids = encode_chat(messages) if encode_chat else tokenizer.encode(text, special=True)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ApiError(400, f"messages could not be rendered with the model's chat template: {err}",
+                           param="messages", code="invalid_value") from None
+        if not ids:
+            raise ApiError(400, "messages is empty: give at least one token", param="messages", code="invalid_value")
+        return ids, end_of_turn_ids(tokenizer)
 
     def check_ids(self, ids: list[int]) -> list[int]:
         """A prompt of token ids: its length before anything else looks at it."""
@@ -702,8 +709,15 @@ class OpenAIServer(ThreadingHTTPServer):
 
     # ---- tokenizing, in the handler threads ------------------------------------------------------
 
-    def prompt_ids(self, text: str, param: str, special: bool = False) -> list[int]:
-        """text -> token ids, its bytes checked before the tokenizer sees it and its tokens after."""
+    def prompt_ids(self, text: str, param: str) -> list[int]:
+        """text -> token ids, its bytes checked before the tokenizer sees it."""
+        self.check_prompt_bytes(text, param)
+        ids = self.engine_loop.engine.tokenizer.encode(text)
+        if not ids:
+            raise ApiError(400, f"{param} is empty: give at least one token", param=param, code="invalid_value")
+        return ids
+
+    def check_prompt_bytes(self, text: str, param: str):
         limit = self.max_prompt_bytes
         if len(text) > limit:  # a character is at least one byte: no need to encode a huge text
             size = f"at least {len(text)}"
@@ -716,11 +730,6 @@ class OpenAIServer(ThreadingHTTPServer):
         if not isinstance(size, int) or size > limit:
             raise ApiError(400, f"{param} is {size} bytes of UTF-8; this server takes at most {limit} "
                                 f"(tinyinfer serve --max-prompt-bytes)", param=param, code="prompt_too_large")
-        tokenizer = self.engine_loop.engine.tokenizer
-        ids = tokenizer.encode(text, special=True) if special else tokenizer.encode(text)
-        if not ids:
-            raise ApiError(400, f"{param} is empty: give at least one token", param=param, code="invalid_value")
-        return ids
 
     # ---- running in the background ---------------------------------------------------------------
 
