@@ -1,4 +1,4 @@
-"""Tests for tinyinfer/tokenizer.py: round trips, training, errors, and exact parity with
+"""Tests for tinyinfer/tokenizer/ (training, encoding, tokenizer.json): round trips, errors, and exact parity with
 Hugging Face `tokenizers` (the reference implementation) in both directions."""
 from __future__ import annotations
 
