@@ -184,7 +184,9 @@ def run(n=4096, k=4096, batch=32, rounds=5, fmts=("q8_0", "q4_0", "q4_1", "q5_0"
     print(format_roofline(roof), flush=True)
     rows, numpy_threads, extra = kernel_cases(fmts, n, k, batch, rounds, roof["read_gbs_all_threads"], llc, kernels)
     small = per_call_times()
-    return {"machine": machine(), "roofline": roof, "llc_bytes": llc, "n": n, "k": k, "batch": batch,
+    roof_end = roofline(quick=quick)  # again: on a shared machine the ceiling drifts while we measure
+    print("at the end, " + format_roofline(roof_end), flush=True)
+    return {"machine": machine(), "roofline": roof, "roofline_end": roof_end, "llc_bytes": llc, "n": n, "k": k, "batch": batch,
             "rounds": rounds, "numpy_blas_thread_times": numpy_threads, **extra, "cases": rows, "per_call": small}
 
 

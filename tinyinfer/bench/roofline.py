@@ -11,6 +11,7 @@ module measures the two ceilings a kernel is judged against:
     sgemm_rate()              GFLOP/s of NumPy's float32 matrix product at a large size (BLAS)
     int8_dot_rate()           multiply-adds/s of a Numba int8 dot product on data in L1
 
+Each is the fastest of a few passes (a ceiling is the best the machine showed).
 and `roofline()` returns all of them with the machine. A kernel's "% of roofline" is its
 achieved GB/s (bytes it must read / its time) over the all-threads read bandwidth.
 
@@ -74,7 +75,9 @@ def _buffer(mb):
 
 
 def read_bandwidth(mb=512, all_threads=True, repeats=5, buf=None):
-    """Median GB/s of reading an `mb` MB buffer (well past a 32 MB last-level cache by default)."""
+    """GB/s of reading an `mb` MB buffer (well past a 32 MB last-level cache by default), from the
+    fastest of `repeats` passes: a ceiling is the best the machine showed, not its typical pass
+    (on a shared machine the typical pass mostly measures the neighbours)."""
     buf = _buffer(mb) if buf is None else buf
     with threads.blas_threads(1):  # BLAS workers quiet while Numba's threads read
         fn = (lambda: read_parallel(buf, threads.numba_threads() * 4)) if all_threads else (lambda: read_serial(buf))
@@ -84,7 +87,7 @@ def read_bandwidth(mb=512, all_threads=True, repeats=5, buf=None):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return buf.nbytes / statistics.median(times) / 1e9
+    return buf.nbytes / min(times) / 1e9
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ def sgemm_rate(n=1536, repeats=5, blas_threads=None):
             t0 = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
 
 @njit(cache=True)
@@ -140,7 +143,7 @@ def int8_dot_rate(k=4096, reps=20000, all_threads=True):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return k * (reps // parts) * parts / statistics.median(times) / 1e9
+    return k * (reps // parts) * parts / min(times) / 1e9
 
 
 def roofline(mb=512, quick=False) -> dict:
