@@ -10,20 +10,22 @@ for the next one, and a spinning worker holds a core that a Numba thread needs. 
 2-core AMD EPYC (numba 0.68, NumPy 2.4 with OpenBLAS 0.3.31 pthreads), eight 2048 x 4096 matrices
 cycled so every call reads from memory, GB/s (reproduce: python -m tinyinfer.bench.roofline --contention):
 
-    what                                                  quiet machine    shared: median (best)
-    NumPy fp32 GEMV, 1 / 2 BLAS threads                   37 / 57          13.8 (15.4) / 2.3 (3.9)
-    naive Numba int8 row-dot loop, serial / parallel      35 / 66-75       7.1 (7.8) / 1.5 (6.9)
-    the parallel loop right after a 2-thread BLAS call    16               5.4 (7.1)
-    ... right after a 1-thread BLAS call                  66               0.8 (8.2)
+    what                                                quiet     shared, load 8.6    load 2.4
+                                                                  median (best)       median (best)
+    NumPy fp32 GEMV, 1 / 2 BLAS threads                 37 / 57   13.8 (15.4) / 2.3   15.7 (18.3) / 3.1
+    naive Numba int8 row-dot loop, serial / parallel    35 / 66   7.1 (7.8) / 1.5     9.0 (11.0) / 8.5
+    the parallel loop right after a 2-thread BLAS call  16        5.4 (7.1)           7.9 (8.7)
+    ... right after a 1-thread BLAS call                66        0.8 (8.2)           1.6 (8.0)
 
-The quiet-machine column was measured earlier on a quiet 2-core EPYC of the same kind (load
-average < 1; rerun the command on a quiet machine to check it). The second
-was measured while other jobs held the two cores (load average 8.6, i.e. four runnable threads
-per core): there every figure is a fraction of its quiet value, and anything with two threads
-collapses, because a parallel region waits for its slowest thread and that thread waits for a
-core. On a quiet machine two threads win; on an oversubscribed one, one thread does
-(`set_kernel_threads(1)`, or NUMBA_NUM_THREADS=1 and TINYINFER_BLAS_THREADS=1). On the quiet
-machine both cores *do* add bandwidth, and the fight between the pools is what took it away.
+The quiet column was measured earlier on a quiet 2-core EPYC of the same kind (load average
+< 1; rerun the command on a quiet machine to check it). The other two were measured while other
+jobs shared the two cores: there every figure is a fraction of its quiet value (even the
+machine's streaming read, 14-23 GB/s), the medians of the two-thread cases are noise around a
+collapse, and two BLAS threads are 5x *slower* than one, because a parallel region waits for its
+slowest thread and that thread waits for a core. On a quiet machine two threads win; on an
+oversubscribed one, one thread does (`set_kernel_threads(1)`, or NUMBA_NUM_THREADS=1 and
+TINYINFER_BLAS_THREADS=1). On the quiet machine both cores *do* add bandwidth, and the fight
+between the pools is what took it away.
 
 The policy:
 
