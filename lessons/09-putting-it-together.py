@@ -28,7 +28,7 @@
 # | timing all rows interleaved, quality, the rows | `tinyinfer/tour/__init__.py: measure_speed`, `measure_quality`, `make_rows` |
 # | the table, report folder, plots | `tinyinfer/tour/report.py: format_table`, `write_report` |
 # | speculative decoding | `tinyinfer/speculative.py: speculative_generate`, `verify_greedy`, `verify_sampled` |
-# | GPT-2-small shape in fp32 / Q8_0 / Q4_0 | `tinyinfer/tour/realistic.py: run`, `QuantizedEmbedding` |
+# | GPT-2-small shape in fp32 / Q8_0 / Q4_0 | `tinyinfer/tour/realistic.py: run`, `quantize_all` |
 #
 # The whole thing is one command: `tinyinfer tour` (about 10 minutes on 2 cores; `--quick` about 2).
 # This notebook runs the same functions on smaller settings so you can look inside.

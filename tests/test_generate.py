@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tinyinfer
-from tinyinfer.generate import _text_pieces, chat, stream_text, stream_tokens
+from tinyinfer.generate import decode_stream, chat, stream_text, stream_tokens
 from tinyinfer.model_names import SMOLLM2_INSTALL, smollm2_available
 
 TEACHER = tinyinfer.load("teacher")
@@ -33,11 +33,11 @@ def test_stream_text_joins_to_the_decoded_tokens():
     assert text == TEACHER.tokenizer.decode(tokens)
 
 
-def test_text_pieces_hold_back_half_characters():
+def testdecode_stream_hold_back_half_characters():
     tok = TEACHER.tokenizer
     text = "naïve ☃ 😀 ok"
     ids = tok.encode(text)
-    pieces = list(_text_pieces(iter(ids), tok, frozenset()))
+    pieces = list(decode_stream(iter(ids), tok, frozenset()))
     assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
     assert len(pieces) <= len(ids)  # tokens that end mid-character give no piece of their own
 

@@ -6,7 +6,7 @@ A Hugging Face model folder is three plain files:
 
     config.json          the sizes, in transformers' own field names (n_embd, hidden_size, ...)
     model.safetensors    the weights, named as transformers names them (tinyinfer/safetensors.py)
-    tokenizer.json       the tokenizer (optional here; tinyinfer/tokenizer.py)
+    tokenizer.json       the tokenizer (optional here; tinyinfer/tokenizer/)
 
 tinyinfer keeps its parameters under exactly those names and shapes (model.py: param_shapes), so
 loading is mostly checking: translate the config, read the tensors, make sure every tensor

@@ -203,24 +203,32 @@ def cmd_eval(args):
 
 def cmd_generate(args):
     from . import load
-    from .generate import stream_text
+    from .generate import decode_stream, stream_tokens
 
     model = load(resolve_model_path(args.model))
-    if model.tokenizer is None:
+    tokenizer = model.tokenizer
+    if tokenizer is None:
         raise SystemExit("error: the model has no tokenizer; cannot encode --prompt")
-    ids = model.tokenizer.encode(args.prompt, special=False)
+    ids = tokenizer.encode(args.prompt, special=False)
     if not ids:
         raise SystemExit("error: --prompt is empty; give at least one character")
-    room = model.config.n_ctx - len(ids)
-    max_new = min(args.max_new_tokens, room)
+    max_new = min(args.max_new_tokens, model.config.n_ctx - len(ids))
+    stream = stream_tokens(model, ids, max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=args.seed, stop_ids=tokenizer.stop_ids)
+    tokens = []  # every token streamed, counted for the speed line
+
+    def counted(stream):
+        for token in stream:
+            tokens.append(token)
+            yield token
+
     print(args.prompt, end="", flush=True)
-    t0, n = time.perf_counter(), 0
-    for piece in stream_text(model, ids, max_new, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, seed=args.seed):
+    t0 = time.perf_counter()
+    for piece in decode_stream(counted(stream), tokenizer, tokenizer.stop_ids):
         print(piece, end="", flush=True)
-        n += 1
     dt = time.perf_counter() - t0
-    print(f"\n[{n} text pieces in {dt:.2f} s]", file=sys.stderr)
+    print(f"\n[{len(tokens)} tokens in {dt:.2f} s, {len(tokens) / dt:.0f} tokens/s, prefill included]",
+          file=sys.stderr)
 
 
 def cmd_chat(args):

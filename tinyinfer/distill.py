@@ -159,7 +159,12 @@ class TeacherCache:
         from .safetensors import read_safetensors
 
         t, meta = read_safetensors(path)
-        return cls(t["windows"], t["ids"], t["logits"], t["tail_lse"], json.loads(meta["temperatures"]),
+        from .jsonfile import load_json
+        from .limits import SAFETENSORS_HEADER_BYTES
+
+        temperatures = load_json(meta["temperatures"].encode(), what=f"{path} metadata 'temperatures'",
+                                 max_bytes=SAFETENSORS_HEADER_BYTES, expect_object=False)
+        return cls(t["windows"], t["ids"], t["logits"], t["tail_lse"], temperatures,
                    float(meta["seconds"]))
 
     @staticmethod

@@ -29,7 +29,7 @@ from .inference import InferenceModel
 from .kv_cache import ContiguousKVCache
 from .sampling import check_int, check_sampling_args, sample_token
 
-__all__ = ["stream_tokens", "stream_text", "chat", "chat_prompt_ids"]
+__all__ = ["stream_tokens", "stream_text", "decode_stream", "chat", "chat_prompt_ids"]
 
 
 def _fast(model) -> InferenceModel:
@@ -79,10 +79,12 @@ def stream_text(model, ids, max_new_tokens: int, tokenizer=None, stop_ids=None, 
         raise ValueError("the model has no tokenizer: stream_tokens gives ids, stream_text needs text")
     stop_ids = tokenizer.stop_ids if stop_ids is None else frozenset(stop_ids)
     tokens = stream_tokens(fast, ids, max_new_tokens, stop_ids=stop_ids, **sampling)  # checks now
-    return _text_pieces(tokens, tokenizer, stop_ids)
+    return decode_stream(tokens, tokenizer, stop_ids)
 
 
-def _text_pieces(tokens, tokenizer, stop_ids) -> Iterator[str]:
+def decode_stream(tokens, tokenizer, stop_ids=frozenset()) -> Iterator[str]:
+    """Text pieces for a stream of token ids, up to the first stop id (not shown); a character split
+    across tokens comes out whole, once its last byte has arrived."""
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in tokens:
         if token in stop_ids:

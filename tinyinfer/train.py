@@ -117,6 +117,17 @@ def save_train_state(out_dir: Path, params, opt: AdamW, step: int, tc: TrainConf
     tmp.replace(out_dir / "train_state.safetensors")
 
 
+
+def _metadata_json(meta: dict, key: str, path):
+    """A JSON value stored in a safetensors file's metadata, parsed within limits (never a RecursionError)."""
+    from .jsonfile import load_json
+    from .limits import SAFETENSORS_HEADER_BYTES
+
+    if key not in meta:
+        raise ValueError(f"{path}: metadata lacks {key!r}; is this a tinyinfer training state?")
+    return load_json(meta[key].encode(), what=f"{path} metadata {key!r}", max_bytes=SAFETENSORS_HEADER_BYTES)
+
+
 def load_train_state(out_dir: Path, with_masks: bool = False):
     """-> (params, opt_state (m, v, t), step, TrainConfig, ModelConfig) or None if absent.
 
@@ -129,8 +140,8 @@ def load_train_state(out_dir: Path, with_masks: bool = False):
         return None
     tensors, meta = read_safetensors(path)
     group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-    tc = TrainConfig(**json.loads(meta["train_config"]))
-    mc = ModelConfig.from_dict(json.loads(meta["model_config"]))
+    tc = TrainConfig(**_metadata_json(meta, "train_config", path))
+    mc = ModelConfig.from_dict(_metadata_json(meta, "model_config", path))
     state = group("param/"), (group("adam_m/"), group("adam_v/"), int(meta["adam_t"])), int(meta["step"]), tc, mc
     return (*state, group("mask/")) if with_masks else state
 

@@ -231,7 +231,7 @@ def make_rows(table, models, quality, times, tokens, s: TourSettings) -> list[di
 
 
 def targets(rows: list[dict], realistic: list[dict], sweep: list[dict]) -> list[dict]:
-    """Every target of issue 7, met or not (None when the row could not be measured)."""
+    """Every target of the tour, met or not (None when the row could not be measured)."""
     by_key = {r["key"]: r for r in rows}
     out = []
     for key in ("stack_student", "stack_teacher"):

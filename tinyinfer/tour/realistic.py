@@ -15,7 +15,7 @@ Two ways to quantize, both reported:
   blocks (85M weights). GPT-2's output head is the token embedding (38.6M weights, 154 MB in
   float32), which stays float32, so every token still reads those 154 MB: it caps the speedup.
 * "all": the embedding / tied head quantized too, as llama.cpp stores token_embd. The lookup
-  dequantizes the rows it needs (`QuantizedEmbedding` below); the head product is a QTensor's.
+  dequantizes the rows it needs (QTensor.take_rows); the head product is a QTensor's.
 """
 from __future__ import annotations
 
@@ -26,37 +26,10 @@ import numpy as np
 from ..bench.engine import median_ratio
 from ..config import ModelConfig
 from ..model import Model, embedding_name, init_params
-from ..quant.formats import QTensor, quantize
+from ..quant.formats import quantize
 from ..quant.model import quantize_model, weight_bytes
 
 GPT2_SMALL = dict(family="gpt2", vocab_size=50257, n_layer=12, n_embd=768, n_head=12, n_ctx=1024)
-
-
-class QuantizedEmbedding:
-    """A (V, C) QTensor that is also an embedding table: wte[ids] dequantizes just those rows.
-
-    GPT-2 uses one matrix for both the lookup (wte[ids]) and the head (x @ wte.T), so quantizing
-    it needs both operations; the model code uses exactly these two (ops.embedding_forward and
-    model.matmul).
-    """
-
-    def __init__(self, qt: QTensor):
-        self.qt = qt
-        self.shape = qt.shape
-        self.dtype = np.dtype(np.float32)  # what a lookup returns (Model.dtype reads it)
-
-    @property
-    def nbytes(self) -> int:
-        return self.qt.nbytes
-
-    def __getitem__(self, ids):
-        ids = np.asarray(ids)
-        flat = ids.reshape(-1)  # (n,)
-        rows = QTensor(self.qt.fmt, (flat.size, self.shape[1]), self.qt.scales[flat], self.qt.quants[flat])
-        return rows.dequantize().reshape(*ids.shape, self.shape[1])  # (..., C)
-
-    def matmul(self, x):
-        return self.qt.matmul(x)  # (..., V)
 
 
 def quantize_all(qmodel: Model, fmt: str) -> Model:
@@ -64,11 +37,9 @@ def quantize_all(qmodel: Model, fmt: str) -> Model:
     name = embedding_name(qmodel.config)
     if not qmodel.config.tie_word_embeddings or not isinstance(qmodel.params[name], np.ndarray):
         raise ValueError(f"quantize_all expects a model with a float, tied {name}")
-    out = Model(qmodel.config, dict(qmodel.params), qmodel.tokenizer)
-    # assigned after Model() has checked the shapes: its check assumes GPT-2's non-array weights
-    # are transposed linear layers, which the embedding is not
-    out.params[name] = QuantizedEmbedding(quantize(qmodel.params[name], fmt))
-    return out
+    params = dict(qmodel.params)
+    params[name] = quantize(qmodel.params[name], fmt)  # a lookup table and the tied head, in one QTensor
+    return Model(qmodel.config, params, qmodel.tokenizer)
 
 
 def build(n_layer: int = 12, seed: int = 0, config_overrides: dict | None = None) -> Model:

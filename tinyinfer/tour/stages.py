@@ -107,7 +107,7 @@ def build_models(teacher_path, student_path, pruned_path, progress=True) -> tupl
     pruned_dir = resolve(pruned_path) if pruned_path else None
     if pruned_dir is None:
         missing["pruned"] = (f"{pruned_path!r} not found: fine-tune a 50% sparse teacher first "
-                             f"(issue 4; expected at models/teacher-pruned50)")
+                             f"(`tinyinfer prune` then fine-tune; expected at models/teacher-pruned50)")
     else:
         models["pruned"] = _compatible(load(pruned_dir), teacher, pruned_dir, missing, "pruned")
     steps.update(1)
@@ -115,7 +115,7 @@ def build_models(teacher_path, student_path, pruned_path, progress=True) -> tupl
     student_dir = resolve(student_path) if student_path else None
     if student_dir is None:
         missing["student"] = (f"{student_path!r} not found: train it with "
-                              f"`tinyinfer distill --out models/student` (issue 5)")
+                              f"`tinyinfer distill --out models/student`")
     else:
         student = _compatible(load(student_dir), teacher, student_dir, missing, "student")
         if student is not None:
