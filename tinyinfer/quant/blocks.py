@@ -98,9 +98,20 @@ def _blocks(w):
 
 
 def _signed_max(blocks):
-    """The element of largest magnitude, with its sign; the first one on ties (ggml tests `<`)."""
+    """The element of largest magnitude, with its sign; the first one on ties (ggml tests `<`).
+
+    ggml starts from max = +0 and replaces it only for a strictly larger |v|, so a block of zeros
+    (some of them -0) keeps +0: then d = +0 / -8 = -0, a float16 with its sign bit set."""
     first = np.abs(blocks).argmax(axis=-1)[..., None]  # (N, NB, 1)
-    return np.take_along_axis(blocks, first, axis=-1)[..., 0]  # (N, NB)
+    signed = np.take_along_axis(blocks, first, axis=-1)[..., 0]  # (N, NB)
+    return np.where(signed == 0, np.float32(0), signed)
+
+
+def _first_extreme(blocks, extreme):
+    """blocks.min(-1) or .max(-1) as ggml's loop finds it: the first of equal values, which only
+    matters for the sign of a zero (-0 and +0 compare equal)."""
+    first = (blocks == extreme[..., None]).argmax(axis=-1)[..., None]
+    return np.take_along_axis(blocks, first, axis=-1)[..., 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +177,7 @@ def quantize_q4_0(w):
 def _quantize_with_min(w, levels):
     """The Q4_1 / Q5_1 rule: levels = 15 or 31. -> (d float16, m float16, q uint8 (N, NB, 32))."""
     blocks = _blocks(w)
-    lo, hi = blocks.min(axis=-1), blocks.max(axis=-1)  # (N, NB)
+    lo, hi = _first_extreme(blocks, blocks.min(axis=-1)), _first_extreme(blocks, blocks.max(axis=-1))  # (N, NB)
     with np.errstate(over="ignore"):
         d = (hi - lo) / np.float32(levels)  # float32
     shifted = (blocks - lo[..., None]) * inverse_scale(d)[..., None] + np.float32(0.5)  # float32, >= 0.5

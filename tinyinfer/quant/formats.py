@@ -179,6 +179,8 @@ class QTensor:
         # The kernels want float32; float16 -> float32 is exact, so these are the same numbers.
         self._scales_f32 = scales.astype(np.float32)  # (N, NB)
         self._mins_f32 = None if mins is None else mins.astype(np.float32)  # (N, NB)
+        # ... and transposed, (NB, N), the layout in which the kernels add the minima's terms
+        self._mins_t = None if mins is None else np.ascontiguousarray(self._mins_f32.T)
 
     # --- sizes ---
 

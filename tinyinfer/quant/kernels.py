@@ -113,7 +113,7 @@ def quantize_activations(x, xq, xd, xs):
 
 def _parts(qt):
     """The QTensor's arrays as the kernels take them (stand-ins where a format has none)."""
-    wm = qt._mins_f32 if qt.fmt in WITH_MIN else qt._scales_f32
+    wm = qt._mins_t if qt.fmt in WITH_MIN else qt._scales_f32  # (NB, N) for the kernels; else not read
     wh = qt.high_bits if qt.fmt in WITH_HIGH_BITS else simd.NO_HIGH_BITS
     return qt._scales_f32, wm, qt.quants, wh
 
@@ -158,8 +158,8 @@ def _call(kernel, key, *args):
 
 
 def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
-    """x float32 (B, K) -> float32 (B, N) for W given as its arrays (see _parts); kernel "simd" or "loops".
-    All arrays C-contiguous."""
+    """x float32 (B, K) -> float32 (B, N) for W given as its arrays (see _parts: wm is the minima
+    transposed, (NB, N)); kernel "simd" or "loops". All arrays C-contiguous."""
     threads.apply()  # from the first kernel call on, Numba's threads own the cores (tinyinfer/threads.py)
     B = x.shape[0]
     N = wq.shape[0]
@@ -213,7 +213,7 @@ def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None, w_mins=None, w_h
     if w_quants.dtype != expected:
         raise TypeError(f"w_quants must be {np.dtype(expected)} for {fmt}, got {w_quants.dtype}")
     wd = np.ascontiguousarray(w_scales, np.float32)
-    wm = wd if w_mins is None else np.ascontiguousarray(w_mins, np.float32)
+    wm = wd if w_mins is None else np.ascontiguousarray(np.asarray(w_mins, np.float32).T)  # (NB, N)
     wh = simd.NO_HIGH_BITS if w_high_bits is None else np.ascontiguousarray(w_high_bits)
     return matmul_parts(fmt, wd, wm, np.ascontiguousarray(w_quants), wh, np.ascontiguousarray(x, np.float32),
                         parallel, kernel)

@@ -81,7 +81,7 @@ def q4_1_loop(wd, wm, wq, xq, xd, xs, out):
                     byte = np.int32(wq[n, k, j])
                     sumi = np.int32(sumi + (byte & 15) * np.int32(xq[b, k, j]) + (byte >> 4) * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
-                mins += wm[n, k] * xs[b, k]
+                mins += wm[k, n] * xs[b, k]  # wm: the minima transposed, (NB, N)
             out[b, n] = acc + mins
 
 
@@ -123,7 +123,7 @@ def q5_1_loop(wd, wm, wh, wq, xq, xd, xs, out):
                     hi = (byte >> 4) | (((high >> (j + HALF)) & 1) << 4)
                     sumi = np.int32(sumi + lo * np.int32(xq[b, k, j]) + hi * np.int32(xq[b, k, j + HALF]))
                 acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
-                mins += wm[n, k] * xs[b, k]
+                mins += wm[k, n] * xs[b, k]  # wm: the minima transposed, (NB, N)
             out[b, n] = acc + mins
 
 
@@ -149,7 +149,8 @@ TABLE = IQ4_NL_VALUES.copy()
 
 def loop_matmul(fmt, wd, wm, wh, wq, xq, xd, xs, out):
     """Dispatch to the plain-loop kernel of fmt; arrays as QTensor and quantize_activations give them
-    (wd, wm float32 (N, NB); wh, wq as stored; xq (B, NB, 32), xd, xs (B, NB); out (B, N))."""
+    (wd float32 (N, NB); wm the minima transposed, (NB, N); wh, wq as stored; xq (B, NB, 32), xd, xs
+    (B, NB); out (B, N))."""
     if fmt == "q8_0":
         q8_0_loop(wd, wq, xq, xd, out)
     elif fmt == "q4_0":
