@@ -51,7 +51,8 @@ X_LIMIT = float(np.nextafter(np.float32(65520 * 127), np.float32(0)))
 
 def use_reference() -> bool:
     """True when TINYINFER_REFERENCE is set to 1 (or true/yes): matmul then runs the NumPy twin."""
-    return os.environ.get("TINYINFER_REFERENCE", "").strip().lower() in ("1", "true", "yes")
+    value = os.environ.get("TINYINFER_REFERENCE")
+    return bool(value) and value.strip().lower() in ("1", "true", "yes")
 
 
 def unpack_q4_0(packed):
@@ -298,8 +299,7 @@ class QTensor:
             out = quantized_matmul_reference(self.fmt, self._scales_f32, self.quants, x2, self._mins_f32,
                                              self.high_bits)
             return out.reshape(*lead, N)
-        from . import kernels  # imports Numba only when a fast path is first needed
-
+        kernels = _kernels()
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (1, 2) and x.shape[-1] == K
                 and x.flags.c_contiguous):  # a decode step's x: skip the general checks (~10 us) ...
             x2, lead = x.reshape(-1, K), x.shape[:-1]
@@ -319,6 +319,18 @@ class QTensor:
             raise ValueError(f"x has values with |x| > {X_LIMIT:.4g}; ggml's Q8_0 activation blocks keep a "
                              f"float16 scale |x| / 127, which cannot hold them")
         return x2, lead
+
+
+_KERNELS = []
+
+
+def _kernels():
+    """tinyinfer.quant.kernels, imported (with Numba) only when a fast path is first needed."""
+    if not _KERNELS:
+        from . import kernels
+
+        _KERNELS.append(kernels)
+    return _KERNELS[0]
 
 
 def quantize(w, fmt="q8_0"):

@@ -174,20 +174,20 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
     if kernel != "simd":
         raise ValueError(f"kernel must be 'simd' or 'loops', got {kernel!r}")
     tag = simd.TAGS[fmt]
-    n_threads = threads.numba_threads()
     K = x.shape[1]
     if B == 1:
+        # (the size test first: numba.get_num_threads() costs ~2.5 us, a small matvec ~10)
         if parallel is None:
-            parallel = n_threads > 1 and N * K >= DECODE_PARALLEL_MIN
+            parallel = N * K >= DECODE_PARALLEL_MIN and threads.numba_threads() > 1
         if parallel:
             _call(simd.decode_parallel, ("decode_parallel", fmt), tag, wd, wm, wq, wh, xd, xs, xq, out,
-                  simd.DECODE_TILE, min(N, n_threads))
+                  simd.DECODE_TILE, min(N, threads.numba_threads()))
         else:
             _call(simd.decode_rows, ("decode_rows", fmt), tag, wd, wm, wq, wh, xd, xs, xq, out, 0, N,
                   simd.DECODE_TILE)
         return out
     if parallel is None:
-        parallel = n_threads > 1 and B * N * K >= PARALLEL_MIN_WORK
+        parallel = B * N * K >= PARALLEL_MIN_WORK and threads.numba_threads() > 1
     # x rows in tiles of TILE_X, then the B % TILE_X left over in one narrower tile
     full = B - B % simd.TILE_X
     for b0, b1 in ((0, full), (full, B)):
