@@ -110,7 +110,10 @@ def reference_logits(path, ids):
     return x @ head.T
 
 
-@pytest.mark.parametrize("quant", [None, "f16", "q8_0", "q4_0"])
+BLOCK_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+
+
+@pytest.mark.parametrize("quant", [None, "f16", *BLOCK_FORMATS])
 @pytest.mark.parametrize("tied", [False, True])
 def test_ggml_style_forward_on_the_file_matches_tinyinfer(tmp_path, quant, tied):
     model = llama(tie_word_embeddings=tied)
@@ -121,7 +124,7 @@ def test_ggml_style_forward_on_the_file_matches_tinyinfer(tmp_path, quant, tied)
     if quant == "f16":
         expected_model = Model(model.config, {n: w.astype(np.float16).astype(np.float32) if w.ndim == 2 else w
                                               for n, w in model.params.items()}, None)
-    elif quant in ("q8_0", "q4_0"):
+    elif quant in BLOCK_FORMATS:
         expected_model = dense_model(quantize_model(model, quant))
     expected = expected_model.logits(ids)
     got = reference_logits(path, ids)
@@ -167,7 +170,9 @@ U32, F32, STR, BOOL = (gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32, gg
 @pytest.mark.parametrize("quant, file_type, linear_type", [
     (None, 0, gguf.GGMLQuantizationType.F32), ("f32", 0, gguf.GGMLQuantizationType.F32),
     ("f16", 1, gguf.GGMLQuantizationType.F16), ("q8_0", 7, gguf.GGMLQuantizationType.Q8_0),
-    ("q4_0", 2, gguf.GGMLQuantizationType.Q4_0)])
+    ("q4_0", 2, gguf.GGMLQuantizationType.Q4_0), ("q4_1", 3, gguf.GGMLQuantizationType.Q4_1),
+    ("q5_0", 8, gguf.GGMLQuantizationType.Q5_0), ("q5_1", 9, gguf.GGMLQuantizationType.Q5_1),
+    ("iq4_nl", 25, gguf.GGMLQuantizationType.IQ4_NL)])
 def test_every_key_and_tensor_as_gguf_py_reads_them(tmp_path, quant, file_type, linear_type):
     model = llama()
     cfg = model.config
@@ -187,7 +192,7 @@ def test_every_key_and_tensor_as_gguf_py_reads_them(tmp_path, quant, file_type, 
         "tokenizer.ggml.bos_token_id": (U32, TEACHER_TOKENIZER.eos_id),
         "tokenizer.ggml.eos_token_id": (U32, TEACHER_TOKENIZER.eos_id),
     }
-    if quant in ("q8_0", "q4_0"):
+    if quant in BLOCK_FORMATS:
         expected["general.quantization_version"] = (U32, 2)
     fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert set(fields) == set(expected) | {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
@@ -202,7 +207,7 @@ def test_every_key_and_tensor_as_gguf_py_reads_them(tmp_path, quant, file_type, 
     assert fields["tokenizer.ggml.merges"].contents() == [f"{a} {b}" for a, b in tok.merges]
 
     # tensors: names, ggml types, ne order, and bytes equal to what tinyinfer holds
-    stored = quantize_model(model, quant) if quant in ("q8_0", "q4_0") else model
+    stored = quantize_model(model, quant) if quant in BLOCK_FORMATS else model
     names = gguf_tensor_names(cfg)
     by_name = {t.name: t for t in reader.tensors}
     assert set(by_name) == set(names.values())
@@ -214,11 +219,11 @@ def test_every_key_and_tensor_as_gguf_py_reads_them(tmp_path, quant, file_type, 
         if isinstance(w, QTensor):
             assert t.tensor_type == linear_type, gguf_name
             assert np.asarray(t.data).tobytes() == w.to_bytes().tobytes(), gguf_name  # byte for byte
-        elif w.ndim == 1 or hf_name == "model.embed_tokens.weight" and quant in ("q8_0", "q4_0"):
+        elif w.ndim == 1 or hf_name == "model.embed_tokens.weight" and quant in BLOCK_FORMATS:
             assert t.tensor_type == gguf.GGMLQuantizationType.F32, gguf_name  # norms (and a float embedding)
             np.testing.assert_array_equal(np.asarray(t.data).reshape(w.shape), w)
         else:
-            assert t.tensor_type == linear_type if hf_name != "lm_head.weight" or quant not in ("q8_0", "q4_0") \
+            assert t.tensor_type == linear_type if hf_name != "lm_head.weight" or quant not in BLOCK_FORMATS \
                 else t.tensor_type == gguf.GGMLQuantizationType.F32, gguf_name
             dtype = np.float16 if t.tensor_type == gguf.GGMLQuantizationType.F16 else np.float32
             np.testing.assert_array_equal(np.asarray(t.data).reshape(w.shape), w.astype(dtype))
@@ -248,14 +253,14 @@ def test_model_without_tokenizer_exports_vocab_none(tmp_path):
 # GGUF -> tinyinfer
 
 
-@pytest.mark.parametrize("quant", [None, "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("quant", [None, "f16", *BLOCK_FORMATS])
 def test_load_gguf_gives_the_same_model_back(tmp_path, quant):
     model = llama(tie_word_embeddings=quant == "q4_0")
     path = export_gguf(model, tmp_path / "m.gguf", quant=quant)
     back = tinyinfer.load(path)  # the .gguf dispatch in checkpoint.load
     assert back.config == model.config
     ids = np.array(TEACHER_TOKENIZER.encode(PROMPT)[:50])
-    if quant in ("q8_0", "q4_0"):
+    if quant in BLOCK_FORMATS:
         ref = quantize_model(model, quant)
         for name, w in ref.params.items():
             if isinstance(w, QTensor):

@@ -39,13 +39,14 @@ from tinyinfer.quant.model import quantize_model  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
 
-QUANTS = ("f32", "f16", "q8_0", "q4_0")
+BLOCK_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+QUANTS = ("f32", "f16", *BLOCK_FORMATS)
 WINDOWS, SEQ_LEN = 8, 256  # held-out positions compared: 8 x 256 = 2048
 GREEDY_PROMPTS, GREEDY_TOKENS, PROMPT_LEN = 8, 64, 24
 TOP1_MIN = 0.99
 # Max |logit difference| allowed, per format, about twice what was measured (tests/export_README.md:
 # 5.0e-5, 8.0e-3, 0.24, 0.27 on this build of llama.cpp, 2048 held-out positions).
-LOGIT_TOL = {"f32": 2e-4, "f16": 2e-2, "q8_0": 0.5, "q4_0": 0.5}
+LOGIT_TOL = {"f32": 2e-4, "f16": 2e-2, **{fmt: 0.5 for fmt in BLOCK_FORMATS}}
 EXACT = ("f32", "f16")  # formats whose greedy text must be identical for every prompt
 
 MEASURED: dict[str, dict] = {}
@@ -77,7 +78,7 @@ def open_llama(path, n_ctx):
 def exported(request, teacher, tmp_path_factory):
     quant = request.param
     path = export_gguf(teacher, tmp_path_factory.mktemp("gguf") / f"teacher-{quant}.gguf", quant=quant)
-    reference = quantize_model(teacher, quant) if quant in ("q8_0", "q4_0") else teacher
+    reference = quantize_model(teacher, quant) if quant in BLOCK_FORMATS else teacher
     llm = open_llama(path, teacher.config.n_ctx)
     yield quant, reference, llm
     llm.close()

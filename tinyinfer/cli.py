@@ -324,11 +324,13 @@ def cmd_bench(args):
 
 
 def cmd_export(args):
-    """A model for another engine: GGUF for llama.cpp or a plain float HF folder (tinyinfer/export.py)."""
+    """A model for another engine: GGUF for llama.cpp (tinyinfer/gguf_model.py) or a plain float HF folder
+    (tinyinfer/export.py)."""
     from . import load
-    from .export import export_gguf, export_hf
+    from .export import export_hf
+    from .gguf_model import export_gguf
 
-    if args.format == "hf" and args.quant in ("q8_0", "q4_0"):
+    if args.format == "hf" and args.quant not in (None, "f32", "f16"):
         raise SystemExit(f"error: --quant {args.quant} applies to --format gguf only; transformers reads float "
                          f"weights, so --format hf takes --quant f32 or f16")
     model = load(resolve_model_path(args.model))
@@ -548,7 +550,7 @@ def add_export_parser(sub):
                    help="gguf: one file for llama.cpp (LLaMA family); hf: config.json + model.safetensors + "
                         "tokenizer.json, float weights")
     p.add_argument("--out", required=True, help="output file (gguf) or folder (hf)")
-    p.add_argument("--quant", choices=["f32", "f16", "q8_0", "q4_0"], default=None,
+    p.add_argument("--quant", choices=["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"], default=None,
                    help="weights in the file (default: as the model holds them; hf takes f32 or f16)")
     p.set_defaults(func=cmd_export)
 

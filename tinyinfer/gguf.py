@@ -23,7 +23,7 @@ Two things surprise people:
     whose tensors overlap, run past the end, or have a type it does not know.
 
 The model-level mapping (which tensor is `blk.3.attn_q.weight`, which keys llama.cpp needs) lives
-in tinyinfer/export.py; this file knows only the container.
+in tinyinfer/gguf_model.py; this file knows only the container.
 
     write_gguf(path, metadata, tensors)     metadata: {key: value}, tensors: [GGUFTensor(...)]
     f = read_gguf(path)                     f.metadata, f.tensors[name], f.tensor_array(name)
@@ -107,6 +107,7 @@ class TensorType(enum.IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ4_NL = 20
     I8 = 24
     I16 = 25
     I32 = 26
@@ -121,7 +122,7 @@ TENSOR_BLOCKS = {
     TensorType.F32: (1, 4), TensorType.F16: (1, 2), TensorType.BF16: (1, 2), TensorType.F64: (1, 8),
     TensorType.I8: (1, 1), TensorType.I16: (1, 2), TensorType.I32: (1, 4), TensorType.I64: (1, 8),
     TensorType.Q4_0: (32, 18), TensorType.Q4_1: (32, 20), TensorType.Q5_0: (32, 22),
-    TensorType.Q5_1: (32, 24), TensorType.Q8_0: (32, 34),
+    TensorType.Q5_1: (32, 24), TensorType.Q8_0: (32, 34), TensorType.IQ4_NL: (32, 18),
     TensorType.Q2_K: (256, 84), TensorType.Q3_K: (256, 110), TensorType.Q4_K: (256, 144),
     TensorType.Q5_K: (256, 176), TensorType.Q6_K: (256, 210), TensorType.Q8_K: (256, 292),
 }

@@ -52,11 +52,14 @@ from .tokenizer.gguf_vocab import (
 __all__ = ["GGUF_QUANTS", "export_gguf", "load_gguf", "rope_permute", "rope_unpermute",
            "gguf_tensor_names", "llama_metadata"]
 
-GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_0")  # what --quant may ask for
+# QTensor format -> ggml tensor type: every ggml block format tinyinfer computes with
+QTENSOR_TYPES = {"q8_0": TensorType.Q8_0, "q4_0": TensorType.Q4_0, "q4_1": TensorType.Q4_1,
+                 "q5_0": TensorType.Q5_0, "q5_1": TensorType.Q5_1, "iq4_nl": TensorType.IQ4_NL}
+GGUF_QUANTS = ("f32", "f16", *QTENSOR_TYPES)  # what --quant may ask for
 
 # llama.cpp's enum llama_ftype: what the file's weights mostly are (informational for llama.cpp).
-FILE_TYPES = {TensorType.F32: 0, TensorType.F16: 1, TensorType.Q4_0: 2, TensorType.Q8_0: 7}
-QTENSOR_TYPES = {"q8_0": TensorType.Q8_0, "q4_0": TensorType.Q4_0}
+FILE_TYPES = {TensorType.F32: 0, TensorType.F16: 1, TensorType.Q4_0: 2, TensorType.Q4_1: 3, TensorType.Q8_0: 7,
+              TensorType.Q5_0: 8, TensorType.Q5_1: 9, TensorType.IQ4_NL: 25}
 
 # Hugging Face role (tinyinfer/model.py: layer_names) -> ggml tensor name inside blk.N
 GGUF_ROLES = {"norm1": "attn_norm", "q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
@@ -135,8 +138,9 @@ def _prepare(model: Model, quant: str | None) -> Model:
     """The model whose weights the file will hold, exactly: quantized, dequantized or as is.
 
     quant None keeps QTensors as they are and makes sparse weights dense; "f32" / "f16" expand
-    everything; "q8_0" / "q4_0" quantize a float model's linear layers the way
-    tinyinfer.quant.model.quantize_model does (embedding and a tied head stay float).
+    everything; a block format ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl") quantizes a float
+    model's linear layers the way tinyinfer.quant.model.quantize_model does (embedding and a tied head
+    stay float).
     """
     if quant is not None and quant not in GGUF_QUANTS:
         raise CheckpointError(f"quant must be one of {GGUF_QUANTS} or None, got {quant!r}")
@@ -205,7 +209,7 @@ def export_gguf(model: Model, path, quant: str | None = None, name: str | None =
     """Write a LLaMA-family model as a GGUF v3 file that llama.cpp loads.
 
     quant: None (as the model is: QTensors as their blocks, the rest float32), "f32", "f16",
-    "q8_0" or "q4_0" (see _prepare). Returns the path.
+    or a block format (see _prepare). Returns the path.
     """
     _check_llama(model)
     prepared = _prepare(model, quant)
@@ -220,7 +224,7 @@ def export_gguf(model: Model, path, quant: str | None = None, name: str | None =
         tensors.append(_gguf_tensor(gguf_name, w, float_type))
     file_type = _file_type(prepared, float_type)
     metadata = llama_metadata(config, file_type, name or Path(path).stem)
-    if file_type in (FILE_TYPES[TensorType.Q8_0], FILE_TYPES[TensorType.Q4_0]):
+    if file_type not in (FILE_TYPES[TensorType.F32], FILE_TYPES[TensorType.F16]):
         metadata["general.quantization_version"] = 2  # GGML_QNT_VERSION: the block layout's version
     try:
         metadata.update(to_gguf_metadata(prepared.tokenizer, config.vocab_size))
