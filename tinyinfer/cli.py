@@ -312,13 +312,13 @@ def cmd_prune(args):
 
 
 def cmd_bench(args):
-    from .bench import engine, foundation, quant, sparse
+    from .bench import engine, foundation, quant, smollm2, sparse
 
-    suites = {"foundation": foundation, "engine": engine, "quant": quant, "sparse": sparse}
+    suites = {"foundation": foundation, "engine": engine, "quant": quant, "sparse": sparse, "smollm2": smollm2}
     argv = ["--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
     if args.suite in ("foundation", "engine"):
         argv += ["--model", args.model]
-    if args.quick and args.suite == "engine":
+    if args.quick and args.suite in ("engine", "smollm2"):
         argv.append("--quick")
     suites[args.suite].main(argv)
 
@@ -501,11 +501,14 @@ def add_prune_parser(sub):
 
 def add_bench_parser(sub):
     p = sub.add_parser("bench", help="speed, as ratios measured in one process against a baseline")
-    p.add_argument("suite", nargs="?", default="foundation", choices=["foundation", "engine", "quant", "sparse"],
+    p.add_argument("suite", nargs="?", default="foundation",
+                   choices=["foundation", "engine", "quant", "sparse", "smollm2"],
                    help="foundation: training and decode tokens/s (default); engine: KV cache, batching, "
-                        "prefix cache; quant: Q8_0/Q4_0 kernels; sparse: CSR kernels vs density")
+                        "prefix cache; quant: the block-format kernels and the roofline; sparse: CSR kernels vs "
+                        "density; smollm2: the real model against llama.cpp (load, memory, quality, decode, "
+                        "prefill, formats)")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
-    p.add_argument("--quick", action="store_true", help="engine suite: a small workload")
+    p.add_argument("--quick", action="store_true", help="engine and smollm2 suites: a small workload")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(func=cmd_bench)

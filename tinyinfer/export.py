@@ -64,15 +64,3 @@ def export_hf(model: Model, path, dtype: str = "float32") -> Path:
     save(dense_model(model), path, dtype=dtype, eos_token_id=eos)
     return Path(path)
 
-
-# --------------------------------------------------------------------------------------------
-# GGUF names that used to live here
-
-
-def __getattr__(name):
-    """export_gguf, load_gguf, rope_permute, ... moved to tinyinfer/gguf_model.py; old imports still work."""
-    from . import gguf_model
-
-    if name in gguf_model.__all__:
-        return getattr(gguf_model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
