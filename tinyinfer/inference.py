@@ -124,8 +124,9 @@ class InferenceModel:
         top = int(positions.max()) + 1
         if top > len(self._cos):
             size = min(max(top, 2 * len(self._cos), 256), max(top, self.config.n_ctx))
+            # in the model's dtype, as model.forward makes them (a float64 model stays float64)
             self._cos, self._sin = ops.rope_tables(self.config.head_dim, np.arange(size), self.config.rope_theta,
-                                                   np.float32)
+                                                   self.model.dtype)
         return self._cos[positions], self._sin[positions]
 
     # ---- the forward ------------------------------------------------------------------------------
