@@ -181,9 +181,14 @@ class QTensor:
         self.mins, self.high_bits = contiguous(mins), contiguous(high_bits)
         # The kernels want float32; float16 -> float32 is exact, so these are the same numbers.
         self._scales_f32 = scales.astype(np.float32)  # (N, NB)
-        self._mins_f32 = None if mins is None else mins.astype(np.float32)  # (N, NB)
-        # ... and transposed, (NB, N), the layout in which the kernels add the minima's terms
-        self._mins_t = None if mins is None else np.ascontiguousarray(self._mins_f32.T)
+        # The minima in float32 only transposed, (NB, N), the layout in which the kernels add
+        # their terms (a second (N, NB) copy would add 4 bytes a block to a model's memory).
+        self._mins_t = None if mins is None else np.ascontiguousarray(self.mins.T, dtype=np.float32)
+
+    @property
+    def _mins_f32(self):
+        """The minima as float32 (N, NB), made on demand (the NumPy reference and tests use it)."""
+        return None if self.mins is None else self.mins.astype(np.float32)
 
     # --- sizes ---
 
