@@ -137,11 +137,19 @@ class InferenceModel:
         positions = np.asarray(positions)
         if config.family != "llama":
             return forward(self.params, config, ids, kv_cache=kv_cache, positions=positions, logits_rows=logits_rows)
-        B, T = ids.shape
+        return self.forward_embeddings(embed(self.embedding, ids), positions, kv_cache, logits_rows)
+
+    def forward_embeddings(self, x, positions, kv_cache, logits_rows=None):
+        """The forward from token embeddings x (B, T, C) instead of ids: everything after the lookup
+        (lesson 11 nudges x to see how sensitive the logits are). LLaMA family only."""
+        config = self.config
+        if config.family != "llama":
+            raise ValueError("forward_embeddings is for LLaMA-family models; GPT-2 adds position embeddings")
+        positions = np.asarray(positions)
+        B, T, _ = x.shape
         H, G, D = config.n_head, config.n_kv_head, config.head_dim
         eps = config.norm_eps
         cos, sin = self.rope(positions)  # (T, D) each
-        x = embed(self.embedding, ids)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             h = ops.rmsnorm_forward(x, layer.norm1, eps)[0]  # (B, T, C)
             if layer.qkv is not None:
