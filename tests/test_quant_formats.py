@@ -621,15 +621,19 @@ def _smollm2_gguf():
     return path
 
 
+@pytest.fixture(scope="module")
+def smollm2_reader():
+    gguf = pytest.importorskip("gguf")
+    return gguf.GGUFReader(_smollm2_gguf())  # parsing the file takes seconds: once for the module
+
+
 @pytest.mark.parametrize("tensor_name", ["blk.0.ffn_down.weight", "blk.3.attn_k.weight"])
-def test_real_q4_1_tensor_from_smollm2(tensor_name):
+def test_real_q4_1_tensor_from_smollm2(smollm2_reader, tensor_name):
     # llama.cpp wrote these blocks: our QTensor reads them, gives gguf-py's values, and writes the
     # same bytes back
-    gguf = pytest.importorskip("gguf")
     from gguf.quants import dequantize as gguf_dequantize
 
-    reader = gguf.GGUFReader(_smollm2_gguf())
-    t = next(t for t in reader.tensors if t.name == tensor_name)
+    t = next(t for t in smollm2_reader.tensors if t.name == tensor_name)
     K, N = int(t.shape[0]), int(t.shape[1])  # GGUF stores dims reversed
     raw = np.asarray(t.data).reshape(-1).view(np.uint8)
     qt = QTensor.from_bytes(raw, t.tensor_type.name.lower(), (N, K))
