@@ -5,6 +5,15 @@ Lesson: lessons/01-transformer.py (the engine's lesson builds the paged version 
 Without a cache, generating token t runs the whole prefix 0..t through the model again. Keys and
 values of past positions never change (causal attention: a position only looks back), so we keep
 them, one preallocated (B, G, n_ctx, D) array per layer, and each step only computes the new ones.
+
+Attention over the cache runs tinyinfer/invariant_attention.py's kernel: each query row alone, in
+a fixed order, so a position's result does not depend on whether it came in a prefill of 300
+tokens or one token at a time, nor on the other rows of the batch. That is what makes
+Model.generate, speculative decoding and the serving engine (whose paged cache calls the same
+kernel: a (B, G, S, D) array is B blocks of S positions) give the same greedy tokens bit for bit,
+which matters for quantized models (lessons/08-serving.py, section 8). attention="numpy" runs
+the textbook version instead, ops.attention_forward on the whole batch (a few BLAS calls); so
+does a cache whose dtype differs from the model's (a float16 cache), which the kernel does not take.
 """
 from __future__ import annotations
 
@@ -12,15 +21,21 @@ import numpy as np
 
 from .ops import attention_forward
 
+ATTENTION_KINDS = ("rows", "numpy")
+
 
 class ContiguousKVCache:
-    def __init__(self, config, batch_size, dtype=np.float32, max_len=None):
+    def __init__(self, config, batch_size, dtype=np.float32, max_len=None, attention: str = "rows"):
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         self.max_len = max_len or config.n_ctx
         shape = (batch_size, config.n_kv_head, self.max_len, config.head_dim)  # (B, G, S, D)
         self.keys = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
         self.values = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions stored so far (the same for every layer once a step ends)
+        self.attention = attention
         self._n_layer = config.n_layer
+        self._rows = None  # (step length, tables, query_seq, query_pos) of the current step, for the kernel
 
     def attend(self, layer, q, k, v):
         """Store this step's k, v: (B, G, T, D); attend q: (B, H, T, D) over all S positions so far."""
@@ -31,5 +46,26 @@ class ContiguousKVCache:
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v
         if layer == self._n_layer - 1:  # the last layer closes the step
-            self.length = end
-        return attention_forward(q, self.keys[layer][:, :, :end], self.values[layer][:, :, :end])[0]
+            self.length, start = end, self.length
+        else:
+            start = self.length
+        from .invariant_attention import supports
+
+        if self.attention == "numpy" or not supports(q.dtype, self.keys[layer].dtype):
+            return attention_forward(q, self.keys[layer][:, :, :end], self.values[layer][:, :, :end])[0]
+        return self._attend_rows(layer, q, start)
+
+    def _attend_rows(self, layer, q, start):
+        """The batch-invariant kernel: row b of the batch is block b of S positions."""
+        from .invariant_attention import attention_rows
+
+        B, H, T, D = q.shape
+        if self._rows is None or self._rows[0] != (start, T, B):
+            tables = np.arange(B, dtype=np.int64)[:, None]  # (B, 1): one block each
+            query_seq = np.repeat(np.arange(B, dtype=np.int64), T)  # (B*T,)
+            query_pos = np.tile(np.arange(start, start + T, dtype=np.int64), B)  # (B*T,)
+            self._rows = ((start, T, B), tables, query_seq, query_pos)
+        _, tables, query_seq, query_pos = self._rows
+        rows = q.transpose(0, 2, 1, 3).reshape(B * T, H, D)  # (B*T, H, D); free for the model's layout
+        out = attention_rows(rows, self.keys[layer], self.values[layer], tables, query_seq, query_pos, check=False)
+        return out.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)

@@ -111,6 +111,17 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+def end_of_generation_ids(tokenizer) -> frozenset:
+    """The ids that end a generation: the tokenizer's stop_ids when it has them, else its eos_id."""
+    if tokenizer is None:
+        return frozenset()
+    ids = getattr(tokenizer, "stop_ids", None)
+    if ids is not None:
+        return frozenset(int(i) for i in ids)
+    eos = getattr(tokenizer, "eos_id", None)
+    return frozenset() if eos is None else frozenset([int(eos)])
+
+
 def kv_block_bytes(config, block_size: int, itemsize: int) -> int:
     """Bytes of one KV-cache block: keys and values, every layer, G heads, P positions, D dims."""
     return 2 * config.n_layer * config.n_kv_head * block_size * config.head_dim * itemsize
@@ -132,6 +143,14 @@ class LLMEngine:
                             fits in kv_cache_bytes, else as many as fit
     kv_cache_bytes          the most memory the cache may take; default 1 GiB or half the memory
                             available, whichever is less. A num_blocks beyond it is refused.
+    attention               "rows" (default): the batch-invariant kernel, so a request's tokens are
+                            the same bits alone or in any batch (tinyinfer/invariant_attention.py);
+                            "numpy": gathers and BLAS products, equal only up to rounding
+                            (paged_attention.py explains both)
+
+    A request stops at its max_tokens, its stop strings and stop_token_ids, and, unless
+    ignore_eos, at any of the tokenizer's end-of-generation ids (Tokenizer.stop_ids: for SmolLM2
+    <|endoftext|>, <|im_end|> and <reponame>, as llama.cpp stops), not only at its eos_id.
 
     The cache is sized for what the engine is asked to serve, not for the context the model
     declares: a real model's n_ctx of 8192 with 16 sequences would be 131,072 positions, gigabytes
@@ -140,20 +159,21 @@ class LLMEngine:
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 16,
                  max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True,
-                 max_model_len: int | None = None, kv_cache_bytes: int | None = None):
+                 max_model_len: int | None = None, kv_cache_bytes: int | None = None, attention: str = "rows"):
         block_size = check_int("block_size", block_size, low=1)
         max_num_seqs = check_int("max_num_seqs", max_num_seqs, low=1)
         max_num_batched_tokens = check_int("max_num_batched_tokens", max_num_batched_tokens, low=1)
         self.model = model
         self.tokenizer = getattr(model, "tokenizer", None)
         self.eos_id = self.tokenizer.eos_id if self.tokenizer is not None else None
+        self.stop_ids = end_of_generation_ids(self.tokenizer)
         self.block_size = block_size
         self.num_blocks, self.max_model_len, self.kv_cache_bytes = self.size_cache(
             model, block_size, max_num_seqs, num_blocks, max_model_len, kv_cache_bytes)
         self.block_manager = BlockManager(self.num_blocks, self.block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
-                                   self.eos_id, self.tokenizer)
-        self.model_runner = ModelRunner(model, self.num_blocks, self.block_size)
+                                   self.stop_ids, self.tokenizer)
+        self.model_runner = ModelRunner(model, self.num_blocks, self.block_size, attention)
         self.sequences: dict[str, Sequence] = {}  # live requests by id
         self._ids = itertools.count()
         self.last_schedule: SchedulerOutput | None = None  # for tests and curious readers
@@ -273,7 +293,7 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def output(self, seq: Sequence) -> RequestOutput:
-        return RequestOutput(seq.request_id, seq.token_ids[:seq.num_prompt_tokens], seq.output_text(self.eos_id),
+        return RequestOutput(seq.request_id, seq.token_ids[:seq.num_prompt_tokens], seq.output_text(self.scheduler.stop_ids),
                              seq.output_token_ids, seq.finish_reason, request_metrics(seq), seq.error)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -308,7 +328,7 @@ class LLMEngine:
             matcher = seq.params.stop_matcher
             seq.text_stream = TextStream(hold_bytes=matcher.max_len - 1 if matcher else 0)
         if seq.is_finished:
-            return seq.text_stream.finish(seq.output_text(self.eos_id))
+            return seq.text_stream.finish(seq.output_text(self.scheduler.stop_ids))
         return seq.text_stream.add(bytes(seq.output_bytes[len(seq.text_stream.data):]))
 
     def generate(self, prompts, params=None, use_tqdm: bool = False) -> list[RequestOutput]:

@@ -2,26 +2,30 @@
 
 Lesson: lessons/08-serving.py
 
-The model is called only through tinyinfer.model.forward(params, config, ids, kv_cache=...,
-positions=...), so any weight type the model accepts (dense, quantized, sparse) works here.
+The model runs through tinyinfer/inference.py's InferenceModel.forward(ids, positions, kv_cache):
+model.forward's arithmetic with the weights laid out for inference (q/k/v and gate/up fused into
+one product each, dense weights transposed), so any weight type the model accepts (dense,
+quantized as a GGUF file stores it, sparse) works here, and a step computes what Model.generate
+computes. Attention goes through the paged cache (paged_attention.py), by default with the
+batch-invariant kernel: a request's logits are then the same bits alone or in any batch.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..model import forward, inference_params
+from ..inference import InferenceModel
 from ..sampling import sample_token
 from .paged_attention import PackedStep, PagedKVCache
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int):
+    def __init__(self, model, num_blocks: int, block_size: int, attention: str = "rows"):
         self.model = model
-        # the weights in the layout that suits a packed step of a few rows (model.py: TransposedWeight)
-        self.params = inference_params(model.params, model.config)
+        # the weights laid out for inference once: fused products, transposed dense weights
+        self.fast = InferenceModel(model)
         self.block_size = block_size
-        self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, model.dtype)
+        self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, model.dtype, attention)
 
     def prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
         """-> ids (1, T), positions (T,), PackedStep: the new tokens of all seqs, end to end."""
@@ -37,10 +41,11 @@ class ModelRunner:
             block_tables.append(table)
             context_lens.append(start + n)
         query_start = np.concatenate([[0], np.cumsum(num_new_tokens)])  # (S+1,)
+        positions = np.concatenate(positions)  # (T,)
         step = PackedStep(slot_mapping=np.concatenate(slots), query_start=query_start,
-                          context_lens=np.array(context_lens), block_tables=block_tables)
+                          context_lens=np.array(context_lens), block_tables=block_tables, positions=positions)
         ids = np.array([t for chunk in ids for t in chunk], dtype=np.int64)[None, :]  # (1, T)
-        return ids, np.concatenate(positions), step
+        return ids, positions, step
 
     def forward(self, seqs: list[Sequence], num_new_tokens: list[int], all_columns: bool = False):
         """Feed each seq its next num_new_tokens in one packed pass -> logits (S, V) of each
@@ -48,10 +53,8 @@ class ModelRunner:
         of every packed column (T, V) (tests compare those with a full recompute)."""
         ids, positions, step = self.prepare(seqs, num_new_tokens)
         self.kv_cache.set_step(step)
-        model = self.model
         last = None if all_columns else step.query_start[1:] - 1  # (S,)
-        logits = forward(self.params, model.config, ids, kv_cache=self.kv_cache, positions=positions,
-                         logits_rows=last)
+        logits = self.fast.forward(ids, positions, self.kv_cache, logits_rows=last)
         return logits[0]  # (S, V) or (T, V)
 
     def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> list:

@@ -52,11 +52,11 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 eos_id=None, tokenizer=None):
+                 stop_ids=frozenset(), tokenizer=None):
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.eos_id = eos_id
+        self.stop_ids = frozenset(stop_ids)  # the tokenizer's end-of-generation ids
         self.tokenizer = tokenizer  # only for each new token's bytes (stop strings, the text)
         self.waiting: deque[Sequence] = deque()  # arrival order
         self.running: list[Sequence] = []        # arrival order too (oldest first)
@@ -145,7 +145,7 @@ class Scheduler:
             return False  # a prefill chunk short of the prompt's end
         token_bytes = self.tokenizer.decode_bytes([token]) if self.tokenizer is not None else b""
         seq.append_token(token, now, token_bytes)
-        reason = seq.check_stop(self.eos_id)
+        reason = seq.check_stop(self.stop_ids)
         if reason is not None:
             self.finish(seq, reason, now)
         return True

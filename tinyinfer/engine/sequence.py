@@ -118,11 +118,13 @@ class Sequence:
         if self.metrics["first_token_time"] is None:
             self.metrics["first_token_time"] = now
 
-    def check_stop(self, eos_id) -> str | None:
-        """After a token was appended: "stop", "length" or None (keep going)."""
+    def check_stop(self, end_ids=frozenset()) -> str | None:
+        """After a token was appended: "stop", "length" or None (keep going). end_ids: the
+        tokenizer's end-of-generation ids (for SmolLM2 <|endoftext|>, <|im_end|> and <reponame>),
+        which stop a request unless its params say ignore_eos."""
         p = self.params
         last = self.token_ids[-1]
-        if last in p.stop_token_ids or (last == eos_id and not p.ignore_eos):
+        if last in p.stop_token_ids or (last in end_ids and not p.ignore_eos):
             return "stop"
         if p.stop_matcher is not None:
             # only matches that end in the new token's bytes are new: the rest was searched before
@@ -134,17 +136,17 @@ class Sequence:
             return "length"
         return None
 
-    def ended_on_stop_token(self, eos_id) -> bool:
+    def ended_on_stop_token(self, end_ids=frozenset()) -> bool:
         ids = self.output_token_ids
         return self.finish_reason == "stop" and self.stop_byte_cut is None and bool(ids) and (
-            ids[-1] in self.params.stop_token_ids or (ids[-1] == eos_id and not self.params.ignore_eos))
+            ids[-1] in self.params.stop_token_ids or (ids[-1] in end_ids and not self.params.ignore_eos))
 
-    def output_text(self, eos_id=None) -> str:
+    def output_text(self, end_ids=frozenset()) -> str:
         """The generated text: without a final stop token, cut before a stop string."""
         end = len(self.output_bytes)
         if self.stop_byte_cut is not None:
             end = self.stop_byte_cut
-        elif self.ended_on_stop_token(eos_id):
+        elif self.ended_on_stop_token(end_ids):
             end -= self.last_token_num_bytes
         return self.output_bytes[:end].decode("utf-8", errors="replace")
 
