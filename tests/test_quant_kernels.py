@@ -248,7 +248,7 @@ def test_extreme_quants_pair_sums_stay_exact(fmt, parallel):
     # float32 rounding of the scaled sums.
     rng = np.random.default_rng(4)
     N, NB = 7, 5
-    w_scales = rng.uniform(0.5, 2, (N, NB)).astype(np.float32)
+    w_scales = rng.uniform(0.5, 2, (N, NB)).astype(np.float16).astype(np.float32)  # scales are float16 values
     if fmt == "q8_0":
         w_quants = rng.choice(np.array([-128, 127, -127], np.int8), size=(N, NB, BLOCK))
     else:

@@ -158,6 +158,12 @@ def _check_parts(fmt, N, K, scales, quants, mins, high_bits):
 # QTensor: what the model holds in place of a dense weight
 
 
+def float16_bits(a) -> np.ndarray:
+    """A float16 array's bit patterns as uint16, C-contiguous (a view when it already is): the form
+    in which the kernels read scales (tinyinfer/quant/half.py widens them)."""
+    return np.ascontiguousarray(a, dtype=np.float16).view(np.uint16)
+
+
 class QTensor:
     """A (N, K) weight matrix in one of ggml's block formats (see blocks.py for the rules).
 
@@ -168,6 +174,10 @@ class QTensor:
         quants     int8 (N, NB, 32)      q8_0's q
                    uint8 (N, NB, 16)     the nibble bytes (q4_*, q5_*, iq4_nl), as ggml packs them
     `to_bytes()` interleaves them into ggml's blocks, `from_bytes` takes them apart.
+
+    d and m are kept as their float16 bit patterns (uint16), which the kernels widen where they use
+    them (tinyinfer/quant/half.py): no float32 copy, so a model takes its blocks' bytes in memory.
+    The minima are kept transposed, (NB, N), the layout in which the kernels add their terms.
     """
 
     def __init__(self, fmt, shape, scales, quants, mins=None, high_bits=None):
@@ -177,18 +187,29 @@ class QTensor:
         _check_parts(fmt, *self.shape, scales, quants, mins, high_bits)
         # C order, always: the kernels read each block as one contiguous vector (no copy if already so)
         contiguous = lambda a: None if a is None else np.ascontiguousarray(a)  # noqa: E731
-        self.scales, self.quants = contiguous(scales), contiguous(quants)
-        self.mins, self.high_bits = contiguous(mins), contiguous(high_bits)
-        # The kernels want float32; float16 -> float32 is exact, so these are the same numbers.
-        self._scales_f32 = scales.astype(np.float32)  # (N, NB)
-        # The minima in float32 only transposed, (NB, N), the layout in which the kernels add
-        # their terms (a second (N, NB) copy would add 4 bytes a block to a model's memory).
-        self._mins_t = None if mins is None else np.ascontiguousarray(self.mins.T, dtype=np.float32)
+        self.quants, self.high_bits = contiguous(quants), contiguous(high_bits)
+        self._d_bits = float16_bits(scales)  # uint16 (N, NB): d's float16 bit patterns, as the kernels read them
+        self._m_bits_t = None if mins is None else float16_bits(mins.T)  # uint16 (NB, N), the minima transposed
+
+    @property
+    def scales(self):
+        """d of every block, float16 (N, NB), as the file stores it."""
+        return self._d_bits.view(np.float16)
+
+    @property
+    def mins(self):
+        """m of every block, float16 (N, NB) (q4_1, q5_1), or None."""
+        return None if self._m_bits_t is None else self._m_bits_t.T.view(np.float16)
+
+    @property
+    def _scales_f32(self):
+        """d as float32 (N, NB), made on demand (the NumPy reference and tests use it; exact)."""
+        return self.scales.astype(np.float32)
 
     @property
     def _mins_f32(self):
-        """The minima as float32 (N, NB), made on demand (the NumPy reference and tests use it)."""
-        return None if self.mins is None else self.mins.astype(np.float32)
+        """The minima as float32 (N, NB), made on demand (exact)."""
+        return None if self._m_bits_t is None else self.mins.astype(np.float32)
 
     # --- sizes ---
 
@@ -266,8 +287,8 @@ class QTensor:
         Only those rows are dequantized (a decode step's lookup touches one row of the table)."""
         ids = self._row_ids(ids)
         flat = ids.reshape(-1)
-        rows = blocks.dequantize(self.fmt, self.scales[flat], self.quants[flat],
-                                 m=None if self.mins is None else self.mins[flat],
+        rows = blocks.dequantize(self.fmt, self.scales[flat], self.quants[flat],  # only these rows
+                                 m=None if self._m_bits_t is None else self.mins[flat],
                                  qh=None if self.high_bits is None else self.high_bits[flat])
         return rows.reshape(*ids.shape, self.shape[1])
 
@@ -340,14 +361,37 @@ def _kernels():
     return _KERNELS[0]
 
 
-def quantize(w, fmt="q8_0"):
+def check_importance(importance, shape, name="importance"):
+    """importance: one weight per input column, (K,) or (N, K), finite and >= 0 -> float32 array."""
+    N, K = shape
+    try:
+        a = np.asarray(importance, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of numbers, got {type(importance).__name__}") from None
+    if a.shape not in ((K,), (N, K)):
+        raise ValueError(f"{name} must have shape (K,) = ({K},) or (N, K) = {(N, K)} for weights of shape "
+                         f"{(N, K)}, got {a.shape}")
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0 (mean squared activations), got "
+                         f"{'NaN/Inf' if not np.isfinite(a).all() else 'a negative value'}")
+    return a
+
+
+def quantize(w, fmt="q8_0", importance=None):
     """w: float (N, K), K a multiple of 32 -> QTensor in ggml's `fmt` (one of FORMATS).
 
     "iq4_nl" runs ggml's weighted scale search (quantize_iq4_nl, as llama-quantize does): ~1 s per
-    million weights here, the other formats ~100x faster."""
+    million weights here, the other formats ~100x faster.
+
+    importance: (K,) (or (N, K)) weights of each input column's rounding errors, e.g. a layer's
+    imatrix (tinyinfer/quant/imatrix.py): q4_0, q4_1, q5_0, q5_1 and iq4_nl then search their
+    scales as llama-quantize does when given an imatrix (see blocks.py); q8_0 ignores it, as ggml does.
+    """
     _check_fmt(fmt)
     w = _check_weights(w)
-    parts = blocks.QUANTIZERS[fmt](w)
+    if importance is not None:
+        importance = check_importance(importance, w.shape)
+    parts = blocks.QUANTIZERS[fmt](w, importance=importance)
     _check_scales(parts["d"], fmt, "w")
     if "m" in parts:
         _check_scales(parts["m"], fmt, "w", what="minimum")

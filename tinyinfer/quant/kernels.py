@@ -113,9 +113,9 @@ def quantize_activations(x, xq, xd, xs):
 
 def _parts(qt):
     """The QTensor's arrays as the kernels take them (stand-ins where a format has none)."""
-    wm = qt._mins_t if qt.fmt in WITH_MIN else qt._scales_f32  # (NB, N) for the kernels; else not read
+    wm = qt._m_bits_t if qt.fmt in WITH_MIN else qt._d_bits  # (NB, N) for the kernels; else not read
     wh = qt.high_bits if qt.fmt in WITH_HIGH_BITS else simd.NO_HIGH_BITS
-    return qt._scales_f32, wm, qt.quants, wh
+    return qt._d_bits, wm, qt.quants, wh  # d and m as float16 bit patterns (uint16): quant/half.py
 
 
 class ActivationError(ValueError):
@@ -207,13 +207,15 @@ def qtensor_matmul(qt, x, parallel=None, kernel="simd"):
 
 
 def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None, w_mins=None, w_high_bits=None, kernel="simd"):
-    """The same from separate arrays: w_scales (and w_mins) float32 (N, NB), w_quants / w_high_bits
-    as QTensor stores them; x float32 (B, K)."""
+    """The same from separate arrays: w_scales (and w_mins) (N, NB) holding float16 values (any float
+    dtype), w_quants / w_high_bits as QTensor stores them; x float32 (B, K)."""
     expected = np.int8 if fmt == "q8_0" else np.uint8
     if w_quants.dtype != expected:
         raise TypeError(f"w_quants must be {np.dtype(expected)} for {fmt}, got {w_quants.dtype}")
-    wd = np.ascontiguousarray(w_scales, np.float32)
-    wm = wd if w_mins is None else np.ascontiguousarray(np.asarray(w_mins, np.float32).T)  # (NB, N)
+    from .formats import float16_bits
+
+    wd = float16_bits(w_scales)
+    wm = wd if w_mins is None else float16_bits(np.asarray(w_mins).T)  # (NB, N)
     wh = simd.NO_HIGH_BITS if w_high_bits is None else np.ascontiguousarray(w_high_bits)
     return matmul_parts(fmt, wd, wm, np.ascontiguousarray(w_quants), wh, np.ascontiguousarray(x, np.float32),
                         parallel, kernel)

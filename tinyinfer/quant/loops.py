@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import IQ4_NL_VALUES
+from .half import half_to_float
 
 HALF = 16  # a block's nibble bytes: element j in the low nibble, element j + 16 in the high one
 
@@ -46,7 +47,7 @@ def q8_0_loop(wd, wq, xq, xd, out):
                 sumi = np.int32(0)
                 for j in range(32):
                     sumi = np.int32(sumi + np.int32(wq[n, k, j]) * np.int32(xq[b, k, j]))
-                acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
+                acc += np.float32(sumi) * (half_to_float(wd[n, k]) * xd[b, k])
             out[b, n] = acc
 
 
@@ -63,7 +64,7 @@ def q4_0_loop(wd, wq, xq, xd, out):
                     byte = np.int32(wq[n, k, j])
                     sumi = np.int32(sumi + ((byte & 15) - 8) * np.int32(xq[b, k, j])
                                     + ((byte >> 4) - 8) * np.int32(xq[b, k, j + HALF]))
-                acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
+                acc += np.float32(sumi) * (half_to_float(wd[n, k]) * xd[b, k])
             out[b, n] = acc
 
 
@@ -80,8 +81,8 @@ def q4_1_loop(wd, wm, wq, xq, xd, xs, out):
                 for j in range(HALF):
                     byte = np.int32(wq[n, k, j])
                     sumi = np.int32(sumi + (byte & 15) * np.int32(xq[b, k, j]) + (byte >> 4) * np.int32(xq[b, k, j + HALF]))
-                acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
-                mins += wm[k, n] * xs[b, k]  # wm: the minima transposed, (NB, N)
+                acc += np.float32(sumi) * (half_to_float(wd[n, k]) * xd[b, k])
+                mins += half_to_float(wm[k, n]) * xs[b, k]  # wm: the minima transposed, (NB, N)
             out[b, n] = acc + mins
 
 
@@ -101,7 +102,7 @@ def q5_0_loop(wd, wh, wq, xq, xd, out):
                     lo = (byte & 15) | (((high >> j) & 1) << 4)
                     hi = (byte >> 4) | (((high >> (j + HALF)) & 1) << 4)
                     sumi = np.int32(sumi + (lo - 16) * np.int32(xq[b, k, j]) + (hi - 16) * np.int32(xq[b, k, j + HALF]))
-                acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
+                acc += np.float32(sumi) * (half_to_float(wd[n, k]) * xd[b, k])
             out[b, n] = acc
 
 
@@ -122,8 +123,8 @@ def q5_1_loop(wd, wm, wh, wq, xq, xd, xs, out):
                     lo = (byte & 15) | (((high >> j) & 1) << 4)
                     hi = (byte >> 4) | (((high >> (j + HALF)) & 1) << 4)
                     sumi = np.int32(sumi + lo * np.int32(xq[b, k, j]) + hi * np.int32(xq[b, k, j + HALF]))
-                acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
-                mins += wm[k, n] * xs[b, k]  # wm: the minima transposed, (NB, N)
+                acc += np.float32(sumi) * (half_to_float(wd[n, k]) * xd[b, k])
+                mins += half_to_float(wm[k, n]) * xs[b, k]  # wm: the minima transposed, (NB, N)
             out[b, n] = acc + mins
 
 
@@ -140,7 +141,7 @@ def iq4_nl_loop(wd, wq, xq, xd, out, table):
                     byte = wq[n, k, j]
                     sumi = np.int32(sumi + np.int32(table[byte & 15]) * np.int32(xq[b, k, j])
                                     + np.int32(table[byte >> 4]) * np.int32(xq[b, k, j + HALF]))
-                acc += np.float32(sumi) * (wd[n, k] * xd[b, k])
+                acc += np.float32(sumi) * (half_to_float(wd[n, k]) * xd[b, k])
             out[b, n] = acc
 
 
@@ -149,7 +150,7 @@ TABLE = IQ4_NL_VALUES.copy()
 
 def loop_matmul(fmt, wd, wm, wh, wq, xq, xd, xs, out):
     """Dispatch to the plain-loop kernel of fmt; arrays as QTensor and quantize_activations give them
-    (wd float32 (N, NB); wm the minima transposed, (NB, N); wh, wq as stored; xq (B, NB, 32), xd, xs
+    (wd float16 bits (N, NB), widened by half_to_float; wm the minima transposed, (NB, N); wh, wq as stored; xq (B, NB, 32), xd, xs
     (B, NB); out (B, N))."""
     if fmt == "q8_0":
         q8_0_loop(wd, wq, xq, xd, out)

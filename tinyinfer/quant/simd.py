@@ -53,6 +53,7 @@ from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from .blocks import IQ4_NL_VALUES, WITH_HIGH_BITS, WITH_MIN
+from .half import half_to_float
 
 
 def _host_has(feature):
@@ -360,7 +361,7 @@ def row_block_step(typingctx, tag, acc, wq, wh, n, k, xq, scales):
 def min_terms(wm_t, xs, b, n0, n1, m):
     """m[i] = sum_k wm_t[k, n0 + i] * xs[b, k] for rows n0..n1: what the minima of q4_1 / q5_1 add.
 
-    wm_t is the minima transposed, float32 (NB, N), so the loop runs along rows (vectorized, each
+    wm_t is the minima transposed, float16 bits (NB, N), so the loop runs along rows (vectorized, each
     lane its own row) while every row adds its blocks in order with one fused multiply-add each
     ("contract", no reassociation): ggml's `summs += m * s`. So q4_1 / q5_1 rows come out
     bit-identical to llama.cpp's AVX2 vec_dot (tests/test_quant_llamacpp.py), and decode and
@@ -372,12 +373,12 @@ def min_terms(wm_t, xs, b, n0, n1, m):
         s = xs[b, k]
         row = wm_t[k, n0:n1]  # a slice, so the index below is a plain 0..n loop LLVM can vectorize
         for i in range(row.size):
-            m[i] += row[i] * s
+            m[i] += half_to_float(row[i]) * s
 
 
 @njit(cache=True, fastmath=True)
 def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
-    """out[:, n0:n1] for every row of x, tile by tile. wd float32 (N, NB); wm the minima transposed,
+    """out[:, n0:n1] for every row of x, tile by tile. wd float16 bits (N, NB); wm the minima transposed,
     float32 (NB, N) (q4_1 / q5_1; any float32 2-D array otherwise, not read); xd, xs (B, NB);
     xq int8 (B, NB, 32); zero: ZERO_TILES[cols], cols dividing B."""
     B, NB = xd.shape
@@ -392,7 +393,7 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
                 n = min(n_first + i, n_last)
                 for j in range(cols):
                     for k in range(NB):  # vectorized: LANES scales per instruction
-                        scales[i, j, k] = wd[n, k] * xd[b0 + j, k]
+                        scales[i, j, k] = half_to_float(wd[n, k]) * xd[b0 + j, k]
             acc = zero
             for k in range(NB):
                 acc = tile_block_step(tag, acc, wq, wh, n_first, n_last, k, xq, b0, scales)
@@ -427,7 +428,7 @@ def decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
         min_terms(wm, xs, 0, n0, n1, mins)
     for n in range(n0, n1):
         for k in range(NB):
-            scales[k] = wd[n, k] * xd[0, k]
+            scales[k] = half_to_float(wd[n, k]) * xd[0, k]
         acc = zero
         for k in range(NB):  # blocks in order, as simd_rows adds them
             acc = row_block_step(tag, acc, wq, wh, n, k, xq, scales)
