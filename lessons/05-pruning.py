@@ -360,7 +360,8 @@ from tinyinfer.bench import sparse as sparse_bench
 size = 1024 if SMALL else 4096
 densities = (0.5, 0.3, 0.1, 0.05) if SMALL else (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 bench = sparse_bench.run(size, size, densities, batch=16, rounds=3 if SMALL else 7,
-                         working_set_mb=64 if SMALL else 128, log=lambda *_: None, progress=not SMALL)
+                         working_set_mb=64 if SMALL else 128, roof_mb=64 if SMALL else 256,
+                         log=lambda *_: None, progress=not SMALL)
 roof = bench["roofline"]
 runs = [bench["densities"][str(d)] for d in densities]
 print(f"{size}x{size}, read bandwidth {roof['read_gbs_1_thread']:.1f} GB/s (1 thread), "

@@ -128,10 +128,11 @@ def best_blas_threads(W_list, x, rounds):
 
 
 def run(n=4096, k=4096, densities=(0.5, 0.3, 0.1, 0.05), batch=16, rounds=7, working_set_mb=128, seed=0,
-        roof=None, scipy_side=True, log=print, progress=True):
+        roof=None, scipy_side=True, log=print, progress=True, roof_mb=256):
     """Measure every density; returns a dict (also printed line by line through `log`).
 
-    roof: a tinyinfer.bench.roofline.roofline() dict to reuse (measured here if None).
+    roof: a tinyinfer.bench.roofline.roofline() dict to reuse; None measures it here, over a buffer
+    of roof_mb MB (256 by default: 8x the last-level cache).
     """
     from .. import threads
     from ..sparse import kernels
@@ -144,7 +145,7 @@ def run(n=4096, k=4096, densities=(0.5, 0.3, 0.1, 0.05), batch=16, rounds=7, wor
     scipy_sparse = scipy_sparse if scipy_side else None
     rng = np.random.default_rng(seed)
     if roof is None:
-        roof = roofline.roofline(quick=True)
+        roof = roofline.roofline(mb=roof_mb)
     log(roofline.format_roofline(roof))
     x1 = rng.standard_normal(k, dtype=np.float32)  # (K,) decode
     xb = rng.standard_normal((batch, k), dtype=np.float32)  # (B, K)
