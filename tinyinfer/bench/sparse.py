@@ -4,6 +4,8 @@ memory, beside the machine's read bandwidth.
     python -m tinyinfer.bench.sparse [--n 4096 --k 4096] [--densities 0.5 0.3 0.1 0.05] [--batch 16]
                                      [--rounds 7] [--working-set-mb 128] [--json out.json]
     tinyinfer bench sparse [--rounds 7] [--json out.json]
+    python -m tinyinfer.bench.sparse --variants     (the kernels written other ways, compute alone;
+                                                    serial vs parallel wall time by size)
 
 For each density, random (N, K) matrices keep that fraction of their weights (uniformly at random,
 as unstructured pruning leaves them), stored as CSRMatrix (uint16 columns) and, for the other
