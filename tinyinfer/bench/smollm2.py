@@ -133,6 +133,53 @@ def _ratio(a: list, b: list) -> dict:
     return {"median": float(med), "iqr": [float(q1), float(q3)], "rounds": len(ratios)}
 
 
+# ---- transformers, where it is installed -------------------------------------------------------
+
+
+def transformers_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+
+
+def transformers_model(threads: int):
+    """Hugging Face transformers' LlamaForCausalLM from the same GGUF file, in float32 (transformers
+    expands every block to float32 when it reads a GGUF: that is how it runs such a file)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..model_names import smollm2_path
+
+    torch.set_num_threads(threads)
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
+    return model.eval()
+
+
+def transformers_decode_seconds(hf, ids, n: int) -> float:
+    """n greedy steps with transformers' KV cache (past_key_values), the prefill not counted: the loop
+    model.generate runs, without its sampling machinery."""
+    import torch
+
+    with torch.inference_mode():
+        out = hf(torch.tensor([list(ids)]), use_cache=True)
+        past, token = out.past_key_values, out.logits[0, -1].argmax()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = hf(token.view(1, 1), past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[0, -1].argmax()
+        return time.perf_counter() - t0
+
+
+def transformers_prefill_seconds(hf, ids) -> float:
+    import torch
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        hf(torch.tensor([list(ids)]), use_cache=True)
+        return time.perf_counter() - t0
+
+
 # ---- the formats table ------------------------------------------------------------------------
 
 
@@ -203,14 +250,26 @@ def run(threads: int = 2, tokens: int = 64, rounds: int = 5, windows: int = 8, q
     if llm is not None:
         fns["llama.cpp"] = lambda: llamacpp.llama_decode_seconds(llm, ids, tokens)
         pre["llama.cpp"] = lambda: llamacpp.llama_prefill_seconds(llm, prefill_ids)
+    hf = None
+    if transformers_available() and not quick:
+        hf = transformers_model(threads)
+        fns["transformers"] = lambda: transformers_decode_seconds(hf, ids, tokens)
+        pre["transformers"] = lambda: transformers_prefill_seconds(hf, prefill_ids)
+        import transformers
+
+        results["transformers"] = transformers.__version__
+    else:
+        results["transformers"] = "not installed (pip install torch transformers accelerate gguf)" \
+            if not transformers_available() else "skipped (--quick)"
     decode = _rounds(fns, rounds)
     prefill = _rounds(pre, rounds)
     results["decode"] = {name: _summary(t, tokens) for name, t in decode.items()}
     results["prefill"] = {name: _summary(t, len(prefill_ids)) for name, t in prefill.items()}
-    if llm is not None:
-        results["decode"]["ratio_vs_llama_cpp"] = _ratio(decode["tinyinfer"], decode["llama.cpp"])
-        results["prefill"]["ratio_vs_llama_cpp"] = _ratio(prefill["tinyinfer"], prefill["llama.cpp"])
-        del llm
+    for other, key in (("llama.cpp", "ratio_vs_llama_cpp"), ("transformers", "ratio_vs_transformers")):
+        if other in decode:
+            results["decode"][key] = _ratio(decode["tinyinfer"], decode[other])
+            results["prefill"][key] = _ratio(prefill["tinyinfer"], prefill[other])
+    llm = hf = None  # let the other engines go before the formats table
     steps.update(1)
 
     steps.set_description("smollm2: formats")
@@ -246,13 +305,18 @@ def format_results(r: dict) -> str:
                  f"top-1 {q['top1']:.2%} over {q['positions']:,} positions")
     for what in ("decode", "prefill"):
         d = r[what]
-        row = ", ".join(f"{name} {v['tokens_per_s']:.0f} tokens/s" for name, v in d.items() if name != "ratio_vs_llama_cpp")
-        if "ratio_vs_llama_cpp" in d:
-            ratio = d["ratio_vs_llama_cpp"]
-            row += f"; tinyinfer / llama.cpp = {ratio['median']:.2f}x (IQR {ratio['iqr'][0]:.2f}-{ratio['iqr'][1]:.2f})"
+        row = ", ".join(f"{name} {v['tokens_per_s']:.0f} tokens/s" for name, v in d.items()
+                        if not name.startswith("ratio_"))
+        for key, other in (("ratio_vs_llama_cpp", "llama.cpp"), ("ratio_vs_transformers", "transformers")):
+            if key in d:
+                ratio = d[key]
+                row += (f"; tinyinfer / {other} = {ratio['median']:.2f}x "
+                        f"(IQR {ratio['iqr'][0]:.2f}-{ratio['iqr'][1]:.2f})")
         lines.append(f"{what}: {row}")
     if "ratio_vs_llama_cpp" not in r["decode"]:
         lines.append(f"llama.cpp: {r['llama_cpp']}")
+    if "ratio_vs_transformers" not in r["decode"]:
+        lines.append(f"transformers: {r['transformers']}")
     lines.append(f"read bandwidth (all threads): {r['read_bandwidth_gb_s']:.1f} GB/s")
     lines.append(f"{'format':8} {'tokens/s':>9} {'x fp32':>7} {'ms/token':>9} {'MB/token':>9} {'streaming':>10} "
                  f"{'everything else':>16}")
