@@ -1,4 +1,5 @@
-"""Speculative decoding (tinyinfer/speculative.py): greedy output is the target's, sampling is exact."""
+"""Speculative decoding (tinyinfer/speculative.py): greedy output is the target's, sampling is exact,
+with a draft model, a prompt-lookup drafter or the target with layers skipped."""
 import itertools
 
 import numpy as np
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import small_model
 from tinyinfer import speculative
+from tinyinfer.model_names import SMOLLM2_INSTALL, smollm2_available
 from tinyinfer.speculative import (acceptance_probability, residual_distribution, speculative_generate,
                                    token_probs, verify_greedy)
 
@@ -178,3 +180,120 @@ def test_errors_name_the_argument():
         speculative_generate(TARGET, DRAFT, [[1, 2], [3, 4]], 4)
     with pytest.raises(ValueError, match="temperature"):
         speculative_generate(TARGET, DRAFT, [1], 4, temperature=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# drafts without a model: prompt lookup; self-speculation by skipping layers
+
+
+def lookup_twin(tokens, k, max_ngram, min_ngram):
+    """PromptLookup spelled out with Python lists: the latest earlier occurrence of the longest suffix."""
+    for n in range(min(max_ngram, len(tokens) - 1), min_ngram - 1, -1):
+        suffix = tokens[-n:]
+        for i in range(len(tokens) - n - 1, -1, -1):  # starts whose window ends before the last token
+            if tokens[i:i + n] == suffix:
+                return tokens[i + n:i + n + k]
+    return []
+
+
+@given(tokens=st.lists(st.integers(0, 4), min_size=1, max_size=30), k=st.integers(1, 6),
+       ngrams=st.tuples(st.integers(1, 4), st.integers(1, 4)))
+def test_prompt_lookup_equals_its_twin(tokens, k, ngrams):
+    lo, hi = min(ngrams), max(ngrams)
+    guess = speculative.PromptLookup(max_ngram=hi, min_ngram=lo).propose(tokens, k)
+    assert guess == lookup_twin(tokens, k, hi, lo)
+    assert len(guess) <= k
+
+
+def test_prompt_lookup_copies_a_repeated_passage():
+    text = [5, 6, 7, 8, 9, 10, 1, 2, 5, 6, 7]
+    assert speculative.PromptLookup().propose(text, 3) == [8, 9, 10]  # "5 6 7" was followed by 8 9 10
+    assert speculative.PromptLookup().propose([1, 2, 3], 3) == []  # nothing repeats
+    with pytest.raises(ValueError, match="min_ngram"):
+        speculative.PromptLookup(max_ngram=1, min_ngram=2)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_prompt_lookup_draft_keeps_the_target_output(temperature):
+    """Greedy: the target's tokens exactly; a prompt that repeats gets some drafts accepted."""
+    prompt = [3, 4, 5, 6, 3, 4, 5, 6, 3, 4]
+    out, stats = speculative_generate(TARGET, speculative.PromptLookup(), prompt, 12, k=3, return_stats=True,
+                                      temperature=temperature, seed=1)
+    assert len(out) == len(prompt) + 12
+    if temperature == 0.0:
+        np.testing.assert_array_equal(out, TARGET.generate(prompt, 12))
+        assert stats["drafted"] > 0
+
+
+def test_prompt_lookup_sampling_follows_the_target_distribution():
+    """A drafter's guess is deterministic (q one-hot), and the rule still gives the target's p."""
+    probs = exact_target_distribution(TINY_TARGET, PROMPT, NEW, 1.0)
+    samples = [tuple(speculative_generate(TINY_TARGET, speculative.PromptLookup(min_ngram=1), PROMPT, NEW, k=2,
+                                          temperature=1.0, seed=s)[len(PROMPT):].tolist()) for s in range(SAMPLES)]
+    assert chi_square_pvalue(samples, probs) > 1e-3
+
+
+def test_stop_ids_end_generation_at_the_first():
+    full = TARGET.generate([4], 12)[1:].tolist()
+    stops = {full[5], full[2]}
+    out = speculative_generate(TARGET, speculative.PromptLookup(), [4], 12, k=3, stop_ids=stops)[1:].tolist()
+    first = min(full.index(t) for t in stops)
+    assert out == full[:first + 1]
+
+
+def test_layer_skip_draft_shares_weights_and_drafts():
+    target = sharp_model(5, n_ctx=24)
+    assert target.config.n_layer >= 2
+    draft = speculative.layer_skip_draft(target, [0])
+    assert draft.config.n_layer == 1 and draft.tokenizer is target.tokenizer
+    assert draft.params["model.layers.0.self_attn.q_proj.weight"] is target.params["model.layers.0.self_attn.q_proj.weight"]
+    out = speculative_generate(target, draft, [1, 2, 3], 10, k=3)
+    np.testing.assert_array_equal(out, target.generate([1, 2, 3], 10))
+    with pytest.raises(ValueError, match="increasing layer indices"):
+        speculative.layer_skip_draft(target, [1, 0])
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_1"])
+def test_verifying_k_tokens_gives_the_bits_of_decoding_them_one_at_a_time(fmt):
+    """Why greedy speculative decoding of a quantized model is exact: the target's logits for a row
+    are the same bits in a verification pass of several rows as in a decode step of one. The model
+    is quantized as SmolLM2's file is, the tied embedding / head included (a float head would be a
+    BLAS product, whose rounding depends on the number of rows; harmless there, as nothing rounds
+    its output to 8 bits afterwards, but not bit for bit)."""
+    import tinyinfer
+    from conftest import ROOT
+    from tinyinfer.inference import InferenceModel
+    from tinyinfer.kv_cache import ContiguousKVCache
+    from tinyinfer.model import Model
+    from tinyinfer.quant import quantize
+    from tinyinfer.quant.model import quantize_model
+
+    layers = quantize_model(tinyinfer.load(f"{ROOT}/models/tiny"), fmt)
+    params = dict(layers.params)
+    params["model.embed_tokens.weight"] = quantize(params["model.embed_tokens.weight"], "q8_0")
+    model = Model(layers.config, params, layers.tokenizer)
+    fast = InferenceModel(model)
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, 24)
+    one, block = (ContiguousKVCache(model.config, 1, np.float32, max_len=24) for _ in range(2))
+    fast.forward(ids[None, :10], np.arange(10), one)
+    fast.forward(ids[None, :10], np.arange(10), block)
+    singles = np.concatenate([fast.forward(ids[None, t:t + 1], np.array([t]), one)[0] for t in range(10, 24)])
+    together = np.concatenate([fast.forward(ids[None, a:b], np.arange(a, b), block)[0]
+                               for a, b in ((10, 15), (15, 16), (16, 24))])  # verification blocks of 5, 1, 8
+    assert np.array_equal(singles, together)
+
+
+@pytest.mark.skipif(not smollm2_available(), reason=f"SmolLM2 is not installed: {SMOLLM2_INSTALL}")
+def test_smollm2_prompt_lookup_gives_its_greedy_tokens():
+    """On the real quantized model: speculative greedy output = stream_tokens', drafts accepted."""
+    import tinyinfer
+    from tinyinfer.generate import chat_prompt_ids, stream_tokens
+    from tinyinfer.inference import InferenceModel
+
+    fast = InferenceModel(tinyinfer.load("smollm2"))
+    code = "def add(a, b):\n    return a + b\n"
+    ids = chat_prompt_ids(fast.model.tokenizer, [{"role": "user", "content": f"Repeat this code:\n{code}"}])
+    expected = list(stream_tokens(fast, ids, 24))
+    out, stats = speculative_generate(fast, speculative.PromptLookup(), ids, 24, k=4, return_stats=True)
+    assert out[len(ids):].tolist() == expected
+    assert stats["accepted"] > 0
