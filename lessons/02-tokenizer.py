@@ -108,10 +108,11 @@ for text in ["Hello  world's 2024 café!", "def f(x):\n        return x**2  # sq
 # Training starts from a vocabulary of the 256 byte tokens and repeats one step: count every
 # adjacent pair of tokens inside the pre-tokens (each pre-token weighted by how often it occurs),
 # add the most frequent pair to the vocabulary as a new token, and replace it everywhere. Each
-# step lowers the number of tokens the training text needs by as much as one merge can. The
-# order of the merges is their *rank*, and encoding replays them in that order. Two pairs with the
-# same count are a tie; tinyinfer (like Hugging Face's trainer) takes the pair of *older* tokens,
-# the smaller ids, so training is deterministic.
+# step is greedy: it shortens the training text, counted in tokens, by about as much as any
+# single merge could, without looking further ahead. The order of the merges is their *rank*,
+# and encoding replays them in that order. Two pairs with the same count are a tie; tinyinfer
+# (like Hugging Face's trainer) takes the pair of *older* tokens, the smaller ids, so training
+# is deterministic.
 #
 # First by hand, on the toy corpus of the paper that brought BPE to language models (Sennrich et
 # al. 2016): the words " low" 5 times, " lower" 2, " newest" 6 and " widest" 3. Each word is a
@@ -223,9 +224,7 @@ kinds = {"whitespace only (indentation, blank runs)": [m for m in first if set(m
          "letters, with or without a leading space": [m for m in first if m.lstrip("␣").isalpha()]}
 kinds["anything else (punctuation, digits, mixed)"] = [m for m in first if not any(m in v for v in kinds.values())]
 for kind, merges in kinds.items():
-    print(f"{len(merges):2d} of 20 are {kind}: {', '.join(merges)}")
-words_first = [m for m in first if m.startswith("␣") and len(m) > 2 and m[1:].isalpha()]
-print("the first whole word with its leading space:", words_first[0] if words_first else "none in the first 20")
+    print(f"{len(merges):2d} of 20 are {kind}" + (f": {', '.join(merges)}" if merges else ""))
 
 # %% [markdown]
 # Encoding replays the merges lowest rank first (`tinyinfer/tokenizer/merges.py: apply_merges`):
@@ -246,7 +245,7 @@ print([readable(tok.id_to_token(i)) for i in ids])
 # tokens it becomes. 1.0 means no merge helped at all; higher is better compression.
 #
 # The texts are held out, separately for prose and for code: the help topics set aside in
-# section 4 (with the held-out split's help topics) and the held-out split's modules, the first
+# section 4 (plus the held-out split's help topics) and the held-out split's modules, the first
 # 60,000 characters of each. Because merges are learned greedily, the most frequent pairs first,
 # each new merge saves fewer tokens than the one before; so we expect bytes per token to grow
 # with V ever more slowly. We measure how much one *doubling* of V multiplies bytes per token.
@@ -309,7 +308,8 @@ for name, values in results.items():
 better = {"prose": [], "code": [], "neither (within 5%)": []}
 for size, p, c in zip(sizes, results[PROSE], results[CODE]):
     better[direction(p / c, more="prose", less="code", same="neither (within 5%)")].append(str(size))
-print("the held-out text that compresses better: " + "; ".join(f"{k} at V = {', '.join(v)}" for k, v in better.items() if v))
+print("the held-out text that compresses better: "
+      + "; ".join(f"{k} at V = {', '.join(v)}" for k, v in better.items() if v))
 for i in (0, -1):
     print(compare(results[PROSE][i], results[CODE][i], what=f"At V = {sizes[i]}, held-out prose", verb="gets",
                   of="the bytes per token of held-out code", more="prose compresses better",
@@ -354,9 +354,9 @@ for own, other, name in (("help topics only", "modules only", PROSE), ("modules 
                   less="worse", same="about the same"))
 
 # %% [markdown]
-# The same holds across scripts. The shipped tokenizer learned its merges from the whole training
+# Scripts show the same effect at its extreme. The shipped tokenizer learned its merges from the whole training
 # split, English prose and Python, so a script it learned no merges for falls back to one token
-# per UTF-8 byte: that is the most a character can cost (the grey markers below), and the bars
+# per UTF-8 byte: that is the most a character can cost (the dashed lines below), and the bars
 # show what each script does cost.
 
 # %%
@@ -369,11 +369,12 @@ per_char = {name: len(SHIPPED.encode(text)) / len(text) for name, text in script
 bytes_per_char = {name: len(text.encode("utf-8")) / len(text) for name, text in scripts.items()}
 plt.figure(figsize=(6, 3.4))
 plt.bar(list(per_char), list(per_char.values()), color="C2", label=f"shipped tokenizer (V = {SHIPPED.vocab_size})")
-plt.plot(list(bytes_per_char), list(bytes_per_char.values()), "_", color="0.4", ms=30, mew=2,
-         label="no merge applies: one token per UTF-8 byte")
-plt.xlabel("script of the sample sentence")
+positions = np.arange(len(scripts))  # the bars' places on the x axis
+plt.hlines(list(bytes_per_char.values()), positions - 0.4, positions + 0.4, colors="0.3", linestyles="--",
+           label="no merge applies: one token per UTF-8 byte")
+plt.xlabel("language or script of the sample")
 plt.ylabel("tokens per character")
-plt.title("cost per character by script")
+plt.title("cost per character by language or script")
 plt.legend(fontsize=8, loc="upper left")
 plt.ylim(0, 1.35 * max(bytes_per_char.values()))
 plt.tight_layout()
@@ -381,7 +382,8 @@ plt.show()
 for name in scripts:
     saved = 1 - per_char[name] / bytes_per_char[name]
     how = "no merge applies: every byte is a token" if saved == 0 else f"merges save {saved:.0%} of the byte tokens"
-    print(f"{name:>8}: {per_char[name]:.2f} tokens per character, {bytes_per_char[name]:.2f} bytes per character ({how})")
+    print(f"{name:>8}: {per_char[name]:.2f} tokens per character, "
+          f"{bytes_per_char[name]:.2f} bytes per character ({how})")
 
 # %% [markdown]
 # ## 6. An exact round trip, even half characters

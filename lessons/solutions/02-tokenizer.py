@@ -196,7 +196,8 @@ def exercise_4():
     tok = shipped()
     for text in ("1234567", "3.14159"):
         print(f"shipped (V = {tok.vocab_size}): {text!r} -> {pieces(tok, text)}")
-    digit_tokens = [t for t in (tok.decode([i]) for i in range(tok.vocab_size)) if t.strip().isdigit() and len(t.strip()) > 1]
+    digit_tokens = [t for t in (tok.decode([i]) for i in range(tok.vocab_size))
+                    if t.strip().isdigit() and len(t.strip()) > 1]
     print(f"the shipped vocabulary has {len(digit_tokens)} tokens of several digits {digit_tokens}: in its "
           "training text, pairs of digits were rarer than the pairs that took its merges")
     size = 2048 if SMALL else 8192
