@@ -107,6 +107,9 @@ def wait_until(condition, timeout=10.0):
 def test_health_and_models(server):
     status, payload, _ = request(server, "GET", "/health")
     assert status == 200 and payload["status"] == "ok"
+    blocks = payload["kv_cache_blocks"]  # idle: every block is free (a benchmark checks for leaks so)
+    assert blocks["free"] == blocks["total"] == server.engine_loop.engine.num_blocks and blocks["in_use"] == 0
+    assert payload["requests"] == {"running": 0, "waiting": 0}
     status, payload, _ = request(server, "GET", "/v1/models")
     assert status == 200 and payload["object"] == "list"
     assert [m["id"] for m in payload["data"]] == ["tiny"]  # the model folder's name

@@ -272,13 +272,50 @@ def cmd_chat(args):
 
 
 def cmd_quantize(args):
+    """Round-to-nearest, importance-weighted (--imatrix) or GPTQ (--gptq) quantization, then save."""
+    import statistics
+
     from . import load, save
+    from .quant.imatrix import IMATRIX_FILE, collect_imatrix, load_imatrix, save_imatrix, training_windows
     from .quant.model import quantize_model, weight_bytes
 
-    model = load(resolve_model_path(args.model))
-    qmodel = quantize_model(model, args.format, quantize_head=args.quantize_head)
+    model = load(resolve_model_path(args.model), dtype="float32")
+    needs_text = args.gptq or args.imatrix == "collect"
+    if needs_text and model.tokenizer is None:
+        raise SystemExit("error: --imatrix and --gptq calibrate on corpus text, but the model has no tokenizer")
+    calib = None
+    if needs_text:
+        seq_len = min(args.calib_seq_len, model.config.n_ctx)
+        calib = training_windows(model.tokenizer, args.calib_windows, seq_len, seed=args.seed)
+    imatrix = None
+    if args.imatrix == "collect" and not args.gptq:
+        imatrix = collect_imatrix(model, calib)
+    elif args.imatrix not in (None, "collect"):
+        imatrix, info = load_imatrix(args.imatrix, model.config, model.params)
+        print(f"imatrix from {args.imatrix}: {info}")
+    if args.gptq:
+        from .quant.gptq import DAMP_CANDIDATES, gptq_quantize_model
+
+        # with --imatrix and no file, each layer's scales are weighted by the diagonal of its own H:
+        # the imatrix of exactly the inputs GPTQ sees, measured in the same pass
+        weighting = imatrix if imatrix is not None else (True if args.imatrix == "collect" else None)
+        report = {}
+        qmodel = gptq_quantize_model(model, calib, args.format, damp=DAMP_CANDIDATES, act_order=True,
+                                     imatrix=weighting, refit=True, report=report)
+        ratios = [r["gptq_error"] / r["rtn_error"] for r in report.values() if r["rtn_error"] > 0]
+        print(f"GPTQ: output error per layer {statistics.median(ratios):.2f}x round-to-nearest's (median of "
+              f"{len(ratios)} layers, on the calibration text)")
+    else:
+        qmodel = quantize_model(model, args.format, quantize_head=args.quantize_head, imatrix=imatrix)
     save(qmodel, args.out)
-    print(f"{args.format}: weights {weight_bytes(model) / 1e6:.2f} MB (float32) -> "
+    if args.imatrix == "collect" and imatrix is not None:
+        path = Path(args.out) / IMATRIX_FILE
+        save_imatrix(path, imatrix, {"model": str(args.model), "windows": int(calib.shape[0]),
+                                     "seq_len": int(calib.shape[1]), "tokens": int(calib.size),
+                                     "text": "corpus training split", "seed": args.seed})
+        print(f"imatrix of {calib.size:,} training tokens saved to {path}")
+    how = "GPTQ" if args.gptq else "imatrix-weighted" if imatrix is not None else "round-to-nearest"
+    print(f"{args.format} ({how}): weights {weight_bytes(model) / 1e6:.2f} MB (float32) -> "
           f"{weight_bytes(qmodel) / 1e6:.2f} MB; written to {args.out}")
 
 
@@ -312,12 +349,20 @@ def cmd_prune(args):
 
 
 def cmd_bench(args):
-    from .bench import engine, foundation, quant, smollm2, sparse
+    from .bench import engine, foundation, quant, serving, smollm2, sparse
 
-    suites = {"foundation": foundation, "engine": engine, "quant": quant, "sparse": sparse, "smollm2": smollm2}
-    argv = ["--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
-    if args.suite in ("foundation", "engine"):
-        argv += ["--model", args.model]
+    suites = {"foundation": foundation, "engine": engine, "quant": quant, "sparse": sparse, "smollm2": smollm2,
+              "serving": serving}
+    argv = ["--json", args.json] if args.json else []
+    if args.suite == "engine":  # its rounds differ by section: its own defaults unless asked
+        argv += ["--rounds", str(args.rounds)] if args.rounds is not None else []
+        argv += ["--plots", args.plots] if args.plots else []
+        argv += ["--sections", args.sections] if args.sections else []
+    elif args.suite != "serving":
+        argv += ["--rounds", str(5 if args.rounds is None else args.rounds)]
+    if args.suite in ("foundation", "engine", "serving"):
+        default = "smollm2" if args.suite == "serving" else "teacher"
+        argv += ["--model", args.model or default]
     if args.quick and args.suite in ("engine", "smollm2"):
         argv.append("--quick")
     suites[args.suite].main(argv)
@@ -469,12 +514,24 @@ def add_chat_parser(sub):
 def add_quantize_parser(sub):
     from .quant.blocks import FORMATS
 
-    p = sub.add_parser("quantize", help="quantize every linear layer to one of ggml's block formats (Q8_0, Q4_0, ...)")
+    p = sub.add_parser("quantize", help="quantize every linear layer to one of ggml's block formats (Q8_0, Q4_0, ...)",
+                       description="Round-to-nearest by default. --imatrix weights each block's scale search by "
+                                   "the mean squared input of each column (llama.cpp's importance matrix), "
+                                   "measured on the corpus's training split or read from a file; --gptq rounds "
+                                   "column by column and compensates the errors (act-order, damping chosen per "
+                                   "layer, least-squares scales afterwards).")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
     p.add_argument("--format", default="q8_0", choices=list(FORMATS),
                    help="ggml block format: q8_0 8.5, q4_0 4.5, q4_1 5, q5_0 5.5, q5_1 6, iq4_nl 4.5 bits a weight")
     p.add_argument("--out", required=True, help="output folder (loadable with tinyinfer.load)")
     p.add_argument("--quantize-head", action="store_true", help="also quantize an untied output head")
+    p.add_argument("--imatrix", nargs="?", const="collect", default=None, metavar="FILE",
+                   help="importance-weighted scales: without FILE, measured on training text and saved as "
+                        "imatrix.safetensors in --out; with FILE, read from it")
+    p.add_argument("--gptq", action="store_true", help="GPTQ instead of round-to-nearest (minutes, not seconds)")
+    p.add_argument("--calib-windows", type=int, default=64, help="calibration windows of training text (default 64)")
+    p.add_argument("--calib-seq-len", type=int, default=256, help="tokens a calibration window (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="where the calibration windows start (default 0)")
     p.set_defaults(func=cmd_quantize)
 
 
@@ -502,14 +559,19 @@ def add_prune_parser(sub):
 def add_bench_parser(sub):
     p = sub.add_parser("bench", help="speed, as ratios measured in one process against a baseline")
     p.add_argument("suite", nargs="?", default="foundation",
-                   choices=["foundation", "engine", "quant", "sparse", "smollm2"],
-                   help="foundation: training and decode tokens/s (default); engine: KV cache, batching, "
-                        "prefix cache; quant: the block-format kernels and the roofline; sparse: CSR kernels vs "
-                        "density; smollm2: the real model against llama.cpp (load, memory, quality, decode, "
-                        "prefill, formats)")
-    p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
+                   choices=["foundation", "engine", "quant", "sparse", "smollm2", "serving"],
+                   help="foundation: training and decode tokens/s (default); engine: KV cache, batching by batch "
+                        "size, llama.cpp beside it, continuous vs static on a heavy-tailed workload, prefix cache, "
+                        "speculative decoding (`tinyinfer bench engine --model smollm2` runs all of it); quant: the "
+                        "block-format kernels and the roofline; sparse: CSR kernels vs density; smollm2: the real "
+                        "model against llama.cpp (load, memory, quality, decode, prefill, formats); serving: "
+                        "`tinyinfer serve` under 32 streaming openai clients")
+    p.add_argument("--model", default=None, help="model folder, .gguf file or name (default teacher; serving: smollm2)")
     p.add_argument("--quick", action="store_true", help="engine and smollm2 suites: a small workload")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; engine: its own per section)")
+    p.add_argument("--plots", help="engine suite: also save its figures (PNG) in this folder")
+    p.add_argument("--sections", help="engine suite: run only these sections (comma-separated; see "
+                   "python -m tinyinfer.bench.engine --help)")
     p.add_argument("--json", help="also write the results to this file")
     p.set_defaults(func=cmd_bench)
 

@@ -57,7 +57,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import threads  # noqa: F401  (imported for its threading layer, set before any parallel launch)
+from . import threads  # the thread policy; importing it selects the threading layer before any launch
 from .quant.formats import use_reference
 
 __all__ = ["attention_rows", "attention_rows_reference", "supports"]
@@ -219,5 +219,9 @@ def attention_rows(q, key_cache, value_cache, block_tables, query_seq, query_pos
     if parallel is None:
         parallel = int(query_pos.sum() + T) * H * D >= PARALLEL_MIN_WORK
     scale = q.dtype.type(1.0 / math.sqrt(D))  # as ops.attention_forward scales: in q's dtype
-    (attention_parallel if parallel else attention_serial)(q, key_cache, value_cache, block_tables, query_seq, query_pos, scale, out)
+    if parallel:
+        threads.apply()  # Numba's threads own the cores from now on, BLAS's stop spinning (tinyinfer/threads.py)
+        attention_parallel(q, key_cache, value_cache, block_tables, query_seq, query_pos, scale, out)
+    else:
+        attention_serial(q, key_cache, value_cache, block_tables, query_seq, query_pos, scale, out)
     return out

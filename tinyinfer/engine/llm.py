@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..inference import InferenceModel
 from ..sampling import check_int
 from .block_manager import BlockManager, cdiv
 from .detokenizer import TextStream
@@ -130,7 +131,8 @@ def kv_block_bytes(config, block_size: int, itemsize: int) -> int:
 class LLMEngine:
     """The engine. Arguments:
 
-    model                   a tinyinfer Model (any weight type its forward accepts)
+    model                   a tinyinfer Model (any weight type its forward accepts), or an
+                            InferenceModel of one (its weights laid out once, for several engines)
     block_size              positions per KV-cache block
     max_num_seqs            at most this many sequences in the running batch
     max_num_batched_tokens  at most this many tokens fed to the model per step (prefill chunks
@@ -160,6 +162,9 @@ class LLMEngine:
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 16,
                  max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True,
                  max_model_len: int | None = None, kv_cache_bytes: int | None = None, attention: str = "rows"):
+        fast = None
+        if isinstance(model, InferenceModel):  # prepared once by the caller, shared by several engines
+            fast, model = model, model.model
         block_size = check_int("block_size", block_size, low=1)
         max_num_seqs = check_int("max_num_seqs", max_num_seqs, low=1)
         max_num_batched_tokens = check_int("max_num_batched_tokens", max_num_batched_tokens, low=1)
@@ -173,7 +178,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_blocks, self.block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
                                    self.stop_ids, self.tokenizer)
-        self.model_runner = ModelRunner(model, self.num_blocks, self.block_size, attention)
+        self.model_runner = ModelRunner(model, self.num_blocks, self.block_size, attention, fast)
         self.sequences: dict[str, Sequence] = {}  # live requests by id
         self._ids = itertools.count()
         self.last_schedule: SchedulerOutput | None = None  # for tests and curious readers

@@ -20,10 +20,10 @@ from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int, attention: str = "rows"):
+    def __init__(self, model, num_blocks: int, block_size: int, attention: str = "rows", fast=None):
         self.model = model
         # the weights laid out for inference once: fused products, transposed dense weights
-        self.fast = InferenceModel(model)
+        self.fast = InferenceModel(model) if fast is None else fast
         self.block_size = block_size
         self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, model.dtype, attention)
 

@@ -426,8 +426,18 @@ class Handler(BaseHTTPRequestHandler):
     # ---- routes ------------------------------------------------------------------------------
 
     def route_health(self):
-        alive = self.server.engine_loop.thread.is_alive()
-        self.send_json(200 if alive else 503, {"status": "ok" if alive else "engine thread stopped"})
+        """Alive or not, and what the engine holds: requests running and waiting, KV-cache blocks
+        in use. Read from this thread without a lock: a snapshot, exact when the server is idle
+        (a benchmark checks there that every block came back)."""
+        loop = self.server.engine_loop
+        alive = loop.thread.is_alive()
+        engine = loop.engine
+        blocks = engine.block_manager
+        self.send_json(200 if alive else 503, {
+            "status": "ok" if alive else "engine thread stopped",
+            "requests": {"running": len(engine.scheduler.running), "waiting": len(engine.scheduler.waiting)},
+            "kv_cache_blocks": {"total": blocks.num_blocks, "free": blocks.num_free_blocks,
+                                "in_use": blocks.num_blocks - blocks.num_free_blocks}})
 
     def route_models(self):
         model = {"id": self.server.model_id, "object": "model", "created": self.server.created,
