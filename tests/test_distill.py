@@ -246,12 +246,16 @@ def test_teacher_cache_round_trip_and_temperature_check(tmp_path):
     for name in ("windows", "ids", "logits", "tail_lse"):
         np.testing.assert_array_equal(getattr(back, name), getattr(cache, name))
     assert back.temperatures == [1.0, 2.0] and back.seconds == pytest.approx(cache.seconds)
+    assert cache.cpu_seconds > 0 and back.cpu_seconds == pytest.approx(cache.cpu_seconds)  # process CPU time too
     # the cached top-k are the teacher's own logits at those positions
     logits = teacher.logits(windows[3, :-1].astype(np.int64))  # (16, 37)
     np.testing.assert_allclose(back.logits[3].astype(np.float32),
                                np.take_along_axis(logits, back.ids[3].astype(np.int64), -1), rtol=1e-3, atol=1e-3)
     half = back.subset([0, 1, 2])
     assert half.seconds == pytest.approx(cache.seconds / 4) and half.windows.shape == (3, 17)
+    assert half.cpu_seconds == pytest.approx(cache.cpu_seconds / 4)
+    both = TeacherCache.concat(half, half)
+    assert both.cpu_seconds == pytest.approx(cache.cpu_seconds / 2) and both.windows.shape == (6, 17)
     with pytest.raises(ValueError, match="temperature must be one the cache was built for"):
         back.temperature_index(4.0)
 
@@ -279,6 +283,7 @@ def test_train_on_windows_resumes_exactly_and_cached_kd_moves_towards_the_teache
     train_on_windows(config, tc_half, windows, stream[:200], tmp_path / "split", loss_fn=kd, max_seconds=0.0, **quiet)
     resumed, history = train_on_windows(config, tc_half, windows, stream[:200], tmp_path / "split", loss_fn=kd, **quiet)
     assert history["val"][0]["step"] == 1 and history["val"][-1]["step"] == 60
+    assert 0 < history["step_cpu_seconds"]  # CPU time of the steps, kept across the resume
     for name, value in whole.params.items():
         np.testing.assert_array_equal(resumed.params[name], value)
     labels, _ = train_on_windows(config, tc, windows, stream[:200], tmp_path / "labels", **quiet)

@@ -130,12 +130,15 @@ class TeacherCache:
     windows (N, L + 1) token ids: inputs are [:, :-1], labels [:, 1:]
     ids (N, L, k) int16, logits (N, L, k) float16, tail_lse (N, L, nT) float32 at `temperatures`
     seconds: wall time the teacher spent building it (charged to distilled runs in the study).
+    cpu_seconds: the same as process CPU time (time.process_time), which a machine shared with other
+    jobs does not inflate; None for a cache saved before it was recorded.
     """
 
-    def __init__(self, windows, ids, logits, tail_lse, temperatures, seconds):
+    def __init__(self, windows, ids, logits, tail_lse, temperatures, seconds, cpu_seconds=None):
         self.windows, self.ids, self.logits, self.tail_lse = windows, ids, logits, tail_lse
         self.temperatures = [float(x) for x in temperatures]
         self.seconds = float(seconds)
+        self.cpu_seconds = None if cpu_seconds is None else float(cpu_seconds)
 
     @property
     def k(self):
@@ -150,9 +153,11 @@ class TeacherCache:
     def save(self, path):
         from .safetensors import write_safetensors
 
+        meta = {"temperatures": json.dumps(self.temperatures), "seconds": str(self.seconds)}
+        if self.cpu_seconds is not None:
+            meta["cpu_seconds"] = str(self.cpu_seconds)
         write_safetensors(path, {"windows": self.windows, "ids": self.ids, "logits": self.logits,
-                                 "tail_lse": self.tail_lse},
-                          {"temperatures": json.dumps(self.temperatures), "seconds": str(self.seconds)})
+                                 "tail_lse": self.tail_lse}, meta)
 
     @classmethod
     def load(cls, path):
@@ -164,8 +169,9 @@ class TeacherCache:
 
         temperatures = load_json(meta["temperatures"].encode(), what=f"{path} metadata 'temperatures'",
                                  max_bytes=SAFETENSORS_HEADER_BYTES, expect_object=False)
+        cpu = meta.get("cpu_seconds")
         return cls(t["windows"], t["ids"], t["logits"], t["tail_lse"], temperatures,
-                   float(meta["seconds"]))
+                   float(meta["seconds"]), None if cpu is None else float(cpu))
 
     @staticmethod
     def concat(first, second):
@@ -174,14 +180,18 @@ class TeacherCache:
             raise ValueError(f"second has top-{second.k} at {second.temperatures}; first has top-{first.k} at "
                              f"{first.temperatures}; they must match")
         join = lambda name: np.concatenate([getattr(first, name), getattr(second, name)])  # noqa: E731
+        cpu = (None if first.cpu_seconds is None or second.cpu_seconds is None
+               else first.cpu_seconds + second.cpu_seconds)
         return TeacherCache(join("windows"), join("ids"), join("logits"), join("tail_lse"), first.temperatures,
-                            first.seconds + second.seconds)
+                            first.seconds + second.seconds, cpu)
 
     def subset(self, rows):
         """The cache restricted to some windows; its cost is charged pro rata."""
         rows = np.asarray(rows)
+        share = len(rows) / len(self.windows)
         return TeacherCache(self.windows[rows], self.ids[rows], self.logits[rows], self.tail_lse[rows],
-                            self.temperatures, self.seconds * len(rows) / len(self.windows))
+                            self.temperatures, self.seconds * share,
+                            None if self.cpu_seconds is None else self.cpu_seconds * share)
 
 
 def stream_windows(stream, seq_len):
@@ -205,12 +215,13 @@ def build_teacher_cache(teacher, windows, k=32, temperatures=(1.0, 2.0, 4.0), ba
     ids = np.empty((N, L1 - 1, k), np.int16)
     logits = np.empty((N, L1 - 1, k), np.float16)
     tail_lse = np.empty((N, L1 - 1, len(temperatures)), np.float32)
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     for start in tqdm(range(0, N, batch_size), desc="teacher top-k", unit="batch", disable=not progress):
         rows = slice(start, start + batch_size)
         out = teacher.logits(windows[rows, :-1].astype(np.int64))  # (B, L, V)
         ids[rows], logits[rows], tail_lse[rows] = teacher_topk(out, k, temperatures)
-    return TeacherCache(windows, ids, logits, tail_lse, temperatures, time.time() - started)
+    return TeacherCache(windows, ids, logits, tail_lse, temperatures, time.time() - started,
+                        time.process_time() - cpu_started)
 
 
 def window_order(num_windows, seed=1234):

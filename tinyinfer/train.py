@@ -229,7 +229,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     train_stream (which may then be None); batch `step` is windows[sample_rows(...)], and loss_fn
     is called with the rows too, loss_fn(params, config, inputs, targets, rows), so a cache of
     the teacher's outputs can be looked up by them. history.json's "step_seconds" counts training
-    steps only (no evaluation or checkpoints); max_train_seconds stops when it is reached.
+    steps only (no evaluation or checkpoints), "step_cpu_seconds" the same steps' process CPU time;
+    max_train_seconds stops when step_seconds reaches it.
 
     masks (name -> 0/1 array shaped like the parameter, e.g. prune.to_param_layout's) fine-tune a
     pruned model: the masked weights are zeroed at the start and AdamW.step keeps them, their
@@ -272,7 +273,7 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
     try:
         window_loss, window_start = [], time.time()
         while step < tc.max_steps and not stop["now"]:
-            step_start = time.perf_counter()
+            step_start, step_cpu_start = time.perf_counter(), time.process_time()
             loss, grads = batch_loss(params, model_config, tc, step, train_stream, windows, loss_fn)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {step}; lower the learning rate")
@@ -283,6 +284,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, train_stream, val_stream, 
             opt.step(params, grads, lr, masks=masks)
             step += 1
             history["step_seconds"] = history.get("step_seconds", 0.0) + time.perf_counter() - step_start
+            # process CPU time too: on a machine shared with other jobs wall time measures the neighbours
+            history["step_cpu_seconds"] = history.get("step_cpu_seconds", 0.0) + time.process_time() - step_cpu_start
             window_loss.append(loss)
             if step % 25 == 0 or step == tc.max_steps:
                 tok_s = len(window_loss) * tokens_per_step / (time.time() - window_start)

@@ -105,12 +105,14 @@ class FinetuneSettings:
     warmup_steps: int = 30      # each stage warms up again: pruning moved the weights
     weight_decay: float = 0.1   # as the teacher was trained
     seed: int = 1000            # stage i draws batches with seed + i (the same for pruned and dense runs)
-    check_windows: int = 4      # held-out windows train() itself checks at the end of a stage
+    check_windows: int = 4      # held-out windows train() itself checks at each evaluation
+    evals: int = 1              # held-out checks a stage (evenly spaced; the last at its end): a curve
 
     def train_config(self, stage: int) -> TrainConfig:
         return TrainConfig(seq_len=self.seq_len, batch_size=self.batch_size, max_steps=self.steps, lr=self.lr,
                            min_lr=self.min_lr, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
-                           seed=self.seed + stage, eval_every=self.steps, eval_windows=self.check_windows)
+                           seed=self.seed + stage, eval_every=max(1, self.steps // max(1, self.evals)),
+                           eval_windows=self.check_windows)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,16 +124,21 @@ def float32_params(model: Model) -> dict:
 
 
 def finetune(model: Model, masks: dict | None, train_stream, val_stream, settings: FinetuneSettings,
-             stage: int, out_dir, progress: bool = True, log=print) -> Model:
+             stage: int, out_dir, progress: bool = True, log=print, windows=None, loss_fn=None) -> Model:
     """Fine-tune model for settings.steps steps (stage picks the batches); masks=None is the dense control.
 
     masks: param layout (prune.to_param_layout). out_dir holds train()'s resumable state, so an
     interrupted stage continues where it stopped and a finished one is read back unchanged.
     The model passed in is not modified.
+    windows (N, seq_len + 1): train on these fixed windows instead of random ones of train_stream
+    (which may then be None); loss_fn(params, config, inputs, targets, rows) replaces cross-entropy,
+    e.g. tinyinfer.distill.cached_distillation_loss_fn: distillation from the dense teacher, whose
+    top-k logits were cached over the same windows. Runs with the same settings and stage see the
+    same batches whatever their loss, so a distilled run and its labels-only twin compare.
     """
     return train(model.config, settings.train_config(stage), train_stream, val_stream, Path(out_dir),
                  tokenizer=model.tokenizer, progress=progress, init_from=float32_params(model), log=log,
-                 masks=masks)
+                 masks=masks, windows=windows, loss_fn=loss_fn)
 
 
 def weights_of(model: Model) -> dict:

@@ -1,0 +1,153 @@
+"""One-shot pruning of a real model: magnitude vs Wanda vs SparseGPT on SmolLM2-135M, 50% and 2:4.
+
+    OPENBLAS_NUM_THREADS=1 python -m tinyinfer.bench.prune_smollm2 \\
+        --json benchmarks/smollm2_pruning.json --md benchmarks/smollm2_pruning.md
+
+Lesson: lessons/05-pruning.py
+
+The weights pruned are the GGUF file's Q4_1 blocks expanded to float32 (tinyinfer.load("smollm2",
+dtype="float32")), so "dense" below means that float model. Every block linear layer (q, k, v, o,
+gate, up, down of all 30 blocks) is pruned; the tied embedding / head and the norms stay dense.
+Calibration: --calib-windows random windows of --calib-len tokens of the corpus' training split;
+SparseGPT calibrates block by block on the already pruned earlier blocks (tinyinfer/hessian.py,
+within_block="block" as in the reference code), Wanda uses the dense model's input norms.
+Held-out: perplexity and top-1 on the first --windows windows of 256 tokens of the validation split.
+
+Python's standard library (the corpus) is very likely in SmolLM2's training data, so these figures
+compare the methods with each other; they are not a claim about how well the model generalizes.
+Beside them, the published figures (WikiText-2 perplexity) for OPT-125M and Llama-2-7B at 50%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from . import machine
+
+# (model, method) -> WikiText-2 perplexity at 50% unstructured, one-shot (SparseGPT paper, Table 1;
+# Wanda paper, Table 3)
+PUBLISHED = {
+    "OPT-125M": {"dense": 27.66, "magnitude": 193.0, "sparsegpt": 37.0},
+    "Llama-2-7B": {"dense": 5.12, "magnitude": 14.89, "wanda": 6.42, "sparsegpt": 6.51},
+}
+LEVELS = {"50%": {"sparsity": 0.5}, "2:4": {"n": 2, "m": 4}}
+
+
+def prune_one(model, level, method, calib, norms, progress):
+    """(pruned model, seconds of CPU) for one level and method."""
+    from ..sparse import prune
+    from ..sparse.sparsegpt import sparsegpt_prune_model
+
+    t0 = time.process_time()
+    spec = LEVELS[level]
+    if method == "sparsegpt":
+        pruned, _ = sparsegpt_prune_model(model, calib, within_block="block", progress=progress, batch=4, **spec)
+        return pruned, time.process_time() - t0
+    weights = prune.linear_weights(model)
+    if method == "magnitude":
+        masks = prune.nm_masks(weights, 2, 4) if "n" in spec else prune.magnitude_masks(weights, spec["sparsity"])
+    else:
+        masks = (prune.nm_masks(weights, 2, 4, input_norms=norms) if "n" in spec
+                 else prune.wanda_masks(weights, norms, spec["sparsity"]))
+    return prune.apply_masks(model, prune.to_param_layout(masks, model.config)), time.process_time() - t0
+
+
+def study(args) -> dict:
+    from tqdm import tqdm
+
+    from .. import load
+    from ..corpus import token_stream
+    from ..sparse import prune
+    from ..sparse.experiment import calibration_ids
+    from .smollm2 import quality
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load("smollm2", dtype="float32")
+    train_stream = token_stream(model.tokenizer, "train", progress=args.progress)
+    token_stream(model.tokenizer, "val", progress=args.progress)  # tokenized (and cached) once, before timing
+    calib = calibration_ids(train_stream, args.calib_windows, args.calib_len, args.seed)
+    result = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "progress"},
+              "published": PUBLISHED, "rows": {}}
+    rows_path = out / "rows.json"
+    rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
+    if "dense" not in rows:
+        rows["dense"] = {"method": "dense", "level": "0%", **quality(model, args.windows)}
+        rows_path.write_text(json.dumps(rows, indent=1))
+    norms = None
+    jobs = [(level, method) for level in args.levels for method in ("magnitude", "wanda", "sparsegpt")]
+    for level, method in tqdm(jobs, desc="SmolLM2 pruning", unit="model", disable=not args.progress):
+        key = f"{method} {level}"
+        if key in rows:
+            continue
+        if method == "wanda" and norms is None:
+            norms = prune.collect_input_norms(model, calib, batch_size=2)
+        pruned, cpu = prune_one(model, level, method, calib, norms, args.progress)
+        rows[key] = {"method": method, "level": level, "prune_cpu_seconds": cpu, **quality(pruned, args.windows)}
+        rows_path.write_text(json.dumps(rows, indent=1))  # resumable: finished rows are kept
+        del pruned
+    result["rows"] = rows
+    return result
+
+
+def _cell(ppl: dict, method: str) -> str:
+    """"14.89 (2.91×)": a perplexity and its ratio to the dense model's, or a dash when not measured."""
+    return f"{ppl[method]:.2f} ({ppl[method] / ppl['dense']:.2f}×)" if method in ppl else "—"
+
+
+def write_markdown(r, path):
+    s, m, rows = r["settings"], r["machine"], r["rows"]
+    dense = rows["dense"]
+    lines = ["# One-shot pruning of SmolLM2-135M: magnitude, Wanda, SparseGPT", "",
+             f"Generated by `python -m tinyinfer.bench.prune_smollm2` ({time.strftime('%Y-%m-%d')}) on {m['cpu']} "
+             f"({m['cores']} cores, NumPy {m['numpy']}, one BLAS thread, shared with other jobs).",
+             f"Weights: the GGUF file's Q4_1 blocks expanded to float32 (\"dense\" = that model); every block linear "
+             f"layer pruned, embedding/head and norms kept. Calibration: {s['calib_windows']} random windows of "
+             f"{s['calib_len']} tokens of the corpus' training split (seed {s['seed']}). Held-out: the first "
+             f"{s['windows']} windows of 256 tokens of the validation split ({dense['positions']:,} positions).", "",
+             "**Caveat.** The corpus is Python's standard library, which is very likely in SmolLM2's training data: "
+             "these perplexities compare the pruning methods with each other on the same text; they say nothing "
+             "about how well the model generalizes, and they are not comparable in size with WikiText-2 figures.", "",
+             "| method | level | perplexity | × dense | top-1 | prune CPU s |", "|---|---|---|---|---|---|",
+             f"| dense (Q4_1 expanded) | 0% | {dense['perplexity']:.3f} | 1.00 | {100 * dense['top1']:.2f}% | |"]
+    for key, row in rows.items():
+        if key == "dense":
+            continue
+        lines.append(f"| {row['method']} | {row['level']} | {row['perplexity']:.3f} | "
+                     f"{row['perplexity'] / dense['perplexity']:.2f} | {100 * row['top1']:.2f}% | "
+                     f"{row['prune_cpu_seconds']:.0f} |")
+    lines += ["", "## Beside the published figures (50% unstructured, one-shot, WikiText-2 perplexity)", "",
+              "| model | dense | magnitude | Wanda | SparseGPT |", "|---|---|---|---|---|"]
+    ours = {row["method"]: row["perplexity"] for row in rows.values() if row["level"] in ("0%", "50%")}
+    table = {f"{name} (published)": pub for name, pub in PUBLISHED.items()}
+    table["SmolLM2-135M, this corpus (measured)"] = ours
+    for name, ppl in table.items():
+        cells = " | ".join(_cell(ppl, k) for k in ("magnitude", "wanda", "sparsegpt"))
+        lines.append(f"| {name} | {ppl['dense']:.2f} | {cells} |")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--calib-windows", type=int, default=256, help="calibration sequences (training split)")
+    p.add_argument("--calib-len", type=int, default=128, help="tokens per calibration sequence")
+    p.add_argument("--seed", type=int, default=0, help="which random calibration windows")
+    p.add_argument("--windows", type=int, default=16, help="held-out windows of 256 tokens")
+    p.add_argument("--out", default="runs/prune_smollm2", help="finished rows are kept here (resumable)")
+    p.add_argument("--json")
+    p.add_argument("--md")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    r = study(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    if args.md:
+        write_markdown(r, args.md)
+    print(json.dumps(r["rows"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
