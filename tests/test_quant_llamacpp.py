@@ -1,8 +1,8 @@
 """Our blocks and products against llama.cpp's own C code (the ggml libraries llama-cpp-python ships).
 
 Three things, through ctypes (no model file needed):
-- weights: QTensor bytes equal ggml_quantize_chunk's for every format (IQ4_NL's scale search too,
-  with and without importance weights), on awkward shapes;
+- weights: QTensor bytes equal ggml_quantize_chunk's for every format, on awkward shapes, without
+  and with an imatrix (the importance-weighted scale searches of q4_0, q4_1, q5_0, q5_1, iq4_nl);
 - activations: our Q8_0 / Q8_1 blocks equal the CPU backend's quantize_row_q8_0 / q8_1 (the SIMD
   code llama.cpp runs on this machine, not the _ref one);
 - products: a decode row equals the CPU backend's vec_dot bit for bit for q8_0, q4_0, q4_1, q5_0
@@ -89,6 +89,16 @@ def test_iq4_nl_with_importance_equals_ggml(ggml, w, seed):
     structs = np.empty(ours["d"].shape, BLOCK_DTYPES["iq4_nl"])
     structs["d"], structs["qs"] = ours["d"], ours["qs"]
     assert np.array_equal(structs.reshape(-1).view(np.uint8), ggml_quantize(ggml[0], w, "iq4_nl", column_weights))
+
+
+@pytest.mark.parametrize("fmt", list(GGML_TYPE))
+@settings(max_examples=20, deadline=None)
+@given(w=matrices(), seed=st.integers(0, 2**31), spread=st.sampled_from([1.0, 1e3]))
+def test_bytes_with_an_imatrix_equal_ggml_quantize_chunk(ggml, fmt, w, seed, spread):
+    # llama-quantize --imatrix: ggml_quantize_chunk with one weight per column (q4_0, q4_1, q5_0, q5_1
+    # and iq4_nl search their scales with it; q8_0 ignores it)
+    imatrix = (np.random.default_rng(seed).uniform(0.01, 1, w.shape[1]) * spread).astype(np.float32)
+    assert np.array_equal(quantize(w, fmt, importance=imatrix).to_bytes(), ggml_quantize(ggml[0], w, fmt, imatrix))
 
 
 @settings(max_examples=25, deadline=None)

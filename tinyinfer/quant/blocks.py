@@ -147,8 +147,11 @@ def pack_q4_0(q):
 # Q8_0: d = amax / 127, q = roundf(w / d)
 
 
-def quantize_q8_0(w):
-    """w: float32 (N, K) -> {"d": float16 (N, NB), "qs": int8 (N, NB, 32)} (quantize_row_q8_0_ref)."""
+def quantize_q8_0(w, importance=None):
+    """w: float32 (N, K) -> {"d": float16 (N, NB), "qs": int8 (N, NB, 32)} (quantize_row_q8_0_ref).
+
+    importance is accepted and unused, as ggml's quantize_q8_0 ignores an imatrix: with 255 levels
+    there is no scale search to weight."""
     blocks = _blocks(w)
     d = np.abs(blocks).max(axis=-1) / np.float32(127)  # float32, *not* yet float16: ggml divides by this one
     q = roundf(blocks * inverse_scale(d)[..., None])  # float32 product, as in C
@@ -159,8 +162,14 @@ def quantize_q8_0(w):
 # Q4_0: d = signed max / -8, q = min(15, trunc(w / d + 8.5)), value (q - 8) * d
 
 
-def quantize_q4_0(w):
-    """w: float32 (N, K) -> {"d", "qs": packed nibbles uint8 (N, NB, 16)} (quantize_row_q4_0_ref)."""
+def quantize_q4_0(w, importance=None):
+    """w: float32 (N, K) -> {"d", "qs": packed nibbles uint8 (N, NB, 16)} (quantize_row_q4_0_ref).
+
+    With importance (K,) or (N, K): ggml's weighted scale search instead (quantize_row_q4_0_impl,
+    see the section "importance-weighted scale searches" below)."""
+    if importance is not None:
+        d, L = weighted_q_search(w, importance, nmax=8)  # L in 0..15, value (L - 8) * d
+        return {"d": to_float16(d), "qs": pack_nibbles(L)}
     blocks = _blocks(w)
     d = _signed_max(blocks) / np.float32(-8)  # the max element lands on q = 0, i.e. value -8 * d
     # + 8.5 in float32 then truncation (the int8_t cast): round half up around the offset 8.
@@ -186,8 +195,13 @@ def _quantize_with_min(w, levels):
     return to_float16(d), to_float16(lo), q
 
 
-def quantize_q4_1(w):
-    """w: float32 (N, K) -> {"d", "m": float16 (N, NB), "qs": nibbles (N, NB, 16)} (quantize_row_q4_1_ref)."""
+def quantize_q4_1(w, importance=None):
+    """w: float32 (N, K) -> {"d", "m": float16 (N, NB), "qs": nibbles (N, NB, 16)} (quantize_row_q4_1_ref).
+
+    With importance: ggml's weighted search for d and m (quantize_row_q4_1_impl)."""
+    if importance is not None:
+        d, m, q = weighted_qk_search(w, importance, nmax=15)
+        return {"d": to_float16(d), "m": to_float16(m), "qs": pack_nibbles(q)}
     d, m, q = _quantize_with_min(w, 15)
     return {"d": d, "m": m, "qs": pack_nibbles(q)}
 
@@ -196,8 +210,13 @@ def quantize_q4_1(w):
 # Q5_0: d = signed max / -16, q = min(31, trunc(w / d + 16.5)), value (q - 16) * d
 
 
-def quantize_q5_0(w):
-    """w: float32 (N, K) -> {"d", "qh": uint8 (N, NB, 4), "qs": nibbles} (quantize_row_q5_0_ref)."""
+def quantize_q5_0(w, importance=None):
+    """w: float32 (N, K) -> {"d", "qh": uint8 (N, NB, 4), "qs": nibbles} (quantize_row_q5_0_ref).
+
+    With importance: ggml's weighted scale search (quantize_row_q5_0_impl)."""
+    if importance is not None:
+        d, q = weighted_q_search(w, importance, nmax=16)  # q in 0..31, value (q - 16) * d
+        return {"d": to_float16(d), "qh": pack_high_bits(q), "qs": pack_nibbles(q & 0x0F)}
     blocks = _blocks(w)
     d = _signed_max(blocks) / np.float32(-16)
     shifted = blocks * inverse_scale(d)[..., None] + np.float32(16.5)
@@ -209,8 +228,13 @@ def quantize_q5_0(w):
 # Q5_1: d = (max - min) / 31, m = min, value q * d + m
 
 
-def quantize_q5_1(w):
-    """w: float32 (N, K) -> {"d", "m", "qh", "qs"} (quantize_row_q5_1_ref)."""
+def quantize_q5_1(w, importance=None):
+    """w: float32 (N, K) -> {"d", "m", "qh", "qs"} (quantize_row_q5_1_ref).
+
+    With importance: ggml's weighted search for d and m (quantize_row_q5_1_impl)."""
+    if importance is not None:
+        d, m, q = weighted_qk_search(w, importance, nmax=31)
+        return {"d": to_float16(d), "m": to_float16(m), "qh": pack_high_bits(q), "qs": pack_nibbles(q & 0x0F)}
     d, m, q = _quantize_with_min(w, 31)
     return {"d": d, "m": m, "qh": pack_high_bits(q), "qs": pack_nibbles(q & 0x0F)}
 
@@ -294,13 +318,14 @@ def _iq4_nl_blocks(x, importance, ntry):
 def quantize_iq4_nl(w, importance=None, ntry=7, chunk=1 << 16):
     """w: float32 (N, K) -> {"d", "qs": nibbles of level indices} (ggml's quantize_iq4_nl).
 
-    importance: optional float32 (N, K) weights of the errors (an imatrix row repeated, say);
+    importance: optional float32 (K,) or (N, K) weights of the errors (an imatrix: one value per
+    input column, the same for every row);
     ntry = 7 as llama-quantize, -1 for quantize_row_iq4_nl_ref. Works through `chunk` blocks at a
     time so memory stays bounded on an embedding-sized matrix.
     """
     N, K = w.shape
     x = w.reshape(-1, BLOCK)  # (M, 32), M = N * NB
-    qw = None if importance is None else np.asarray(importance, np.float32).reshape(-1, BLOCK)
+    qw = None if importance is None else np.broadcast_to(np.asarray(importance, np.float32), (N, K)).reshape(-1, BLOCK)
     d = np.empty(x.shape[0], np.float32)
     levels = np.empty(x.shape, np.uint8)
     for s in range(0, x.shape[0], chunk):
@@ -308,6 +333,238 @@ def quantize_iq4_nl(w, importance=None, ntry=7, chunk=1 << 16):
                                                               ntry)
     NB = K // BLOCK
     return {"d": to_float16(d).reshape(N, NB), "qs": pack_nibbles(levels).reshape(N, NB, HALF)}
+
+
+# --------------------------------------------------------------------------------------------
+# importance-weighted scale searches: what llama-quantize does with an imatrix
+#
+# Round-to-nearest fixes a block's scale from its largest weight(s) and rounds every weight on its
+# own. Given an importance vector (llama.cpp's "imatrix": for every input column k of a layer, the
+# mean of x_k^2 over calibration tokens; tinyinfer/quant/imatrix.py collects it), ggml instead
+# searches each block for the scale that minimises the weighted squared error
+#
+#     sum_j wt_j (w_j - value_j)^2,    wt_j = imatrix_k * sqrt(sigma2 + w_j^2),
+#
+# sigma2 = the mean of w^2 over the whole row. Why imatrix_k: the layer's output moves by
+# sum_k x_k (w_k - value_k), whose expected square, for inputs uncorrelated across columns, is
+# sum_k E[x_k^2] (w_k - value_k)^2: an error in a column that carries large activations costs
+# more. The sqrt(sigma2 + w^2) factor keeps part of the unweighted search's wish to get the large
+# weights right. (IQ4_NL's search above takes the same weights, with sigma2 per block.)
+#
+# Q4_0 / Q5_0 (ggml's make_qx_quants, nmax = 8 or 16): 19 trial inverse scales -(nmax + 0.1 t) / max,
+# t = 0, +-1, .., +-9; for each, every weight rounds to l in -nmax..nmax-1, the best scale for those
+# levels is d = sum(wt l w) / sum(wt l^2), which lowers the weighted error by d * sum(wt l w); the
+# trial that lowers it most wins. Q4_1 / Q5_1 (make_qkx3_quants, nmax = 15 or 31): the min/max
+# grid, then 37 trial ranges (max - min) / (nmax - 0.9 + 0.05 t), t = 0..36; for each, the least-
+# squares d and m for its levels (m clipped at 0: this minimum is never positive); the smallest
+# weighted error wins. Note what the searches return: the levels found with a *trial* scale and
+# the least-squares d for them, so a level is not always the one nearest to w / d.
+#
+# As everywhere in this file the float32 arithmetic follows ggml's C in order (sums added
+# j = 0..31 one after another), so the bytes equal llama-quantize's: tests/test_quant_llamacpp.py
+# compares them with ggml_quantize_chunk given the same imatrix.
+
+
+def nearest_int(v):
+    """ggml's nearest_int: float32 -> the nearest whole number, halves to *even* (it adds 1.5 * 2^23
+    and reads the bits; the float32 addition rounds to even). Kept as float32 for the products."""
+    return np.rint(v)
+
+
+def _in_order(terms):
+    """terms: float32 (..., n) -> (...): t_0 + t_1 + ... added left to right in float32, as a C loop
+    adds them (np.sum adds pairwise, which rounds differently)."""
+    return np.add.accumulate(terms, axis=-1)[..., -1]
+
+
+def importance_weights(w, importance, row_sigma2=None):
+    """ggml's per-weight weights of the _impl searches: float32 (N, K) = qw * sqrt(sigma2 + w^2).
+
+    w: float32 (N, K); importance: (K,) or (N, K); sigma2 = sum(w^2) / K of each row, added in
+    order (quantize_row_q4_0_impl and its siblings), unless row_sigma2 (N,) gives it.
+    """
+    N, K = w.shape
+    qw = np.broadcast_to(np.asarray(importance, np.float32), (N, K))
+    sigma2 = _in_order(w * w) / np.float32(K) if row_sigma2 is None else np.asarray(row_sigma2, np.float32)
+    return qw * np.sqrt(sigma2[:, None] + w * w)
+
+
+def make_qx_quants(x, wt, nmax):
+    """x, wt: float32 (M, 32) blocks and weights -> (d float32 (M,), L uint8 (M, 32) in 0..2 nmax - 1).
+
+    ggml's make_qx_quants with weights (rmse_type 1): value = (L - nmax) * d. A block whose largest
+    |x| is below GROUP_MAX_EPS gets d = 0 and L = 0.
+    """
+    signed_max = x[np.arange(len(x)), np.abs(x).argmax(axis=1)]  # (M,): the first largest |x|, with its sign
+    zero = np.abs(signed_max) < GROUP_MAX_EPS
+    safe_max = np.where(zero, np.float32(1), signed_max)  # zero blocks: any finite number, result discarded
+    wx = wt * x  # (M, 32): C computes w * x[i] * l as (w * x[i]) * l
+
+    def fit(iscale):  # (M,) trial inverse scales -> levels l (float32), sum(wt x l), sum(wt l^2)
+        l = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        return l, _in_order(wx * l), _in_order(wt * l * l)
+
+    with np.errstate(divide="ignore", invalid="ignore"):  # only all-zero (or zero-weight) blocks divide by 0
+        l, sumlx, suml2 = fit(np.float32(-nmax) / safe_max)  # the largest weight on level -nmax
+        d = np.where(suml2 != 0, sumlx / suml2, np.float32(0))
+        best = d * sumlx
+        for t in range(-9, 10):
+            if t == 0:
+                continue
+            trial, sumlx, suml2 = fit(-(np.float32(nmax) + np.float32(0.1) * np.float32(t)) / safe_max)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)  # lowers the error more than the best so far
+            l = np.where(better[:, None], trial, l)
+            d = np.where(better, sumlx / suml2, d)
+            best = np.where(better, d * sumlx, best)
+    d = np.where(zero, np.float32(0), d).astype(np.float32)
+    l[zero] = -nmax
+    return d, (l + nmax).astype(np.uint8)
+
+
+def make_qkx3_quants(x, wt, nmax, rmin=-0.9, rdelta=0.05, nstep=36):
+    """x, wt: float32 (M, 32) -> (d float32 (M,), m float32 (M,), L uint8 (M, 32) in 0..nmax).
+
+    ggml's make_qkx3_quants with weights (use_mad false): value = L * d + m, m <= 0 always.
+    """
+    f32 = np.float32
+    sum_w, sum_x = _in_order(wt), _in_order(wt * x)  # (M,)
+    m = _first_extreme(x, x.min(axis=1))  # ggml keeps the first of equal minima (the sign of a zero)
+    m = np.where(m > 0, f32(0), m)
+    hi = x.max(axis=1)
+    flat = hi <= m  # nothing to spread over the levels: d = 0, all levels 0
+    hi = np.where(flat, m + f32(1), hi)  # any span, result discarded
+
+    def levels(iscale, m):  # the levels of x for inverse scale iscale and minimum m
+        return np.clip(nearest_int(iscale[:, None] * (x - m[:, None])), 0, nmax)
+
+    def error(d, m, L):  # sum wt (L d + m - x)^2, in order
+        diff = d[:, None] * L + m[:, None] - x
+        return _in_order(wt * (diff * diff))
+
+    iscale = f32(nmax) / (hi - m)
+    d = f32(1) / iscale
+    L = levels(iscale, m)
+    best = error(d, m, L)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for t in range(nstep + 1):
+            # ggml's loop reads the *current* minimum here, which an earlier trial may have lowered
+            iscale = (f32(rmin) + f32(rdelta) * f32(t) + f32(nmax)) / (hi - m)
+            trial = levels(iscale, m)
+            wl = wt * trial
+            sum_l, sum_l2, sum_xl = _in_order(wl), _in_order(wl * trial), _in_order(wl * x)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_d = (sum_w * sum_xl - sum_x * sum_l) / D  # least squares for d and m ...
+            this_m = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            positive = this_m > 0  # ... unless m comes out positive: then m = 0 and d alone
+            this_m = np.where(positive, f32(0), this_m)
+            this_d = np.where(positive, sum_xl / sum_l2, this_d)
+            better = (D > 0) & (error(this_d, this_m, trial) < best)
+            best = np.where(better, error(this_d, this_m, trial), best)
+            L = np.where(better[:, None], trial, L)
+            d = np.where(better, this_d, d)
+            m = np.where(better, this_m, m)
+    d = np.where(flat, f32(0), d).astype(np.float32)
+    L[flat] = 0
+    return d, m.astype(np.float32), L.astype(np.uint8)
+
+
+def _weighted_blocks(w, importance, search, chunk=1 << 16):
+    """Run `search(x, wt)` over the blocks of w (N, K), `chunk` blocks at a time -> its outputs,
+    each reshaped to (N, NB) or (N, NB, 32)."""
+    N, K = w.shape
+    wt = importance_weights(w, importance).reshape(-1, BLOCK)  # (M, 32)
+    x = w.reshape(-1, BLOCK)
+    parts = [search(x[s:s + chunk], wt[s:s + chunk]) for s in range(0, len(x), chunk)]
+    return tuple(np.concatenate(p).reshape(N, K // BLOCK, *p[0].shape[1:]) for p in zip(*parts))
+
+
+def weighted_q_search(w, importance, nmax):
+    """Q4_0 (nmax 8) / Q5_0 (nmax 16) with an imatrix: w (N, K) -> (d float32 (N, NB), L uint8 (N, NB, 32))."""
+    return _weighted_blocks(w, importance, lambda x, wt: make_qx_quants(x, wt, nmax))
+
+
+def weighted_qk_search(w, importance, nmax):
+    """Q4_1 (nmax 15) / Q5_1 (nmax 31) with an imatrix: w (N, K) -> (d, m float32 (N, NB), L uint8 (N, NB, 32))."""
+    return _weighted_blocks(w, importance, lambda x, wt: make_qkx3_quants(x, wt, nmax))
+
+
+# --------------------------------------------------------------------------------------------
+# one block's grid, then rounding against it: what GPTQ (gptq.py) needs
+#
+# GPTQ rounds a matrix one column at a time and changes the columns not yet rounded, so it cannot
+# call a format's quantizer once on the finished matrix. It asks for each block's scale (and
+# minimum) when it reaches the block, from the block's weights as they are then, and afterwards
+# rounds every column of the block against that grid.
+
+
+def block_scales(fmt, x, importance=None, row_sigma2=None):
+    """x: float32 (M, 32) blocks -> (d float32 (M,), m float32 (M,) or None): the scale (and minimum)
+    ggml's rule for fmt gives each block, before rounding to float16; with importance ((32,) or
+    (M, 32)) the weighted search's (row_sigma2 (M,): the sigma2 of each block's row, default the
+    block's own mean of x^2)."""
+    if fmt == "iq4_nl":
+        qw = None if importance is None else np.broadcast_to(np.asarray(importance, np.float32), x.shape)
+        return _iq4_nl_blocks(x, qw, ntry=7)[0], None
+    if importance is not None and fmt != "q8_0":
+        sigma2 = _in_order(x * x) / np.float32(BLOCK) if row_sigma2 is None else row_sigma2
+        wt = importance_weights(x, importance, sigma2)
+        if fmt in WITH_MIN:
+            d, m, _ = make_qkx3_quants(x, wt, {"q4_1": 15, "q5_1": 31}[fmt])
+            return d, m
+        return make_qx_quants(x, wt, {"q4_0": 8, "q5_0": 16}[fmt])[0], None
+    if fmt == "q8_0":
+        return np.abs(x).max(axis=-1) / np.float32(127), None
+    if fmt in WITH_MIN:
+        lo, hi = _first_extreme(x, x.min(axis=-1)), _first_extreme(x, x.max(axis=-1))
+        with np.errstate(over="ignore"):
+            return (hi - lo) / np.float32(SCALE_DIVISOR[fmt]), lo  # 15 or 31 steps
+    return _signed_max(x) / np.float32(-SCALE_DIVISOR[fmt]), None  # max / -8 or max / -16
+
+
+CODE_RANGE = {"q8_0": (-127, 127), "q4_0": (0, 15), "q4_1": (0, 15), "q5_0": (0, 31), "q5_1": (0, 31),
+              "iq4_nl": (0, 15)}  # what a block stores per weight (IQ4_NL: an index into its table)
+
+
+def round_to_grid(fmt, x, d, m=None):
+    """x: float32 (M, n) weights, d (and m): float32 (M,) their blocks' scale (and minimum) ->
+    the codes a block stores, (M, n) int8 for q8_0 and uint8 otherwise.
+
+    ggml's rounding rules (Q8_0 roundf; Q4_0/Q5_0 trunc(x/d + 8.5 or 16.5); Q4_1/Q5_1
+    trunc((x - m)/d + 0.5); IQ4_NL the nearest table level), clamped to the format's range on both
+    sides: GPTQ's updates can carry a weight past the range its block's scale was chosen for.
+    """
+    inv = inverse_scale(np.asarray(d, np.float32))[:, None]  # (M, 1)
+    lo, hi = CODE_RANGE[fmt]
+    if fmt == "q8_0":
+        return np.clip(roundf(x * inv), lo, hi).astype(np.int8)
+    if fmt == "iq4_nl":
+        return iq4_nl_nearest(inv * x)
+    if fmt in WITH_MIN:
+        shifted = (x - np.asarray(m, np.float32)[:, None]) * inv + np.float32(0.5)
+    else:
+        shifted = x * inv + np.float32({"q4_0": 8.5, "q5_0": 16.5}[fmt])
+    return np.clip(np.trunc(shifted), lo, hi).astype(np.uint8)
+
+
+def code_levels(fmt, codes):
+    """codes as round_to_grid returns them -> the integer level each stands for, float32:
+    q8_0 q; q4_0 q - 8; q5_0 q - 16; q4_1 / q5_1 q; iq4_nl IQ4_NL_VALUES[q]. value = level * d (+ m)."""
+    if fmt == "iq4_nl":
+        return _LEVELS[codes]
+    offset = {"q4_0": 8, "q5_0": 16}.get(fmt, 0)
+    return codes.astype(np.float32) - np.float32(offset)
+
+
+def pack_codes(fmt, codes, d, m=None):
+    """codes (N, NB, 32) and float16 d (and m) (N, NB) -> the block fields {"d", "m", "qh", "qs"} fmt has."""
+    if fmt == "q8_0":
+        return {"d": d, "qs": codes.astype(np.int8)}
+    parts = {"d": d, "qs": pack_nibbles(codes & 0x0F)}
+    if fmt in WITH_MIN:
+        parts["m"] = m
+    if fmt in WITH_HIGH_BITS:
+        parts["qh"] = pack_high_bits(codes)
+    return parts
 
 
 QUANTIZERS = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0, "q4_1": quantize_q4_1, "q5_0": quantize_q5_0,

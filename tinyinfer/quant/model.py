@@ -34,12 +34,22 @@ def linear_weight_names(config) -> list[str]:
     return [layer_names(config, i)[role] + ".weight" for i in range(config.n_layer) for role in roles]
 
 
-def quantize_model(model: Model, fmt: str = "q8_0", quantize_head: bool = False) -> Model:
-    """A new Model sharing the float parameters and holding QTensors for the linear weights."""
+def quantize_model(model: Model, fmt: str = "q8_0", quantize_head: bool = False, imatrix: dict | None = None) -> Model:
+    """A new Model sharing the float parameters and holding QTensors for the linear weights.
+
+    imatrix: {weight name: (K,) mean squared input of each column} (tinyinfer/quant/imatrix.py:
+    collect_imatrix): every linear layer's blocks are then rounded with ggml's importance-weighted
+    scale search, as llama-quantize --imatrix does. A layer it does not cover (an untied head)
+    is rounded without it.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {sorted(FORMATS)}, got {fmt!r}")
     config = model.config
     params = dict(model.params)
+    if imatrix is not None:
+        from .imatrix import check_imatrix
+
+        imatrix = check_imatrix(imatrix, config, params)
     names = linear_weight_names(config)
     if quantize_head and not config.tie_word_embeddings:
         names.append(head_name(config))
@@ -49,7 +59,8 @@ def quantize_model(model: Model, fmt: str = "q8_0", quantize_head: bool = False)
             raise ValueError(f"{name} is already quantized ({w.fmt}); quantize the float model instead")
         # GPT-2 stores Conv1D weights (K, N); QTensors are always (N, K), the layout the product reads
         w_nk = linear_weight(params, config, name[: -len(".weight")])
-        params[name] = quantize(np.ascontiguousarray(w_nk, dtype=np.float32), fmt)
+        importance = None if imatrix is None else imatrix.get(name)
+        params[name] = quantize(np.ascontiguousarray(w_nk, dtype=np.float32), fmt, importance=importance)
     return Model(config, params, model.tokenizer)
 
 
