@@ -28,7 +28,7 @@
 # | timing all rows interleaved, quality, the rows | `tinyinfer/tour/__init__.py: measure_speed`, `measure_quality`, `make_rows` |
 # | the table, report folder, plots | `tinyinfer/tour/report.py: format_table`, `write_report` |
 # | speculative decoding | `tinyinfer/speculative.py: speculative_generate`, `verify_greedy`, `verify_sampled` |
-# | GPT-2-small shape in fp32 / Q8_0 / Q4_0 | `tinyinfer/tour/realistic.py: run`, `quantize_all` |
+# | the same rows on a real model, SmolLM2-135M | `tinyinfer/tour/real_model.py: run_section` |
 #
 # The whole thing is one command: `tinyinfer tour` (about 10 minutes on 2 cores; `--quick` about 2).
 # This notebook runs the same functions on smaller settings so you can look inside.
@@ -55,7 +55,7 @@ from tinyinfer.quant.model import quantize_model, weight_bytes
 from tinyinfer.speculative import speculative_generate, token_probs
 from tinyinfer.tour import (TourSettings, make_rows, measure_quality, measure_speed, rotating_rounds,
                             speculative_sweep, timed)
-from tinyinfer.tour import decode, realistic
+from tinyinfer.tour import decode, real_model
 from tinyinfer.tour.report import format_table
 from tinyinfer.tour.stages import build_models, mark_missing, stages
 
@@ -114,7 +114,7 @@ plt.show()
 s = TourSettings(num_requests=2 if SMALL else 8, naive_requests=1 if SMALL else 2, prompt_len=32 if SMALL else 128, new_tokens=12 if SMALL else 64,
                  rounds=1 if SMALL else 3, eval_windows=2 if SMALL else 16, eval_seq_len=64 if SMALL else 128,
                  spec_ks=(1, 2, 4) if SMALL else (1, 2, 3, 4, 6, 8), spec_rounds=1 if SMALL else 2,
-                 spec_requests=1 if SMALL else 4, realistic_layers=0)
+                 spec_requests=1 if SMALL else 4, real_model=False)
 import time
 
 t_start = time.perf_counter()
@@ -126,7 +126,7 @@ mark_missing(table, missing)
 quality = measure_quality(models, table, val, s)
 times, tokens = measure_speed(table, models, work, s.rounds, s.naive_requests)
 rows = make_rows(table, models, quality, times, tokens, s)
-results = {"rows": rows, "speculative_sweep": sweep, "realistic": [], "targets": [], "machine": machine(),
+results = {"rows": rows, "speculative_sweep": sweep, "real_model": {"missing": "section 5"}, "targets": [], "machine": machine(),
            "wall_time_s": time.perf_counter() - t_start}
 print(format_table(results))
 
@@ -288,33 +288,34 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 5. At realistic size: where bits per weight do pay
+# ## 5. A real model: where bits per weight do pay
 #
-# Why did Q8_0 not speed up our teacher? A decode step reads every weight once, and 8.7 MB
-# live in the caches: the time goes to Python and NumPy calls. `tinyinfer/tour/realistic.py`
-# builds GPT-2 small's shape (124M parameters, random weights: speed does not depend on the
-# values) and times batch-1 decoding in each format. Two variants: "blocks" quantizes what
-# `quantize_model` does (the linear layers in the blocks), leaving the tied 50257 x 768 embedding
-# / head in float32, which every token still reads (154 MB); "all" quantizes it too, as
-# llama.cpp does. The notebook uses a smaller shape on small settings; `tinyinfer tour` runs
-# the real one.
+# Why did Q8_0 not speed up our teacher? A decode step reads every weight once, and 8.7 MB live
+# in the caches: the time goes to Python and NumPy calls. SmolLM2-135M-Instruct (lesson 11) is a
+# real model whose weights stream from memory at every token. `tinyinfer/tour/real_model.py:
+# run_section` runs the table's rows on it; here at a miniature size (a few requests, a few tokens:
+# enough to see the rows, not to time them well), `tinyinfer tour` at full size.
 
 # %%
-shape = dict(vocab_size=8192, n_embd=256, n_head=4) if SMALL else None
-real = realistic.run(n_layer=2 if SMALL else 12, new_tokens=2 if SMALL else 16, rounds=1 if SMALL else 2,
-                     config_overrides=shape)
-for x in real:
-    print(f"{x['format']:14s} {x['weight_mb']:8.1f} MB  {x['tokens_per_s']:7.2f} tokens/s  "
-          f"{x['ratio_vs_fp32']:.2f}x vs fp32")
-fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-ax[0].bar([x["format"] for x in real], [x["weight_mb"] for x in real], color="tab:gray")
-ax[0].set_ylabel("MB")
-ax[1].bar([x["format"] for x in real], [x["ratio_vs_fp32"] for x in real])
-ax[1].set_ylabel("decode speed vs fp32")
-for a in ax:
-    a.tick_params(axis="x", rotation=30)
-plt.tight_layout()
-plt.show()
+from tinyinfer.model_names import SMOLLM2_INSTALL, smollm2_available  # noqa: E402
+from tinyinfer.tour.report import real_model_lines  # noqa: E402
+
+if smollm2_available():
+    real = real_model.run_section(real_model.RealModelSettings(
+        requests=3, one_at_a_time=1, new_tokens=4 if SMALL else 16, eval_windows=1, eval_seq_len=32 if SMALL else 128,
+        long_len=48 if SMALL else 256, long_requests=2, calibration_windows=1), progress=False)
+    print("\n".join(real_model_lines(real)))
+    rows_real = real["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows_real) + 1.5))
+    ax.barh([r["key"] for r in rows_real][::-1], [r["ratio_vs_naive"] for r in rows_real][::-1], color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens/s relative to the naive baseline (log scale)")
+    ax.set_ylabel("row")
+    ax.set_title("SmolLM2-135M, miniature workload")
+    plt.tight_layout()
+    plt.show()
+else:
+    print(f"SmolLM2 is not installed ({SMOLLM2_INSTALL}); the real-model rows would be measured here")
 
 # %% [markdown]
 # ## 6. What holds and what does not

