@@ -146,31 +146,36 @@ class InferenceModel:
         if config.family != "llama":
             raise ValueError("forward_embeddings is for LLaMA-family models; GPT-2 adds position embeddings")
         positions = np.asarray(positions)
-        B, T, _ = x.shape
+        B, T, C = x.shape
         H, G, D = config.n_head, config.n_kv_head, config.head_dim
         eps = config.norm_eps
         cos, sin = self.rope(positions)  # (T, D) each
+        # Every token-wise step works on (B*T, C) rows: the products take 2-D x as it is (a 3-D x
+        # would go through their general input checks at every call, ~5 us each, 120 calls a token).
+        x = x.reshape(B * T, C)
         for i, layer in enumerate(self.layers):
-            h = ops.rmsnorm_forward(x, layer.norm1, eps)[0]  # (B, T, C)
+            h = ops.rmsnorm_forward(x, layer.norm1, eps)[0]  # (B*T, C)
             if layer.qkv is not None:
-                qkv = matmul(layer.qkv, h)  # (B, T, H*D + 2*G*D)
-                q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + G) * D], qkv[..., (H + G) * D:]
+                qkv = matmul(layer.qkv, h)  # (B*T, H*D + 2*G*D)
+                q, k, v = qkv[:, :H * D], qkv[:, H * D:(H + G) * D], qkv[:, (H + G) * D:]
             else:
                 q, k, v = matmul(layer.q, h), matmul(layer.k, h), matmul(layer.v, h)
             q = ops.rope_forward(q.reshape(B, T, H, D).transpose(0, 2, 1, 3), cos, sin)[0]  # (B, H, T, D)
             k = ops.rope_forward(k.reshape(B, T, G, D).transpose(0, 2, 1, 3), cos, sin)[0]  # (B, G, T, D)
             v = v.reshape(B, T, G, D).transpose(0, 2, 1, 3)  # (B, G, T, D)
             y = kv_cache.attend(i, q, k, v)  # (B, H, T, D)
-            x = x + matmul(layer.o, y.transpose(0, 2, 1, 3).reshape(B, T, H * D))
+            x = x + matmul(layer.o, y.transpose(0, 2, 1, 3).reshape(B * T, H * D))
             h = ops.rmsnorm_forward(x, layer.norm2, eps)[0]
             if layer.gate_up is not None:
-                gate_up = matmul(layer.gate_up, h)  # (B, T, 2F)
+                gate_up = matmul(layer.gate_up, h)  # (B*T, 2F)
                 F = gate_up.shape[-1] // 2
-                gate, up = gate_up[..., :F], gate_up[..., F:]
+                gate, up = gate_up[:, :F], gate_up[:, F:]
             else:
                 gate, up = matmul(layer.gate, h), matmul(layer.up, h)
             x = x + matmul(layer.down, ops.swiglu_forward(gate, up)[0])
+        x = x.reshape(B, T, C)
         if logits_rows is not None:
             x = x[:, logits_rows]  # (B, R, C)
-        x = ops.rmsnorm_forward(x, self.final_norm, eps)[0]
-        return matmul(self.head, x)  # (B, T, V)
+        R = x.shape[1]
+        x = ops.rmsnorm_forward(x.reshape(B * R, C), self.final_norm, eps)[0]
+        return matmul(self.head, x).reshape(B, R, -1)  # (B, R, V)
