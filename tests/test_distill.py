@@ -338,3 +338,20 @@ def test_study_refuses_a_single_seed():
 
     with pytest.raises(SystemExit, match="--seeds"):
         main(["--seeds", "0"])
+
+
+def test_distill_from_the_pruned_teacher(tmp_path):
+    """--init minitron starts the student from the teacher cut to the preset's shape: far below a random
+    start's loss after a single step; a preset whose head size differs from the teacher's is refused."""
+    import json
+
+    out = tmp_path / "student25"
+    quick = ["--max-docs", "30", "--seq-len", "32", "--batch-size", "2", "--eval-every", "1"]
+    distill_cli("--teacher", "teacher", "--preset", "student25", "--init", "minitron", "--out", str(out),
+                "--max-steps", "1", "--temperature", "1", "--alpha", "0.9", *quick)
+    history = json.loads((out / "history.json").read_text())
+    assert history["distill"]["init"] == "minitron" and (out / "minitron_init" / "model.safetensors").exists()
+    assert history["val"][0]["loss"] < np.log(1024) - 1.0  # random weights start at about log(V) = 6.93 nats
+    proc = distill_cli("--teacher", "tiny", "--preset", "student25", "--init", "minitron", "--out",
+                       str(tmp_path / "bad"), "--max-steps", "1", *quick, check=False)
+    assert proc.returncode != 0 and "head_dim" in proc.stderr

@@ -132,3 +132,38 @@ def test_calibrate_layers_sees_the_earlier_layers_changes(family):
     assert not np.allclose(seen_zero[last], seen_same[last])  # the last saw zeroed layers before it
     with pytest.raises(ValueError, match="within_block"):
         calibrate_layers(model, calib, lambda name, w, H: w, within_block="row", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# the command line, on the shipped tiny model
+
+
+def _cli(*args, check=True):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "tinyinfer", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tinyinfer {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("method, pattern", [("sparsegpt", "50%"), ("sparsegpt-2:4", "2:4")])
+def test_prune_command_runs_sparsegpt(tmp_path, method, pattern):
+    import tinyinfer
+
+    out = tmp_path / "pruned"
+    _cli("prune", "--model", "tiny", "--method", method, "--amount", "0.5", "--out", str(out),
+         "--calib-windows", "2", "--calib-seq-len", "64", "--min-sparsity", "1.0")  # keep every layer dense
+    model = tinyinfer.load(out)
+    for w in prune.linear_weights(model).values():
+        if pattern == "2:4":
+            assert np.all((w.reshape(w.shape[0], -1, 4) != 0).sum(axis=-1) <= 2)
+        else:
+            assert (w == 0).sum() >= round(0.5 * w.size)
+    proc = _cli("prune", "--model", "tiny", "--method", "sparsegpt", "--amount", "1.5", "--out", str(tmp_path / "x"),
+                check=False)
+    assert proc.returncode != 0 and "--amount" in proc.stderr

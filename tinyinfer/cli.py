@@ -122,7 +122,7 @@ def cmd_distill(args):
     settings = {"teacher": str(teacher_path), "teacher_params": teacher.num_params(),
                 "labels_only": args.labels_only,
                 "temperature": None if args.labels_only else args.temperature,
-                "alpha": None if args.labels_only else args.alpha}
+                "alpha": None if args.labels_only else args.alpha, "init": args.init}
     if args.cache_windows is not None:  # train on fixed windows, KD from the teacher's cached top-k
         settings.update(cache_windows=args.cache_windows, top_k=None if args.labels_only else args.top_k)
     record_run_settings(out_dir, settings)  # refuses to resume with other settings
@@ -136,12 +136,14 @@ def cmd_distill(args):
           f"({model_config.num_params() / teacher.num_params():.1%} of the teacher's {teacher.num_params():,}); "
           f"{loss}; {len(train_stream):,} training tokens, {tc.max_steps * tc.batch_size * tc.seq_len:,} planned")
     t0 = time.time()
+    init_from = (_minitron_init(teacher, model_config, train_stream, tc.seq_len, out_dir) if args.init == "minitron"
+                 else None)
     if args.cache_windows is not None:
-        _distill_from_cache(args, teacher, model_config, tc, train_stream, val_stream, out_dir, settings)
+        _distill_from_cache(args, teacher, model_config, tc, train_stream, val_stream, out_dir, settings, init_from)
     else:
         loss_fn = None if args.labels_only else distillation_loss_fn(teacher, args.temperature, args.alpha)
         train(model_config, tc, train_stream, val_stream, out_dir, tokenizer=teacher.tokenizer,
-              max_minutes=args.max_minutes, loss_fn=loss_fn)
+              max_minutes=args.max_minutes, loss_fn=loss_fn, init_from=init_from)
     # train() starts history.json afresh on a new run but keeps unknown keys when it resumes
     history_path = out_dir / "history.json"
     history = json.loads(history_path.read_text())
@@ -150,7 +152,37 @@ def cmd_distill(args):
     print(f"done in {time.time() - t0:.0f} s; student in {out_dir}")
 
 
-def _distill_from_cache(args, teacher, model_config, tc, train_stream, val_stream, out_dir, settings):
+def _minitron_init(teacher, model_config, train_stream, seq_len, out_dir, calib_windows=32):
+    """--init minitron: the teacher pruned in depth and width to the preset's shape (tinyinfer/sparse/minitron.py),
+    calibrated on random windows of the training split; its float32 parameters start the student.
+
+    Pruned once and kept as OUT/minitron_init (a resumed run starts from its own checkpoint anyway)."""
+    from . import load, save
+    from .sparse.experiment import calibration_ids
+    from .sparse.finetune import float32_params
+    from .sparse.minitron import minitron_prune
+
+    tc, sc = teacher.config, model_config
+    mismatch = [f"{k} {getattr(sc, k)} (teacher {getattr(tc, k)})" for k in ("head_dim", "n_kv_head", "vocab_size")
+                if getattr(sc, k) != getattr(tc, k)]
+    if mismatch or sc.family != "llama" or tc.family != "llama":
+        raise SystemExit("error: --init minitron prunes the teacher to the student's shape, so both must be llama with "
+                         f"the same head_dim, n_kv_head and vocab_size; the preset differs in: {', '.join(mismatch)}")
+    folder = Path(out_dir) / "minitron_init"
+    if not (folder / "model.safetensors").exists():
+        calib = calibration_ids(train_stream, calib_windows, seq_len + 1, seed=0)  # (W, T + 1)
+        try:
+            pruned, info = minitron_prune(teacher, calib, sc.n_layer, sc.n_embd, sc.n_head, sc.ffn_hidden)
+        except ValueError as e:
+            raise SystemExit(f"error: --init minitron: {e}") from None
+        save(pruned, folder)
+        print(f"minitron init: kept blocks {info['layers']} of {tc.n_layer}, C {tc.n_embd} -> {sc.n_embd}, "
+              f"heads {tc.n_head} -> {sc.n_head}, F {tc.ffn_hidden} -> {sc.ffn_hidden}")
+    return float32_params(load(folder))
+
+
+def _distill_from_cache(args, teacher, model_config, tc, train_stream, val_stream, out_dir, settings,
+                        init_from=None):
     """--cache-windows N: the teacher's top-k over N fixed windows, built once (timed, reused on resume),
     then tinyinfer.distill.train_on_windows; --labels-only trains on the same windows without it."""
     from .distill import (cached_distillation_loss_fn, load_or_build_cache, stream_windows, train_on_windows,
@@ -178,7 +210,7 @@ def _distill_from_cache(args, teacher, model_config, tc, train_stream, val_strea
         print(f"teacher top-{cache.k} cache: {len(cache.windows):,} windows, built in {cache.seconds:.0f} s")
         windows = cache.windows
     train_on_windows(model_config, tc, windows, val_stream, out_dir, loss_fn=loss_fn, tokenizer=teacher.tokenizer,
-                     max_minutes=args.max_minutes)
+                     max_minutes=args.max_minutes, init_from=init_from)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,15 +359,31 @@ def cmd_prune(args):
     min_sparsity = DEFAULT_MIN_SPARSITY if args.min_sparsity is None else args.min_sparsity
     model = load(resolve_model_path(args.model))
     calib_ids = None
-    if args.method == "wanda":
+    if args.method in ("wanda", "sparsegpt", "sparsegpt-2:4"):
         from .corpus import token_stream
         from .evaluate import eval_windows
 
         if model.tokenizer is None:
-            raise SystemExit("error: wanda calibrates on corpus text, but the model folder has no tokenizer.json")
+            raise SystemExit(f"error: {args.method} calibrates on corpus text, but the model folder has no "
+                             "tokenizer.json")
         seq_len = min(args.calib_seq_len, model.config.n_ctx)
         calib_ids = eval_windows(token_stream(model.tokenizer, "train"), seq_len, args.calib_windows)[:, :-1]
-    pruned = prune_model(model, args.method, args.amount, calib_ids)
+    if args.method.startswith("sparsegpt"):  # drop, then update the surviving weights (tinyinfer/sparse/sparsegpt.py)
+        import numpy as np
+
+        from .sparse.sparsegpt import sparsegpt_prune_model
+
+        if not 0.0 <= args.amount <= 1.0:
+            raise SystemExit(f"error: --amount must be a fraction in [0, 1], got {args.amount}")
+        if any(not isinstance(v, np.ndarray) for v in model.params.values()):
+            model = load(resolve_model_path(args.model), dtype="float32")  # a GGUF's blocks, expanded
+        spec = {"n": 2, "m": 4} if args.method == "sparsegpt-2:4" else {"sparsity": args.amount}
+        try:
+            pruned, _ = sparsegpt_prune_model(model, calib_ids, **spec)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"error: --method {args.method}: {e}") from None
+    else:
+        pruned = prune_model(model, args.method, args.amount, calib_ids)
     stored = sparsify_model(pruned, None, min_sparsity=min_sparsity)
     save(stored, args.out)
     layers = sparsity_report(stored).values()
@@ -472,6 +520,9 @@ def add_distill_parser(sub):
                         "train from that cache (no teacher pass per step; see lessons/06-distillation.py)")
     p.add_argument("--top-k", type=int, default=32, help="teacher logits kept per position in the cache (default 32)")
     p.add_argument("--cache", help="the cache file (default OUT/teacher_topK_firstN.safetensors); reused if it exists")
+    p.add_argument("--init", choices=["random", "minitron"], default="random",
+                   help="start from random weights (default) or from the teacher pruned in depth and width to the "
+                        "preset's shape (Minitron; the preset needs the teacher's head_dim and n_kv_head)")
     p.set_defaults(func=cmd_distill)
 
 
@@ -540,15 +591,19 @@ def add_prune_parser(sub):
                                    "expect the held-out loss to rise (check it with tinyinfer eval). Layers "
                                    "at least --min-sparsity zeros are stored as CSR, the rest dense.")
     p.add_argument("--model", default="teacher", help="model folder or shipped model name (default teacher)")
-    p.add_argument("--method", required=True, choices=["magnitude", "global", "wanda", "2:4", "heads", "neurons"],
+    p.add_argument("--method", required=True,
+                   choices=["magnitude", "global", "wanda", "sparsegpt", "2:4", "sparsegpt-2:4", "heads", "neurons"],
                    help="magnitude: smallest |w| per layer; global: smallest |w| over all layers; wanda: "
-                        "|w| x input norm per row (calibrated); 2:4: 2 of every 4; heads / neurons: whole "
-                        "attention heads / MLP neurons (a smaller dense model)")
+                        "|w| x input norm per row (calibrated); sparsegpt: drop, then update the kept weights to "
+                        "preserve each layer's output on calibration text; 2:4: 2 of every 4 (sparsegpt-2:4: "
+                        "chosen and repaired by SparseGPT); heads / neurons: whole attention heads / MLP neurons "
+                        "(a smaller dense model)")
     p.add_argument("--amount", type=float, default=0.5,
                    help="fraction to remove, per layer (global: overall); 2:4 needs 0.5 (default 0.5)")
     p.add_argument("--out", required=True, help="output folder (loadable with tinyinfer.load)")
-    p.add_argument("--calib-windows", type=int, default=32, help="wanda: windows of training text (default 32)")
-    p.add_argument("--calib-seq-len", type=int, default=256, help="wanda: tokens per window (default 256)")
+    p.add_argument("--calib-windows", type=int, default=32,
+                   help="wanda, sparsegpt: windows of training text (default 32)")
+    p.add_argument("--calib-seq-len", type=int, default=256, help="wanda, sparsegpt: tokens per window (default 256)")
     p.add_argument("--min-sparsity", type=float, default=None,
                    help="store a layer as CSR from this fraction of zeros (default: the measured speed "
                         "crossover, tinyinfer/sparse/model.py DEFAULT_MIN_SPARSITY)")

@@ -343,21 +343,23 @@ def cached_distillation_loss_fn(cache: TeacherCache, temperature=2.0, alpha=0.5)
 
 
 def train_on_windows(model_config, tc, windows, val_stream, out_dir, loss_fn=None, tokenizer=None,
-                     max_minutes=None, max_seconds=None, progress=True, log=print):
+                     max_minutes=None, max_seconds=None, progress=True, log=print, init_from=None):
     """Train a student on batches of fixed windows (N, T + 1): tinyinfer.train.train with windows=.
 
     loss_fn(params, config, inputs, targets, rows) -> (loss, grads); None is plain cross-entropy.
     rows are the windows' indices (a cached teacher is looked up by them), the same for every
     loss at a given (seed, step) (tinyinfer.train.sample_rows), so labels-only, on-the-fly and
     cached distillation see identical batches. Resumable; max_seconds counts training steps only.
-    Returns (model, history).
+    init_from: starting parameters (e.g. the teacher pruned to the student's shape,
+    tinyinfer/sparse/minitron.py) instead of a random initialisation. Returns (model, history).
     """
     from pathlib import Path
 
     from .train import train
 
     model = train(model_config, tc, None, val_stream, out_dir, tokenizer=tokenizer, max_minutes=max_minutes,
-                  progress=progress, log=log, loss_fn=loss_fn, windows=windows, max_train_seconds=max_seconds)
+                  progress=progress, log=log, loss_fn=loss_fn, windows=windows, max_train_seconds=max_seconds,
+                  init_from=init_from)
     return model, json.loads((Path(out_dir) / "history.json").read_text())
 
 
@@ -373,7 +375,7 @@ def record_run_settings(out_dir, settings: dict):
     if path.exists():
         before = json.loads(path.read_text())
         keys = (["labels_only"] if before.get("labels_only") != settings["labels_only"] else
-                ["temperature", "alpha", "cache_windows", "top_k"])
+                ["temperature", "alpha", "cache_windows", "top_k", "init"])
         changed = [f"--{key.replace('_', '-')} (was {before.get(key)}, now {settings.get(key)})"
                    for key in keys if before.get(key) != settings.get(key)]
         if Path(before["teacher"]).resolve() != Path(settings["teacher"]).resolve():

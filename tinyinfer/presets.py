@@ -9,6 +9,8 @@ tiny     LLaMA family, ~160K parameters, a few minutes of training: the model of
          Same tokenizer as the teacher.
 student  LLaMA family, 209K parameters (9.7% of the teacher), one layer: the model that
          `tinyinfer distill` trains from the teacher (lessons/06-distillation.py).
+student25  LLaMA family, 525K parameters (24.2% of the teacher), two layers, the teacher's head size
+         and KV heads: a shape the teacher can be pruned to (`tinyinfer distill --init minitron`).
 """
 from __future__ import annotations
 
@@ -52,6 +54,18 @@ PRESETS = {
         # its top-32, and then trains at ~1.2-1.5x the time of labels only.
         TrainConfig(seq_len=256, batch_size=8, max_steps=4000, lr=3e-3, min_lr=3e-4,
                     warmup_steps=200, eval_every=500, eval_windows=48),
+    ),
+    # 131,072 (embedding, tied head) + 2 * 196,864 (blocks) + 128 (final norm) = 524,928 parameters,
+    # 24.2% of the teacher's (the budget is 25%). Two blocks of C = 128, 4 query heads (2 per KV
+    # group) of head_dim 32, F = 384: the teacher's head size and KV heads are kept so that the
+    # teacher itself, pruned in depth (5 -> 2 blocks) and width (C 192 -> 128, 6 -> 4 heads,
+    # F 512 -> 384), is a valid starting point (tinyinfer/sparse/minitron.py). It is the 25% shape
+    # of the retention study (tinyinfer/bench/retention.py, benchmarks/retention.md).
+    "student25": (
+        ModelConfig(family="llama", vocab_size=TOKENIZER_VOCAB, n_layer=2, n_embd=128, n_head=4,
+                    n_kv_head=2, n_ctx=512, ffn_hidden=384, tie_word_embeddings=True, head_dim=32),
+        TrainConfig(seq_len=256, batch_size=8, max_steps=3000, lr=3e-3, min_lr=3e-4,
+                    warmup_steps=100, eval_every=500, eval_windows=48),
     ),
 }
 
