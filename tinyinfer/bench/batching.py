@@ -25,6 +25,7 @@ the aggregate of 32 concurrent requests against what one llama.cpp stream delive
 from __future__ import annotations
 
 import cProfile
+import inspect
 import pstats
 import statistics
 import time
@@ -33,7 +34,13 @@ import numpy as np
 
 from .timing import alternate, ratio_iqr, rounds_progress
 
-__all__ = ["decode_step_seconds", "bench_decode_scaling", "profile_step", "bench_llamacpp", "format_scaling",
+
+def tqdm_list(items, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+__all__ = ["DecodeBatch", "bench_designs", "weight_variants", "format_designs", "decode_step_seconds", "bench_attention_kinds", "bench_decode_scaling", "profile_step", "bench_llamacpp", "format_scaling",
            "format_llamacpp", "plot_scaling", "weight_bytes", "flops_per_token"]
 
 
@@ -62,49 +69,62 @@ def flops_per_token(model, context: int = 0) -> float:
     return 2.0 * (cfg.n_layer * (per_layer + attention) + C * cfg.vocab_size)
 
 
-def _engine_with_batch(fast, s, B: int, context: int, steps: int):
-    """An engine holding B sequences of `context` held-out tokens each, prefilled and decoding."""
-    from .engine import make_engine, params_for
-    from .workloads import corpus_prompts
+class DecodeBatch:
+    """An engine holding B sequences of `context` held-out tokens each, prefilled once, whose pure
+    decode steps (every sequence feeding one token) are timed as often as asked, so a benchmark can
+    alternate batch sizes round after round without prefilling again."""
 
-    m = fast.model
-    llm = make_engine(fast, s, max_num_seqs=B, max_num_batched_tokens=max(s.max_num_batched_tokens, B * context))
-    for prompt in corpus_prompts(m.tokenizer, [context] * B, s.seed + B, m.config.vocab_size):
-        llm.add_request(prompt, params_for(steps + 4))
-    llm.step()  # the prefill of all B
-    llm.step()  # two untimed decode steps
-    llm.step()
-    return llm
+    def __init__(self, fast, s, B: int, context: int, total_steps: int, attention: str = "rows"):
+        from ..engine import LLM
+        from .engine import params_for
+        from .workloads import corpus_prompts
+
+        m = fast.model
+        positions = context + total_steps + 8
+        self.B = B
+        self.llm = LLM(fast, block_size=s.block_size, max_num_seqs=B, max_num_batched_tokens=B * context,
+                       num_blocks=B * -(-positions // s.block_size), max_model_len=positions,
+                       enable_prefix_caching=False, attention=attention)
+        for prompt in corpus_prompts(m.tokenizer, [context] * B, s.seed + B, m.config.vocab_size):
+            self.llm.add_request(prompt, params_for(total_steps + 4))
+        self.llm.step()  # the prefill of all B
+        self.llm.step()  # two untimed decode steps
+        self.llm.step()
+
+    def time_steps(self, steps: int) -> list:
+        """Seconds of each of the next `steps` engine steps (each a pure decode step of B sequences)."""
+        seconds = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.llm.step()
+            seconds.append(time.perf_counter() - t0)
+            if self.llm.last_schedule.num_new_tokens != [1] * self.B:
+                raise RuntimeError(f"a timed step was not a pure decode step of {self.B} sequences")
+        return seconds
 
 
-def decode_step_seconds(fast, s, B: int, context: int, steps: int) -> list:
+def decode_step_seconds(fast, s, B: int, context: int, steps: int, attention: str = "rows") -> list:
     """Seconds of each of `steps` engine steps that decode exactly B sequences (one token each)."""
-    llm = _engine_with_batch(fast, s, B, context, steps)
-    seconds = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        llm.step()
-        seconds.append(time.perf_counter() - t0)
-        if llm.last_schedule.num_new_tokens != [1] * B:
-            raise RuntimeError(f"a timed step was not a pure decode step of {B} sequences")
-    return seconds
+    return DecodeBatch(fast, s, B, context, steps, attention).time_steps(steps)
 
 
 def profile_step(fast, s, B: int, context: int, steps: int = 3) -> dict:
     """Where the time of a decode step of B sequences goes (cProfile over `steps` steps): seconds a
     step in the quantized / dense products, attention, norms and activations, the rest."""
-    llm = _engine_with_batch(fast, s, B, context, steps)
+    batch = DecodeBatch(fast, s, B, context, steps)
     profiler = cProfile.Profile()
     t0 = time.perf_counter()
     profiler.enable()
-    for _ in range(steps):
-        llm.step()
+    batch.time_steps(steps)
     profiler.disable()
     wall = (time.perf_counter() - t0) / steps
     stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, ncalls, tottime, cumtime, callers)}
     parts = {"products": 0.0, "attention": 0.0, "norms_rope_swiglu": 0.0}
-    for (file, _, name), (_, _, _, cumtime, _) in stats.items():
-        if name == "matmul" and ("quant" in file or "model.py" in file or "csr" in file):
+    from .. import model as model_module
+
+    products = (inspect.getsourcefile(model_module.matmul), inspect.getsourcelines(model_module.matmul)[1])
+    for (file, line, name), (_, _, _, cumtime, _) in stats.items():
+        if (file, line) == products:  # model.matmul: every product of the forward goes through it once
             parts["products"] += cumtime
         elif name == "attention_rows" or name == "attend_numpy":
             parts["attention"] += cumtime
@@ -117,20 +137,25 @@ def profile_step(fast, s, B: int, context: int, steps: int = 3) -> dict:
     return out
 
 
-def bench_decode_scaling(fast, s, progress: bool = False) -> dict:
-    """Decode tokens/s for each batch size in s.batch_sizes, their fit and the crossover batch."""
+def bench_decode_scaling(fast, s, progress: bool = False, profile: bool = True, attention_kinds: bool = True) -> dict:
+    """Decode tokens/s for each batch size in s.batch_sizes, their fit and the crossover batch, the
+    machine's ceilings; with profile, a profile of the largest batch's step (profile_step); with
+    attention_kinds, what the batch-invariant attention costs against BLAS (bench_attention_kinds)."""
     from . import roofline
 
     m = fast.model
     sizes = list(s.batch_sizes)
     context = s.scaling_context
     decode_step_seconds(fast, s, sizes[0], 8, 2)  # warm-up
-    fns = {B: (lambda B=B: decode_step_seconds(fast, s, B, context, s.scaling_steps)) for B in sizes}
+    batches = {}
+    for B in (tqdm_list(sizes, "prefilling a batch of each size") if progress else sizes):
+        batches[B] = DecodeBatch(fast, s, B, context, s.scaling_steps * s.scaling_rounds)
     times = {B: [] for B in sizes}
     for r in rounds_progress(s.scaling_rounds, "decode steps by batch size", progress):
         k = r % len(sizes)
         for B in sizes[k:] + sizes[:k]:
-            times[B] += fns[B]()
+            times[B] += batches[B].time_steps(s.scaling_steps)
+    del batches
     step = {B: statistics.median(v) for B, v in times.items()}  # seconds
     flops = flops_per_token(m, context)
     rows = [{"batch": B, "step_ms": step[B] * 1e3, "tokens_per_s": B / step[B],
@@ -143,7 +168,9 @@ def bench_decode_scaling(fast, s, progress: bool = False) -> dict:
     wbytes = weight_bytes(m)
     ceilings = roofline.roofline(mb=256, quick=s.scaling_rounds <= 1)
     stream_s = wbytes / (ceilings["read_gbs_all_threads"] * 1e9)
-    profile = profile_step(fast, s, max(sizes), context) if m.num_params() > 1_000_000 else None
+    profile = profile_step(fast, s, max(sizes), context) if profile and m.num_params() > 1_000_000 else None
+    kinds = (bench_attention_kinds(fast, s, min(32, max(sizes)), context, min(256, s.max_model_len or 256), progress)
+             if attention_kinds else None)
     return {"context": context, "rows": rows, "rounds": s.scaling_rounds, "steps": s.scaling_steps,
             "weight_bytes": wbytes, "flops_per_token": flops,
             "fit": {"fixed_ms": fixed * 1e3, "per_token_ms": per_token * 1e3, "fitted_on": big},
@@ -151,8 +178,108 @@ def bench_decode_scaling(fast, s, progress: bool = False) -> dict:
             "crossover_batch": crossover,
             "stream_weights_ms": stream_s * 1e3,
             "memory_bound_tokens_per_s_at_1": 1.0 / stream_s,
-            "ceilings": ceilings, "profile": profile,
+            "ceilings": ceilings, "profile": profile, "attention_kinds": kinds,
             "seconds": {str(B): v for B, v in times.items()}}
+
+
+def bench_attention_kinds(fast, s, B: int = 32, context: int | None = None, prefill: int = 256,
+                          progress: bool = False) -> dict:
+    """What batch invariance costs: engine decode steps of B sequences with the batch-invariant
+    kernel ("rows") and with the BLAS way ("numpy"), alternated; and a prefill of `prefill` tokens
+    through the contiguous cache either way."""
+    from ..kv_cache import ContiguousKVCache
+    from .workloads import corpus_prompts
+
+    m = fast.model
+    context = context or s.scaling_context
+    steps, rounds = s.scaling_steps, s.scaling_rounds
+    batches = {kind: DecodeBatch(fast, s, B, context, steps * (rounds + 1), kind) for kind in ("rows", "numpy")}
+    ids = np.array([corpus_prompts(m.tokenizer, [prefill], s.seed + 9, m.config.vocab_size)[0]])
+
+    def prefill_seconds(kind):
+        cache = ContiguousKVCache(m.config, 1, m.dtype, max_len=prefill, attention=kind)
+        t0 = time.perf_counter()
+        fast.forward(ids, np.arange(prefill), cache, logits_rows=[-1])
+        return time.perf_counter() - t0
+
+    fns = {"decode rows": lambda: sum(batches["rows"].time_steps(steps)) / steps,
+           "decode numpy": lambda: sum(batches["numpy"].time_steps(steps)) / steps,
+           "prefill rows": lambda: prefill_seconds("rows"), "prefill numpy": lambda: prefill_seconds("numpy")}
+    times = alternate(fns, rounds, warmup=1, progress=progress, desc="attention: invariant kernel vs BLAS")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"batch": B, "context": context, "prefill_tokens": prefill, "rounds": rounds,
+            "decode_step_ms": {"rows": med["decode rows"] * 1e3, "numpy": med["decode numpy"] * 1e3},
+            "prefill_ms": {"rows": med["prefill rows"] * 1e3, "numpy": med["prefill numpy"] * 1e3},
+            "decode_rows_over_numpy": statistics.median(
+                [a / b for a, b in zip(times["decode rows"], times["decode numpy"])]),
+            "prefill_rows_over_numpy": statistics.median(
+                [a / b for a, b in zip(times["prefill rows"], times["prefill numpy"])]),
+            "decode_rows_over_numpy_iqr": ratio_iqr(times["decode rows"], times["decode numpy"]),
+            "prefill_rows_over_numpy_iqr": ratio_iqr(times["prefill rows"], times["prefill numpy"]),
+            "seconds": times}
+
+
+def weight_variants(model) -> dict:
+    """The same model with its products done other ways, for bench_designs: {name: Model}.
+
+    "as loaded": the file's blocks (Q4_1 layers, Q8_0 head), integer kernels, batch-invariant;
+    "float32 BLAS": every quantized weight expanded to float32 once, products by NumPy's BLAS
+      (sgemm for a batch): the fastest float products this machine has, but neither the file's
+      arithmetic (activations are not rounded to 8 bits) nor batch-invariant, and 5x the memory;
+    "Q8_0": the weights rounded again to Q8_0 (8-bit blocks: simpler to unpack than 4-bit ones)."""
+    from ..model import Model
+    from ..quant import QTensor, quantize
+
+    def convert(fn):
+        return Model(model.config, {name: fn(w) if isinstance(w, QTensor) else w for name, w in model.params.items()},
+                     model.tokenizer)
+
+    return {"as loaded": model,
+            "float32 BLAS": convert(lambda w: w.dequantize().astype(np.float32)),
+            "Q8_0": convert(lambda w: w if w.fmt == "q8_0" else quantize(w.dequantize(), "q8_0"))}
+
+
+def bench_designs(fast, s, batches=(1, 32), progress: bool = False) -> dict:
+    """Decode tokens/s of each weight_variants design at each batch size, alternated round by round,
+    and the GFLOP/s their products reach at these shapes (a layer's products alone, best of rounds)."""
+    from ..inference import InferenceModel
+    from ..model import matmul
+
+    variants = {name: InferenceModel(m) for name, m in weight_variants(fast.model).items()}
+    context, steps, rounds = s.scaling_context, s.scaling_steps, s.scaling_rounds
+    runs = {(name, B): DecodeBatch(v, s, B, context, steps * (rounds + 1))
+            for name, v in variants.items() for B in batches}
+    fns = {f"{name} @ {B}": (lambda run=run: statistics.median(run.time_steps(steps))) for (name, B), run in runs.items()}
+    times = alternate(fns, rounds, warmup=1, progress=progress, desc="designs of the products")
+    del runs
+    rows = []
+    rng = np.random.default_rng(0)
+    for name, v in variants.items():
+        layer = v.layers[0]
+        weights = [w for w in (layer.qkv, layer.o, layer.gate_up, layer.down) if w is not None]
+        for B in batches:
+            xs = [rng.standard_normal((B, w.shape[1])).astype(np.float32) for w in weights]  # w: (N, K)
+            best = []
+            for _ in range(max(3, rounds)):
+                t0 = time.perf_counter()
+                for w, x in zip(weights, xs):
+                    matmul(w, x)
+                best.append(time.perf_counter() - t0)
+            flops = sum(2 * B * w.shape[0] * w.shape[1] for w in weights)
+            step = statistics.median(times[f"{name} @ {B}"])
+            rows.append({"design": name, "batch": B, "step_ms": step * 1e3, "tokens_per_s": B / step,
+                         "step_iqr_ms": [float(np.percentile(times[f"{name} @ {B}"], q)) * 1e3 for q in (25, 75)],
+                         "layer_products_gflops": flops / min(best) / 1e9})
+    return {"batches": list(batches), "context": context, "rounds": rounds, "rows": rows, "seconds": times}
+
+
+def format_designs(r: dict) -> str:
+    lines = [f"designs of the products ({r['context']}-token contexts, {r['rounds']} rounds):"]
+    for row in r["rows"]:
+        lines.append(f"  {row['design']:13s} batch {row['batch']:3d}: step {row['step_ms']:8.1f} ms, "
+                     f"{row['tokens_per_s']:7.1f} tokens/s; one layer's products at this batch "
+                     f"{row['layer_products_gflops']:6.1f} GFLOP/s")
+    return "\n".join(lines)
 
 
 def bench_llamacpp(fast, s, model_path=None, progress: bool = False) -> dict:
@@ -175,10 +302,13 @@ def bench_llamacpp(fast, s, model_path=None, progress: bool = False) -> dict:
             for t in s.llama_threads}
     fns = {f"llama.cpp {t} thread{'s' * (t > 1)}": (lambda llm=llm: llamacpp.llama_decode_seconds(llm, ids, n))
            for t, llm in llms.items()}
-    fns["tinyinfer batch 1"] = lambda: sum(decode_step_seconds(fast, s, 1, context, n))
-    fns[f"tinyinfer batch {B}"] = lambda: sum(decode_step_seconds(fast, s, B, context, max(2, n // 4))) * n / max(2, n // 4)
+    few = max(2, n // 4)  # batch-B steps timed a round (each makes B tokens), scaled to n steps
+    one = DecodeBatch(fast, s, 1, context, n * (s.scaling_rounds + 1))
+    many = DecodeBatch(fast, s, B, context, few * (s.scaling_rounds + 1))
+    fns["tinyinfer batch 1"] = lambda: sum(one.time_steps(n))
+    fns[f"tinyinfer batch {B}"] = lambda: sum(many.time_steps(few)) * n / few
     times = alternate(fns, s.scaling_rounds, warmup=1, progress=progress, desc="llama.cpp vs tinyinfer decode")
-    tok_s = {name: n / statistics.median(v) for name, v in times.items()}
+    tok_s = {name: n * (B if name == f"tinyinfer batch {B}" else 1) / statistics.median(v) for name, v in times.items()}
     llama_names = [k for k in times if k.startswith("llama.cpp")]
     best = max(llama_names, key=lambda k: tok_s[k])
     agg = [B * n / t for t in times[f"tinyinfer batch {B}"]]  # tokens/s per round, all B sequences
@@ -209,6 +339,12 @@ def format_scaling(r: dict) -> str:
     lines.append(f"  machine: read {c['read_gbs_all_threads']:.1f} GB/s (streaming the weights once: "
                  f"{r['stream_weights_ms']:.1f} ms), sgemm {c['sgemm_gflops']:.0f} GFLOP/s, int8 dots "
                  f"{c['int8_gmacs']:.0f} Gmac/s")
+    a = r.get("attention_kinds")
+    if a:
+        lines.append(f"  attention, batch-invariant kernel / BLAS: decode step of batch {a['batch']} "
+                     f"{a['decode_step_ms']['rows']:.1f} / {a['decode_step_ms']['numpy']:.1f} ms "
+                     f"({a['decode_rows_over_numpy']:.2f}x the time), prefill of {a['prefill_tokens']} tokens "
+                     f"{a['prefill_ms']['rows']:.0f} / {a['prefill_ms']['numpy']:.0f} ms ({a['prefill_rows_over_numpy']:.2f}x)")
     p = r.get("profile")
     if p:
         lines.append(f"  one step of batch {p['batch']} ({p['step_s'] * 1e3:.0f} ms under the profiler): products "

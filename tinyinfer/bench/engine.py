@@ -33,7 +33,9 @@ print_report. What is measured, and how:
 
 3. tinyinfer/bench/batching.py: decode tokens/s against the batch size (pure decode steps of B
    sequences), where batching stops paying (memory-bound -> compute-bound), a profile of one step,
-   and llama.cpp's batch-1 decode on the same GGUF file beside tinyinfer's aggregate at 32.
+   what the batch-invariant attention costs against BLAS, other designs of a real model's products
+   (its blocks as loaded, expanded to float32 for BLAS, rounded to Q8_0) at batch 1 and 32, and
+   llama.cpp's batch-1 decode on the same GGUF file beside tinyinfer's aggregate at 32.
 
 4. bench_online: the same kind of workload with Poisson arrivals at `rate` requests/s (default:
    half the request throughput (d) measured), driven in real time through add_request() + step().
@@ -111,7 +113,7 @@ class Settings:
     spec_requests: int = 4
     spec_new_tokens: int = 96
     spec_rounds: int = 3
-    sections: tuple = ("kv_cache", "offline", "scaling", "llamacpp", "online", "prefix_cache", "speculative")
+    sections: tuple = ("kv_cache", "offline", "scaling", "designs", "llamacpp", "online", "prefix_cache", "speculative")
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -614,6 +616,8 @@ def run(model, s: Settings | None = None, model_name: str = "", quick: bool = Fa
         results["offline"] = bench_offline(fast, s, progress=progress)
     if "scaling" in want:
         results["scaling"] = batching.bench_decode_scaling(fast, s, progress)
+    if "designs" in want and m.num_params() > REAL_MODEL_PARAMS:  # other ways to do a real model's products
+        results["designs"] = batching.bench_designs(fast, s, (1, max(b for b in s.batch_sizes if b <= 32)), progress)
     if "llamacpp" in want:
         results["llamacpp"] = batching.bench_llamacpp(fast, s, model_path, progress)
     if "online" in want:
@@ -672,6 +676,8 @@ def format_report(r: dict) -> str:
                      + (f", naive vs cached {off['same_tokens_naive_cached']}" if "same_tokens_naive_cached" in off else ""))
     if "scaling" in r:
         lines += ["", batching.format_scaling(r["scaling"])]
+    if "designs" in r:
+        lines += ["", batching.format_designs(r["designs"])]
     if "llamacpp" in r:
         lines += ["", batching.format_llamacpp(r["llamacpp"])]
     if "online" in r:
