@@ -191,3 +191,24 @@ def test_quantized_products_and_lookup_are_row_invariant(fmt):
     ids = rng.integers(0, 96, (1, 9))
     rows = embed(w, ids)
     assert all(np.array_equal(embed(w, ids[:, i:i + 1])[0, 0], rows[0, i]) for i in range(9))
+
+
+# ---- the engine, end to end, without SmolLM2 ------------------------------------------------------
+
+
+def test_engine_is_batch_invariant_on_a_model_quantized_like_smollm2():
+    """tinyinfer/bench/invariance.py on the tiny model with every product quantized (head included):
+    a sequence's decode logits are the same bits alone and batched, and every prompt's greedy tokens
+    are the same alone, batched, chunked and preempted."""
+    import tinyinfer
+    from conftest import ROOT
+    from tinyinfer.bench.invariance import greedy_agreement, logit_drift, quantized_like_gguf
+
+    model = quantized_like_gguf(tinyinfer.load(f"{ROOT}/models/tiny"), "q4_1")
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, model.config.vocab_size, n).tolist() for n in (23, 57, 9, 40)]
+    drift = logit_drift(model, prompts, "rows", steps=6)
+    assert drift["same_bits_steps"] == 6 and drift["max_abs_diff"] == 0.0
+    agree = greedy_agreement(model, prompts, 16, "rows", chunk=5)
+    assert agree["preemptions"] > 0
+    assert agree["batched"] == agree["chunked"] == agree["preempted"] == len(prompts)
