@@ -63,7 +63,7 @@ import tinyinfer
 from tinyinfer.bench import machine
 from tinyinfer.bench.batching import bench_attention_kinds, bench_decode_scaling, decode_step_seconds
 from tinyinfer.bench.engine import (Settings, bench_offline, bench_online, fast_model, make_workload, offline_work,
-                                    params_for, run_continuous, run_static)
+                                    params_for, run_continuous)
 from tinyinfer.bench.invariance import greedy_agreement, logit_drift
 from tinyinfer.bench.workloads import SHAREGPT_OUTPUT, SHAREGPT_PROMPT, corpus_prompts
 from tinyinfer.engine import LLM, SamplingParams

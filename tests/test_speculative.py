@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import small_model
@@ -246,7 +246,8 @@ def test_layer_skip_draft_shares_weights_and_drafts():
     assert target.config.n_layer >= 2
     draft = speculative.layer_skip_draft(target, [0])
     assert draft.config.n_layer == 1 and draft.tokenizer is target.tokenizer
-    assert draft.params["model.layers.0.self_attn.q_proj.weight"] is target.params["model.layers.0.self_attn.q_proj.weight"]
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert draft.params[q_proj] is target.params[q_proj]
     out = speculative_generate(target, draft, [1, 2, 3], 10, k=3)
     np.testing.assert_array_equal(out, target.generate([1, 2, 3], 10))
     with pytest.raises(ValueError, match="increasing layer indices"):

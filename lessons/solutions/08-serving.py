@@ -20,7 +20,7 @@ import tinyinfer
 from tinyinfer.bench.batching import profile_step
 from tinyinfer.bench.engine import (Settings, bench_online, fast_model, make_workload, offline_work, params_for,
                                     run_continuous)
-from tinyinfer.engine import LLM, SamplingParams
+from tinyinfer.engine import LLM
 from tinyinfer.engine.scheduler import Scheduler
 from tinyinfer.engine.server import make_server
 from tinyinfer.lesson_tools import compare, run_exercises
@@ -36,7 +36,8 @@ def teacher():
 
 
 def settings():
-    return (Settings.quick(rounds=1) if SMALL else Settings(num_requests=32, max_num_seqs=16)).fit(teacher().config.n_ctx)
+    s = Settings.quick(rounds=1) if SMALL else Settings(num_requests=32, max_num_seqs=16)
+    return s.fit(teacher().config.n_ctx)
 
 
 # ---- exercise 1 -----------------------------------------------------------------------------------
@@ -53,7 +54,8 @@ def exercise_1():
             print(f"{name:7s} batch {B:2d}: step {p['step_s'] * 1e3:6.2f} ms = products {p['products'] * 1e3:5.2f} + "
                   f"attention {p['attention'] * 1e3:5.2f} + norms/RoPE/SwiGLU {p['norms_rope_swiglu'] * 1e3:5.2f} + "
                   f"the rest {p['other'] * 1e3:5.2f} ms")
-        grow = {k: parts[16][k] / max(parts[1][k], 1e-6) for k in ("products", "attention", "norms_rope_swiglu", "other")}
+        grow = {k: parts[16][k] / max(parts[1][k], 1e-6)
+                for k in ("products", "attention", "norms_rope_swiglu", "other")}
         gains[name] = 16 * parts[1]["step_s"] / parts[16]["step_s"]
         most, least = max(grow, key=grow.get), min(grow, key=grow.get)
         print(f"        from batch 1 to 16: {most} grew the most ({grow[most]:.1f}x), {least} the least "
@@ -237,7 +239,8 @@ def exercise_6():
     try:
         def complete(body):
             request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v1/completions",
-                                             data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+                                             data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=120) as response:
                 return json.load(response)["choices"][0]["text"]
 

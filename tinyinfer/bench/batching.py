@@ -40,7 +40,8 @@ def tqdm_list(items, desc):
 
     return tqdm(items, desc=desc, leave=False)
 
-__all__ = ["DecodeBatch", "bench_designs", "weight_variants", "format_designs", "decode_step_seconds", "bench_attention_kinds", "bench_decode_scaling", "profile_step", "bench_llamacpp", "format_scaling",
+__all__ = ["DecodeBatch", "bench_designs", "weight_variants", "format_designs", "decode_step_seconds",
+           "bench_attention_kinds", "bench_decode_scaling", "profile_step", "bench_llamacpp", "format_scaling",
            "format_llamacpp", "plot_scaling", "weight_bytes", "flops_per_token"]
 
 
@@ -249,7 +250,8 @@ def bench_designs(fast, s, batches=(1, 32), progress: bool = False) -> dict:
     context, steps, rounds = s.scaling_context, s.scaling_steps, s.scaling_rounds
     runs = {(name, B): DecodeBatch(v, s, B, context, steps * (rounds + 1))
             for name, v in variants.items() for B in batches}
-    fns = {f"{name} @ {B}": (lambda run=run: statistics.median(run.time_steps(steps))) for (name, B), run in runs.items()}
+    fns = {f"{name} @ {B}": (lambda run=run: statistics.median(run.time_steps(steps)))
+           for (name, B), run in runs.items()}
     times = alternate(fns, rounds, warmup=1, progress=progress, desc="designs of the products")
     del runs
     rows = []
@@ -333,7 +335,8 @@ def format_scaling(r: dict) -> str:
                      f"{row['step_iqr_ms'][1]:.1f})  {row['tokens_per_s']:8.1f} tokens/s  {row['gflops']:6.1f} GFLOP/s")
     f = r["fit"]
     c = r["ceilings"]
-    lines.append(f"  fit over batches {f['fitted_on']}: step = {f['fixed_ms']:.1f} ms + batch x {f['per_token_ms']:.2f} ms; "
+    lines.append(f"  fit over batches {f['fitted_on']}: step = {f['fixed_ms']:.1f} ms + batch x "
+                 f"{f['per_token_ms']:.2f} ms; "
                  f"compute-bound ceiling {r['compute_bound_tokens_per_s']:.0f} tokens/s; the step turns compute-bound "
                  f"from batch ~{r['crossover_batch']:.1f}")
     lines.append(f"  machine: read {c['read_gbs_all_threads']:.1f} GB/s (streaming the weights once: "
@@ -344,7 +347,8 @@ def format_scaling(r: dict) -> str:
         lines.append(f"  attention, batch-invariant kernel / BLAS: decode step of batch {a['batch']} "
                      f"{a['decode_step_ms']['rows']:.1f} / {a['decode_step_ms']['numpy']:.1f} ms "
                      f"({a['decode_rows_over_numpy']:.2f}x the time), prefill of {a['prefill_tokens']} tokens "
-                     f"{a['prefill_ms']['rows']:.0f} / {a['prefill_ms']['numpy']:.0f} ms ({a['prefill_rows_over_numpy']:.2f}x)")
+                     f"{a['prefill_ms']['rows']:.0f} / {a['prefill_ms']['numpy']:.0f} ms "
+                     f"({a['prefill_rows_over_numpy']:.2f}x)")
     p = r.get("profile")
     if p:
         lines.append(f"  one step of batch {p['batch']} ({p['step_s'] * 1e3:.0f} ms under the profiler): products "
@@ -356,7 +360,8 @@ def format_scaling(r: dict) -> str:
 def format_llamacpp(r: dict) -> str:
     if "skipped" in r:
         return f"llama.cpp: skipped ({r['skipped']})"
-    lines = [f"llama.cpp {r['version']} on the same file, batch 1 ({r['tokens']} decode steps after a {r['context']}-token "
+    lines = [f"llama.cpp {r['version']} on the same file, batch 1 ({r['tokens']} decode steps after a "
+             f"{r['context']}-token "
              f"prompt, {r['rounds']} rounds):"]
     for name, v in r["tokens_per_s"].items():
         lines.append(f"  {name:24s} {v:8.1f} tokens/s" + ("  (aggregate of all sequences)" if "batch" in name

@@ -59,7 +59,7 @@ import argparse
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -324,7 +324,8 @@ def bench_offline(model, s: Settings, work: list | None = None, progress: bool =
     d_over_b = [d / b for d, b in zip(d_rate, b_rate)]
     same = sum(a == b == c for a, b, c in zip(tokens["static"], tokens["static_padded"], tokens["continuous"]))
     index = {tuple(p): i for i, (p, _) in enumerate(work)}
-    same_cached = sum(t == tokens["continuous"][index[tuple(p)]] for (p, _), t in zip(cached_sub, tokens["cached_subset"]))
+    same_cached = sum(t == tokens["continuous"][index[tuple(p)]]
+                      for (p, _), t in zip(cached_sub, tokens["cached_subset"]))
     result = {
         "workload": describe_work(work), "num_requests": len(work), "output_tokens": n_tokens,
         "prompt_len_mean": float(np.mean([len(p) for p, _ in work])),
@@ -645,7 +646,8 @@ def format_report(r: dict) -> str:
         a = kv["at_length"]
         lines += ["", "KV cache vs recompute (decode tokens/s)",
                   f"  last {kv['window']} positions before {kv['length']}: cache {a['cached_tok_s']:9.1f}  recompute "
-                  f"{a['recompute_tok_s']:8.2f}  ratio {a['ratio']:6.1f}x (IQR {a['ratio_iqr'][0]:.1f}-{a['ratio_iqr'][1]:.1f})"]
+                  f"{a['recompute_tok_s']:8.2f}  ratio {a['ratio']:6.1f}x "
+                  f"(IQR {a['ratio_iqr'][0]:.1f}-{a['ratio_iqr'][1]:.1f})"]
         if "growing" in kv:
             g = kv["growing"]
             lines.append(f"  growing {g['from']} -> {g['to']}: cache {g['cached_tok_s']:9.1f}  recompute "
@@ -673,7 +675,8 @@ def format_report(r: dict) -> str:
                      + (f"   (b)/(a) {off['cached_over_naive']:.2f}x" if "cached_over_naive" in off else ""))
         lines.append(f"  same greedy tokens: static, static padded, continuous {off['same_tokens_static_continuous']}, "
                      f"one at a time vs continuous {off['same_tokens_cached_continuous']}"
-                     + (f", naive vs cached {off['same_tokens_naive_cached']}" if "same_tokens_naive_cached" in off else ""))
+                     + (f", naive vs cached {off['same_tokens_naive_cached']}"
+                        if "same_tokens_naive_cached" in off else ""))
     if "scaling" in r:
         lines += ["", batching.format_scaling(r["scaling"])]
     if "designs" in r:
@@ -755,7 +758,8 @@ def main(argv=None):
     if args.sections:
         unknown = set(args.sections.split(",")) - set(Settings.sections)
         if unknown:
-            raise SystemExit(f"error: --sections: unknown {sorted(unknown)}; choose from {', '.join(Settings.sections)}")
+            raise SystemExit(f"error: --sections: unknown {sorted(unknown)}; choose from "
+                             f"{', '.join(Settings.sections)}")
         overrides["sections"] = tuple(args.sections.split(","))
     path = resolve_model_path(args.model)
     model = load(path)

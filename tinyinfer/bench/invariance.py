@@ -82,7 +82,8 @@ def logit_drift(model, prompts: list, attention: str, steps: int = 16) -> dict:
     together, _ = decode_logits(prompts, forced=tokens)
     diff = np.abs(alone - together).max(axis=-1)  # (steps,)
     return {"attention": attention, "steps": steps, "same_bits_steps": int((diff == 0).sum()),
-            "max_abs_diff": float(diff.max()), "argmax_moved_steps": int((alone.argmax(-1) != together.argmax(-1)).sum())}
+            "max_abs_diff": float(diff.max()),
+            "argmax_moved_steps": int((alone.argmax(-1) != together.argmax(-1)).sum())}
 
 
 def greedy_agreement(model, prompts: list, new_tokens: int, attention: str, chunk: int = 7) -> dict:

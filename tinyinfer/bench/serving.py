@@ -182,7 +182,8 @@ def bench_serving(model: str = "smollm2", clients: int = 32, requests: int = 64,
 
 def format_serving(r: dict) -> str:
     return "\n".join([
-        f"tinyinfer serve --model {r['model']}: {r['clients']} streaming chat clients (openai), {r['requests']} requests, "
+        f"tinyinfer serve --model {r['model']}: {r['clients']} streaming chat clients (openai), "
+        f"{r['requests']} requests, "
         f"load average {r['machine']['load_average']}",
         f"  answered {r['answered']}/{r['requests']} (stop {r['finish_reasons']['stop']}, length "
         f"{r['finish_reasons']['length']}){'; errors: ' + '; '.join(r['errors']) if r['errors'] else ''}",
@@ -190,7 +191,8 @@ def format_serving(r: dict) -> str:
         f"{r['throughput_req_s']:.2f} requests/s",
         f"  TTFT median {r['ttft_median_s'] * 1e3:.0f} ms, p99 {r['ttft_p99_s'] * 1e3:.0f} ms; TPOT median "
         f"{r['tpot_median_s'] * 1e3:.1f} ms, p99 {r['tpot_p99_s'] * 1e3:.1f} ms",
-        f"  afterwards: {r['health_after']['kv_cache_blocks']['free']} of {r['health_after']['kv_cache_blocks']['total']} "
+        f"  afterwards: {r['health_after']['kv_cache_blocks']['free']} of "
+        f"{r['health_after']['kv_cache_blocks']['total']} "
         f"KV-cache blocks free, requests {r['health_after']['requests']}: "
         f"{'nothing leaked' if r['nothing_leaked'] else 'LEAKED'}"])
 

@@ -245,7 +245,7 @@ class LLMEngine:
     def max_model_len_why(self) -> str:
         n_ctx = self.model.config.n_ctx
         if self.max_model_len == n_ctx:
-            return f"the model's context n_ctx"
+            return "the model's context n_ctx"
         return (f"the longest request this engine serves (the model's n_ctx is {n_ctx}; the cache holds "
                 f"num_blocks = {self.num_blocks} blocks of {self.block_size} positions)")
 
@@ -298,7 +298,8 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def output(self, seq: Sequence) -> RequestOutput:
-        return RequestOutput(seq.request_id, seq.token_ids[:seq.num_prompt_tokens], seq.output_text(self.scheduler.stop_ids),
+        return RequestOutput(seq.request_id, seq.token_ids[:seq.num_prompt_tokens],
+                             seq.output_text(self.scheduler.stop_ids),
                              seq.output_token_ids, seq.finish_reason, request_metrics(seq), seq.error)
 
     # ---- the loop ----------------------------------------------------------------------
