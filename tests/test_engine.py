@@ -604,3 +604,25 @@ def test_stop_matching_on_bytes_equals_searching_the_text(tokens, stop):
     last = stopped_at if stopped_at is not None else len(tokens) - 1  # the last token goes to finish()
     shown = "".join(stream.add(t) for t in tokens[:last]) + stream.finish(final)
     assert shown == final
+
+
+def test_engine_stops_at_every_end_of_generation_id(tiny):
+    """The engine's stop set is the tokenizer's stop_ids (SmolLM2: <|endoftext|>, <|im_end|>,
+    <reponame>), or its eos_id when it lists none; ignore_eos turns them all off."""
+    from types import SimpleNamespace
+
+    from tinyinfer.engine.llm import end_of_generation_ids
+
+    assert end_of_generation_ids(None) == frozenset()
+    assert end_of_generation_ids(SimpleNamespace(stop_ids=frozenset({0, 2, 4}), eos_id=2)) == {0, 2, 4}
+    assert end_of_generation_ids(SimpleNamespace(eos_id=7)) == {7}
+    llm = LLM(tiny)
+    assert llm.stop_ids == tiny.tokenizer.stop_ids and tiny.tokenizer.eos_id in llm.stop_ids
+    prompt = tiny.tokenizer.encode("def f(x):")
+    ref = llm.generate(prompt, SamplingParams(max_tokens=12, ignore_eos=True))[0].token_ids
+    second = ref[3]  # pretend two of the tokens it will generate end a generation
+    llm.scheduler.stop_ids = frozenset({second, ref[7]})
+    out = llm.generate(prompt, SamplingParams(max_tokens=12))[0]
+    assert out.token_ids == ref[:ref.index(second) + 1] and out.finish_reason == "stop"
+    assert out.text == tiny.tokenizer.decode(out.token_ids[:-1])  # the stop token is not shown
+    assert llm.generate(prompt, SamplingParams(max_tokens=12, ignore_eos=True))[0].token_ids == ref
