@@ -34,6 +34,11 @@ With H = identity nothing flows between columns (U is diagonal) and the saliency
 result is magnitude pruning (per block; with block_size >= K exactly prune.magnitude_masks), which
 the tests check.
 
+Damping and dead inputs are GPTQ's (tinyinfer/hessian.py): H += 0.01 * mean(diag H) * I, and an
+input feature that never fires on the calibration text (diag H = 0) is treated as if it had unit
+size, so its weights are ranked by |w| and kept or dropped like the rest (the reference code zeroes
+them all; held-out text may use the feature).
+
 Shapes: N output features, K input features, M calibration tokens.
 """
 from __future__ import annotations
