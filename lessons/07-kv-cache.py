@@ -347,7 +347,7 @@ print("block tables (scattered on purpose):", tables)
 # * **paged cache**: the engine (`LLM`) with one request; its time per output token (TPOT, from
 #   the request's metrics) is the same kind of step, through the paged cache and the scheduler.
 #
-# Timed in one process, alternating the contenders round after round (`tinyinfer/bench/engine.py:
+# Timed in one process, alternating the contenders round after round (`tinyinfer/bench/timing.py:
 # alternate`); we report medians and the median of the per-round ratios. The machine may be
 # shared, so absolute figures drift; ratios taken side by side drift much less.
 
