@@ -19,6 +19,8 @@ removes what decode does not need:
      layer per step.
   3. parameters looked up once, into one tuple per layer, instead of by name every step.
   4. dense weights kept transposed and contiguous (model.py: TransposedWeight explains why).
+  5. RMSNorm, RoPE and SwiGLU as one compiled loop each over the rows (row_ops.py), not a handful
+     of NumPy calls each: for one token those calls cost more than the arithmetic.
 
 Only the LLaMA family is restructured; GPT-2 models run model.forward unchanged (they already have
 one fused QKV matrix). Weights of different kinds that cannot be stacked (a CSR q_proj next to a
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import ops, row_ops
 from .model import (
     TransposedWeight,
     embed,
@@ -154,28 +156,29 @@ class InferenceModel:
         # would go through their general input checks at every call, ~5 us each, 120 calls a token).
         x = x.reshape(B * T, C)
         for i, layer in enumerate(self.layers):
-            h = ops.rmsnorm_forward(x, layer.norm1, eps)[0]  # (B*T, C)
+            h = row_ops.rmsnorm_rows(x, layer.norm1, eps)  # (B*T, C)
             if layer.qkv is not None:
                 qkv = matmul(layer.qkv, h)  # (B*T, H*D + 2*G*D)
+                row_ops.rope_heads(qkv, cos, sin, T, H + G, D)  # q's H heads and k's G heads, in place
                 q, k, v = qkv[:, :H * D], qkv[:, H * D:(H + G) * D], qkv[:, (H + G) * D:]
+                q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+                k = k.reshape(B, T, G, D).transpose(0, 2, 1, 3)  # (B, G, T, D)
             else:
                 q, k, v = matmul(layer.q, h), matmul(layer.k, h), matmul(layer.v, h)
-            q = ops.rope_forward(q.reshape(B, T, H, D).transpose(0, 2, 1, 3), cos, sin)[0]  # (B, H, T, D)
-            k = ops.rope_forward(k.reshape(B, T, G, D).transpose(0, 2, 1, 3), cos, sin)[0]  # (B, G, T, D)
+                q = ops.rope_forward(q.reshape(B, T, H, D).transpose(0, 2, 1, 3), cos, sin)[0]  # (B, H, T, D)
+                k = ops.rope_forward(k.reshape(B, T, G, D).transpose(0, 2, 1, 3), cos, sin)[0]  # (B, G, T, D)
             v = v.reshape(B, T, G, D).transpose(0, 2, 1, 3)  # (B, G, T, D)
             y = kv_cache.attend(i, q, k, v)  # (B, H, T, D)
             x = x + matmul(layer.o, y.transpose(0, 2, 1, 3).reshape(B * T, H * D))
-            h = ops.rmsnorm_forward(x, layer.norm2, eps)[0]
+            h = row_ops.rmsnorm_rows(x, layer.norm2, eps)
             if layer.gate_up is not None:
-                gate_up = matmul(layer.gate_up, h)  # (B*T, 2F)
-                F = gate_up.shape[-1] // 2
-                gate, up = gate_up[:, :F], gate_up[:, F:]
+                act = row_ops.swiglu_rows(matmul(layer.gate_up, h))  # (B*T, 2F) -> (B*T, F)
             else:
-                gate, up = matmul(layer.gate, h), matmul(layer.up, h)
-            x = x + matmul(layer.down, ops.swiglu_forward(gate, up)[0])
+                act = ops.swiglu_forward(matmul(layer.gate, h), matmul(layer.up, h))[0]
+            x = x + matmul(layer.down, act)
         x = x.reshape(B, T, C)
         if logits_rows is not None:
             x = x[:, logits_rows]  # (B, R, C)
         R = x.shape[1]
-        x = ops.rmsnorm_forward(x.reshape(B * R, C), self.final_norm, eps)[0]
+        x = row_ops.rmsnorm_rows(np.ascontiguousarray(x.reshape(B * R, C)), self.final_norm, eps)
         return matmul(self.head, x).reshape(B, R, -1)  # (B, R, V)

@@ -34,10 +34,22 @@ The policy:
    of the process: the NumPy work of a decode step (small products, norms) gains nothing from a
    second BLAS thread, and one BLAS thread has no workers to spin. A dense float32 model never
    calls a Numba kernel, so its BLAS keeps every core, which is its best setting (37 -> 57 GB/s).
-2. **Numba's workqueue threading layer**, unless NUMBA_THREADING_LAYER says otherwise: its
-   parallel region starts in ~45 us here, OpenMP's took ~8 ms (it too spins, then sleeps).
-   Workqueue cannot run two parallel kernels from two Python threads at once: call the kernels
-   from one thread (the engine and the server do), or choose the tbb/omp layer.
+2. **Numba's OpenMP threading layer** where it is available, else workqueue (NUMBA_THREADING_LAYER
+   overrides). What starting one parallel region costs, measured on the quiet 2-core EPYC
+   (`python -m tinyinfer.threads [--layer workqueue]`: a 2-iteration prange after a small
+   float32 product, several passes; the spread is between passes):
+
+       layer       BLAS held to 1 thread    right after a 2-thread BLAS call
+       omp         0-3 us                   ~8,200-8,400 us
+       workqueue   ~25-220 us               ~100-230 us
+
+   OpenMP's workers spin briefly after a region, so the next one starts at once; but when
+   OpenBLAS's workers spin too, the two pools fight over the two cores and a region waits
+   milliseconds. Rule 1 removes the other pool, and then OpenMP is the cheap layer: a decode
+   step of SmolLM2 starts ~120 parallel products, which workqueue's start-up cost made not worth
+   splitting (tinyinfer/quant/kernels.py: DECODE_PARALLEL_MIN depends on the layer). OpenMP is
+   also safe to call from several Python threads (workqueue is not); it is not safe across
+   fork() without exec (tinyinfer never forks).
 3. **Threads for a kernel**: numba.get_num_threads() (all cores by default; NUMBA_NUM_THREADS or
    `set_kernel_threads(n)` changes it). Each kernel decides whether a product is big enough to
    split (tinyinfer/quant/kernels.py).
@@ -57,8 +69,22 @@ import numba
 
 BLAS_ENV = "TINYINFER_BLAS_THREADS"
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"  # read at the first parallel launch, not before
+
+
+def _choose_layer() -> str:
+    """omp if Numba's OpenMP pool loads here (it needs the system's libgomp), else workqueue."""
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except ImportError:
+        return "workqueue"
+    return "omp"
+
+
+if "NUMBA_THREADING_LAYER" in os.environ:
+    LAYER = os.environ["NUMBA_THREADING_LAYER"]
+else:
+    LAYER = _choose_layer()
+    numba.config.THREADING_LAYER = LAYER  # read at the first parallel launch, not before
 
 _blas = None  # threadpoolctl's controllers for the BLAS libraries NumPy loaded (found once)
 _applied = False
@@ -145,3 +171,49 @@ def describe() -> dict:
         layer = f"{numba.config.THREADING_LAYER} (configured)"
     return {"numba_threading_layer": layer, "numba_threads": numba_threads(), "blas_threads": get_blas_threads(),
             "kernels_own_cores": _applied}
+
+
+def launch_cost(blas: int = 1, calls: int = 2000) -> float:
+    """Microseconds that starting one parallel region adds after a small float32 product run with
+    `blas` BLAS threads (the pattern of a decode step): the median of 5 passes of `calls` each."""
+    import statistics
+    import time
+
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def region(out):
+        for p in prange(out.shape[0]):
+            out[p] += 1.0
+
+    out = np.zeros(max(2, numba_threads()))
+    a = np.ones((64, 576), np.float32)
+    w = np.ones((576, 576), np.float32)
+    region(out)  # compile
+    passes = []
+    with blas_threads(blas):
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                a @ w
+            alone = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                a @ w
+                region(out)
+            passes.append((time.perf_counter() - t0 - alone) / calls * 1e6)
+    return statistics.median(passes)
+
+
+if __name__ == "__main__":  # python -m tinyinfer.threads [--layer omp|workqueue]: the table above
+    import argparse
+
+    p = argparse.ArgumentParser(description="what one Numba parallel region costs to start, by BLAS threads")
+    p.add_argument("--layer", choices=["omp", "workqueue", "tbb"], help="threading layer (default: the policy's)")
+    args = p.parse_args()
+    if args.layer:
+        numba.config.THREADING_LAYER = args.layer
+    for blas in (1, 2):
+        us = launch_cost(blas, calls=2000 if blas == 1 else 200)
+        print(f"{numba.threading_layer():>9}: {us:8.1f} us a region after a {blas}-thread BLAS product")

@@ -15,8 +15,8 @@ Everything in one run, on one machine:
   decode    batch-1 tokens/s, tinyinfer (the file's Q4_1 blocks as shipped) against llama.cpp
             (same file, same number of threads), interleaved round by round, median ratio
   prefill   tokens/s of a 256-token prompt, the same way
-  formats   tinyinfer's own decode of the same model in float32 (the blocks expanded), Q8_0, Q4_0 and
-            Q4_1, with the time of one token split into streaming the weights (their bytes / the
+  formats   tinyinfer's own decode of the same model in float32 (the blocks expanded; NumPy's BLAS on
+            every thread, its best setting), Q8_0, Q4_0 and Q4_1, with the time of one token split into streaming the weights (their bytes / the
             machine's measured read bandwidth, tinyinfer/bench/roofline.py) and everything else
             (norms, attention, RoPE, Python, the kernels' own overheads)
 
@@ -277,8 +277,15 @@ def run(threads: int = 2, tokens: int = 64, rounds: int = 5, windows: int = 8, q
     results["read_bandwidth_gb_s"] = roof
     variants = format_variants(model)
     fasts = {name: InferenceModel(m) for name, m in variants.items()}
-    times = _rounds({name: (lambda f=f: tinyinfer_decode_seconds(f, ids, tokens)) for name, f in fasts.items()},
-                    max(2, rounds // 2) if quick else rounds)
+    def timed(name, f):
+        if name == "fp32":  # the float32 baseline at its best: BLAS on every thread (tinyinfer/threads.py)
+            def run_fp32():
+                with thread_policy.blas_threads(threads):
+                    return tinyinfer_decode_seconds(f, ids, tokens)
+            return run_fp32
+        return lambda: tinyinfer_decode_seconds(f, ids, tokens)
+
+    times = _rounds({name: timed(name, f) for name, f in fasts.items()}, max(2, rounds // 2) if quick else rounds)
     table = {}
     for name, m in variants.items():
         per_token = statistics.median(times[name]) / tokens

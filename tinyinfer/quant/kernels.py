@@ -36,12 +36,13 @@ from . import loops, simd
 from .blocks import BLOCK, WITH_HIGH_BITS, WITH_MIN
 
 PARALLEL_MIN_WORK = 1 << 22  # multiply-adds (B * N * K) below which a batch runs on one thread
-# Weights (N * K) below which a matvec runs on one thread. Starting a parallel region costs tens of
-# microseconds here (workqueue: ~45 us measured on a quiet 2-core EPYC), so splitting pays only
-# when the serial matvec takes about twice that: ~2-4 MB of blocks at ~25 GB/s a core, i.e. ~4M
-# weights. Every linear layer of SmolLM2-135M (<= 1536 x 576) is below it, its 49152 x 576 head
-# above. Re-measure with `python -m tinyinfer.bench.quant` (serial vs parallel us per call).
-DECODE_PARALLEL_MIN = 1 << 22
+# Weights (N * K) below which a matvec runs on one thread. Splitting pays when the serial matvec
+# takes about twice what starting a parallel region costs (tinyinfer/threads.py measures both
+# layers). OpenMP: ~3 us, so from ~64K weights on (every linear layer of SmolLM2-135M, 576 x 576
+# and up, is split). Workqueue: ~25-55 us, so only from ~4M weights (~2-4 MB of blocks at
+# ~25 GB/s a core): of SmolLM2 only its 49152 x 576 head. Re-measure with
+# `python -m tinyinfer.bench.quant` (serial vs parallel us per call).
+DECODE_PARALLEL_MIN = 1 << 22 if threads.LAYER == "workqueue" else 1 << 16
 ROWS_PER_TASK = 64  # rows of W a thread takes at a time in a batch
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def quantize_x(x, with_sums=True):
     xq = np.empty((B, NB, BLOCK), np.int8)
     xd = np.empty((B, NB), np.float32)
     xs = np.empty((B, NB), np.float32)
-    bad, bad_sums = quantize_activations(x, xq, xd, xs)
+    bad, bad_sums = _call(quantize_activations, ("quantize", x.dtype.char, x.flags.c_contiguous), x, xq, xd, xs)
     if bad:
         raise ActivationError("x has NaN/Inf values or |x| too large for a float16 block scale")
     if bad_sums and with_sums:
@@ -177,11 +178,12 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
     K = x.shape[1]
     if B == 1:
         # (the size test first: numba.get_num_threads() costs ~2.5 us, a small matvec ~10)
+        nthreads = threads.numba_threads() if parallel or (parallel is None and N * K >= DECODE_PARALLEL_MIN) else 1
         if parallel is None:
-            parallel = N * K >= DECODE_PARALLEL_MIN and threads.numba_threads() > 1
+            parallel = nthreads > 1
         if parallel:
             _call(simd.decode_parallel, ("decode_parallel", fmt), tag, wd, wm, wq, wh, xd, xs, xq, out,
-                  simd.DECODE_TILE, min(N, threads.numba_threads()))
+                  simd.DECODE_TILE, min(N, nthreads))
         else:
             _call(simd.decode_rows, ("decode_rows", fmt), tag, wd, wm, wq, wh, xd, xs, xq, out, 0, N,
                   simd.DECODE_TILE)
