@@ -393,6 +393,7 @@ def plot_scaling(r: dict, ax, llama: dict | None = None):
         ax.axhline(llama["llamacpp_tok_s"], color="C3", lw=1, label=f"llama.cpp, batch 1 ({llama['llamacpp_best']})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(B, [str(b) for b in B])
     ax.set_xlabel("sequences decoding together (batch size)")
     ax.set_ylabel("decode tokens/s (all sequences)")
     ax.set_title(f"decode throughput against batch size ({r['context']}-token contexts)", fontsize=10)
