@@ -70,8 +70,8 @@ print(f"small settings: {SMALL}; teacher: {TEACHER.relative_to(ROOT)}; student: 
 # %% [markdown]
 # ## 1. The baseline, and why its choice decides the headline
 #
-# Every speedup is a ratio, and the denominator matters. Our baseline is the one the issue asks
-# for, named plainly: **the fp32 teacher, no KV cache, one request at a time**: each new token
+# Every speedup is a ratio, and the denominator matters. Our baseline is the article's starting point
+# named plainly: **the fp32 teacher, no KV cache, one request at a time**: each new token
 # runs the whole sequence so far through the model again (`decode.run_naive`). The KV cache
 # (lesson 07) removes exactly that recomputation, so its gain *grows with the length of the
 # text*: at 16 tokens of context there is little to recompute, at 400 there is a lot.
@@ -189,7 +189,7 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# The best points sit top right. The issue's target is "≥ 100x at ≥ 95% of the teacher's top-1";
+# The best points sit top right. The tour's own target is "≥ 100x at ≥ 95% of the teacher's top-1";
 # the scatter shows which techniques buy speed with quality (the student) and which buy it for
 # free (the KV cache, the engine: same weights, same tokens).
 #

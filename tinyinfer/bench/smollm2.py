@@ -15,6 +15,7 @@ Everything in one run, on one machine:
   decode    batch-1 tokens/s, tinyinfer (the file's Q4_1 blocks as shipped) against llama.cpp
             (same file, same number of threads), interleaved round by round, median ratio
   prefill   tokens/s of a 256-token prompt, the same way
+  products  the time of one token's weight products alone (fixed inputs), beside the decode's
   formats   tinyinfer's own decode of the same model in float32 (the blocks expanded; NumPy's BLAS on
             every thread, its best setting), Q8_0, Q4_0 and Q4_1, with the time of one token split into streaming the weights (their bytes / the
             machine's measured read bandwidth, tinyinfer/bench/roofline.py) and everything else
@@ -97,6 +98,24 @@ def tinyinfer_decode_seconds(fast, ids, n: int) -> float:
         token = int(logits.argmax())
         logits = fast.forward(np.array([[token]]), np.array([len(ids) + step]), cache)[0, -1]
     return time.perf_counter() - t0
+
+
+def products_seconds(fast, repeats: int = 20) -> float:
+    """Seconds of one token's weight products alone (every layer's fused qkv, o, gate_up and down,
+    and the head) on fixed inputs, the median of `repeats`: the part of a decode step the products
+    take, the rest being norms, RoPE, attention and Python."""
+    from ..model import matmul
+
+    weights = [w for layer in fast.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [fast.head]
+    rng = np.random.default_rng(0)
+    inputs = {K: rng.standard_normal((1, K)).astype(np.float32) for K in {w.shape[1] for w in weights}}
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        for w in weights:
+            matmul(w, inputs[w.shape[1]])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 def tinyinfer_prefill_seconds(fast, ids) -> float:
@@ -269,6 +288,7 @@ def run(threads: int = 2, tokens: int = 64, rounds: int = 5, windows: int = 8, q
         if other in decode:
             results["decode"][key] = _ratio(decode["tinyinfer"], decode[other])
             results["prefill"][key] = _ratio(prefill["tinyinfer"], prefill[other])
+    results["products_ms_per_token"] = products_seconds(fast) * 1e3  # beside the decode's ms per token
     llm = hf = None  # let the other engines go before the formats table
     steps.update(1)
 
@@ -320,6 +340,10 @@ def format_results(r: dict) -> str:
                 row += (f"; tinyinfer / {other} = {ratio['median']:.2f}x "
                         f"(IQR {ratio['iqr'][0]:.2f}-{ratio['iqr'][1]:.2f})")
         lines.append(f"{what}: {row}")
+    if "products_ms_per_token" in r:
+        token_ms = 1e3 / r["decode"]["tinyinfer"]["tokens_per_s"]
+        lines.append(f"of tinyinfer's {token_ms:.1f} ms a token, the weight products alone take "
+                     f"{r['products_ms_per_token']:.1f} ms (timed apart on fixed inputs)")
     if "ratio_vs_llama_cpp" not in r["decode"]:
         lines.append(f"llama.cpp: {r['llama_cpp']}")
     if "ratio_vs_transformers" not in r["decode"]:
