@@ -452,8 +452,8 @@ def cmd_serve(args):
                           request_timeout=args.request_timeout)
     served_name = args.served_model_name or Path(args.model).name.removesuffix(".gguf")  # "smollm2", "teacher"
     serve(resolve_model_path(args.model), host=args.host, port=args.port, limits=limits, model_id=served_name,
-          max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, num_blocks=args.num_blocks,
-          kv_cache_bytes=args.kv_cache_bytes)
+          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+          max_model_len=args.max_model_len, num_blocks=args.num_blocks, kv_cache_bytes=args.kv_cache_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,6 +636,11 @@ def add_serve_parser(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="at most this many requests in the running batch")
+    p.add_argument("--max-num-batched-tokens", type=int, default=512,
+                   help="prompt and decode tokens computed in one engine step (default 512). A long prompt is "
+                        "prefilled in chunks of this size, and every stream waits for each chunk: lower it to "
+                        "bound those pauses on a slow machine or a large model, at the cost of the long "
+                        "prompt's time to first token")
     p.add_argument("--served-model-name", help="the model id clients send and /v1/models lists (default: the "
                    "--model argument's last part, e.g. smollm2 or teacher); requests naming another get a 404")
     engine = p.add_argument_group("KV cache (sized for what is served, not for the model's declared context)")
