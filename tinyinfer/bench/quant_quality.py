@@ -106,9 +106,9 @@ class HeldOut:
                 "kl_divergence": kl / count, "eval_tokens": int(count)}
 
 
-def float_layer_hessians(model, ids, batch=8):
-    """{layer weight name: H = 2 X^T X / M (K, K)} of every linear layer's inputs in the float model
-    on windows ids (W, T): held-out inputs for the per-layer errors."""
+def _layer_hessians(model, ids, batch=8):
+    """Yield (layer weight name, H = 2 X^T X / M (K, K)) for every linear layer, from the float
+    model's inputs on windows ids (W, T), one block at a time (only one block's H are held at once)."""
     from ..hessian import block_input_hessians
     from ..model import block_forward, embedding_name, layer_names
     from ..ops import embedding_forward
@@ -120,37 +120,27 @@ def float_layer_hessians(model, ids, batch=8):
     if config.family == "gpt2":
         x = x + params["transformer.wpe.weight"][positions]
     wanted = set(linear_weight_names(config))
-    out = {}
     for i in range(config.n_layer):
         names = [n for n in layer_names(config, i).values() if n + ".weight" in wanted]
         for name, H in block_input_hessians(x, params, config, i, positions, names, batch).items():
-            out[name + ".weight"] = H
-        x = np.concatenate([block_forward(x[s:s + batch], params, config, i, positions) for s in range(0, len(x), batch)])
-    return out
+            yield name + ".weight", H
+        x = np.concatenate([block_forward(x[s:s + batch], params, config, i, positions)
+                            for s in range(0, len(x), batch)])
+
+
+def float_layer_hessians(model, ids, batch=8):
+    """{layer weight name: H = 2 X^T X / M (K, K)} of every linear layer's inputs in the float model
+    on windows ids (W, T): held-out inputs for the per-layer errors."""
+    return dict(_layer_hessians(model, ids, batch))
 
 
 def predicted_gptq_gains(model, ids, batch=8, damp=None):
     """{layer weight name: predicted_error_ratio(H)} for every linear layer, H from the float model's
     inputs on windows ids (W, T), one block at a time (SmolLM2's 210 H matrices would not fit at once)."""
-    from ..hessian import block_input_hessians
-    from ..model import block_forward, embedding_name, layer_names
-    from ..ops import embedding_forward
     from ..quant.gptq import DAMP, predicted_error_ratio
-    from ..quant.model import linear_weight_names
 
-    config, params = model.config, model.params
-    positions = np.arange(ids.shape[1])
-    x, _ = embedding_forward(ids, params[embedding_name(config)])
-    if config.family == "gpt2":
-        x = x + params["transformer.wpe.weight"][positions]
-    wanted = set(linear_weight_names(config))
-    out = {}
-    for i in range(config.n_layer):
-        names = [n for n in layer_names(config, i).values() if n + ".weight" in wanted]
-        for name, H in block_input_hessians(x, params, config, i, positions, names, batch).items():
-            out[name + ".weight"] = predicted_error_ratio(H, DAMP if damp is None else damp)
-        x = np.concatenate([block_forward(x[s:s + batch], params, config, i, positions) for s in range(0, len(x), batch)])
-    return out
+    return {name: predicted_error_ratio(H, DAMP if damp is None else damp)
+            for name, H in _layer_hessians(model, ids, batch)}
 
 
 def layer_errors(model, variant, hessians):
