@@ -21,6 +21,8 @@ removes what decode does not need:
   4. dense weights kept transposed and contiguous (model.py: TransposedWeight explains why).
   5. RMSNorm, RoPE and SwiGLU as one compiled loop each over the rows (row_ops.py), not a handful
      of NumPy calls each: for one token those calls cost more than the arithmetic.
+  6. one decoded token of a quantized model into a contiguous cache: each block is one compiled
+     call (fused_decode.py: the same compiled pieces, no Python between them, the same bits).
 
 Only the LLaMA family is restructured; GPT-2 models run model.forward unchanged (they already have
 one fused QKV matrix). Weights of different kinds that cannot be stacked (a CSR q_proj next to a
@@ -115,6 +117,7 @@ class InferenceModel:
                 q=apart("q", qkv), k=apart("k", qkv), v=apart("v", qkv), o=_for_products(w["o"]),
                 gate_up=None if gate_up is None else _for_products(gate_up),
                 gate=apart("gate", gate_up), up=apart("up", gate_up), down=_for_products(w["down"])))
+        self._plan = False  # fused_decode.DecodePlan, built on the first decode step (None: not applicable)
         self.embedding = p[embedding_name(config)]
         self.final_norm = p[final_norm_name(config) + ".weight"]
         self.head = p[head_name(config)]  # (V, C); a tied head is the embedding table itself
@@ -139,7 +142,24 @@ class InferenceModel:
         positions = np.asarray(positions)
         if config.family != "llama":
             return forward(self.params, config, ids, kv_cache=kv_cache, positions=positions, logits_rows=logits_rows)
+        ids = np.asarray(ids)
+        if ids.shape == (1, 1) and positions.shape == (1,) and logits_rows in (None, [-1], [0]):
+            plan = self._decode_plan(ids, positions, kv_cache)
+            x = embed(self.embedding, ids).reshape(1, -1) if plan is not None else None
+            if x is not None and x.dtype == np.float32:
+                x = plan.hidden(x, int(positions[0]), kv_cache)
+                x = row_ops.rmsnorm_rows(x, self.final_norm, config.norm_eps)
+                return matmul(self.head, x).reshape(1, 1, -1)
         return self.forward_embeddings(embed(self.embedding, ids), positions, kv_cache, logits_rows)
+
+    def _decode_plan(self, ids, positions, kv_cache):
+        from .fused_decode import DecodePlan
+
+        if not DecodePlan.applies(ids, positions, kv_cache):
+            return None
+        if self._plan is False:
+            self._plan = DecodePlan.build(self)
+        return self._plan
 
     def forward_embeddings(self, x, positions, kv_cache, logits_rows=None):
         """The forward from token embeddings x (B, T, C) instead of ids: everything after the lookup

@@ -35,7 +35,6 @@ from .. import threads  # the thread policy: workqueue layer; BLAS held to one t
 from . import loops, simd
 from .blocks import BLOCK, WITH_HIGH_BITS, WITH_MIN
 
-PARALLEL_MIN_WORK = 1 << 22  # multiply-adds (B * N * K) below which a batch runs on one thread
 # Weights (N * K) below which a matvec runs on one thread. Splitting pays when the serial matvec
 # takes about twice what starting a parallel region costs (tinyinfer/threads.py measures both
 # layers). OpenMP: ~3 us, so from ~64K weights on (every linear layer of SmolLM2-135M, 576 x 576
@@ -43,6 +42,11 @@ PARALLEL_MIN_WORK = 1 << 22  # multiply-adds (B * N * K) below which a batch run
 # ~25 GB/s a core): of SmolLM2 only its 49152 x 576 head. Re-measure with
 # `python -m tinyinfer.bench.quant` (serial vs parallel us per call).
 DECODE_PARALLEL_MIN = 1 << 22 if threads.LAYER == "workqueue" else 1 << 16
+# Multiply-adds (B * N * K) below which a batch runs on one thread. OpenMP starts a region in a few
+# microseconds, so from ~64K on (the engine's decode batches of SmolLM2-135M, B = 2 x 576 x 576 and
+# up: measured 1.35x the serial kernel's tokens/s at B = 2, 1.1x at 4, 1.05x at 8); workqueue's
+# tens of microseconds only pay from ~4M.
+PARALLEL_MIN_WORK = 1 << 22 if threads.LAYER == "workqueue" else 1 << 16
 ROWS_PER_TASK = 64  # rows of W a thread takes at a time in a batch
 
 # --------------------------------------------------------------------------------------------
