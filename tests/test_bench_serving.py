@@ -31,3 +31,16 @@ def test_streaming_clients_on_smollm2():
 
     r = bench_serving("smollm2", clients=3, requests=3, max_tokens=8, scale=0.05, max_model_len=512)
     check(r, 3)
+
+
+def test_stall_benchmark_runs_both_settings_on_the_teacher():
+    """The long-prompt pause benchmark (tinyinfer/bench/stall.py) end to end, small: it reports the gaps
+    and the long prompt's TTFT for both settings (their sizes are the benchmark's to measure, not this test's)."""
+    from tinyinfer.bench.stall import bench_stall, format_stall
+
+    r = bench_stall("teacher", prompt_tokens=40, streams=2, stream_tokens=400, trials=1, settle=0.3,
+                    max_num_batched_tokens=16)
+    assert set(r["settings"]) == {"budget", "chunks"}
+    for s in r["settings"].values():
+        assert s["gap_during_s"] > 0 and s["long_prompt_ttft_s"] > 0
+    assert "--max-prefill-ms 0 (chunks of 16)" in format_stall(r)

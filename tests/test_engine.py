@@ -345,6 +345,46 @@ def test_chunked_prefill_spreads_a_long_prompt_over_steps(model64):
     assert got == [False, False, False, True, True, True]
 
 
+
+def test_prefill_time_budget_shortens_chunks_only_while_others_generate(model64):
+    """With max_prefill_seconds, a long prompt that arrives while another request is generating is
+    fed in chunks of what fits in that time (at a fixed, known seconds per token here), and the
+    generating request still gets its token every step; alone, a prompt takes whole chunks. The
+    tokens are the same as without the budget."""
+    long_prompt, short_prompt = prompts(1, seed=12, lo=30, hi=31)[0], [3, 1, 4]
+    llm = LLM(model64, block_size=4, max_num_batched_tokens=16, max_prefill_seconds=0.004)
+    scheduler = llm.scheduler
+    scheduler.observe = lambda num_tokens, seconds: None  # keep the rate fixed, not measured
+    scheduler.seconds_per_token = 0.001  # 0.004 s -> 4 prompt tokens a step
+    first = llm.add_request(long_prompt, SamplingParams(max_tokens=2))
+    llm.step()
+    assert llm.last_schedule.num_new_tokens == [16]  # nobody generating: a whole chunk
+    while llm.has_unfinished_requests():
+        llm.step()
+    short = llm.add_request(short_prompt, SamplingParams(max_tokens=12))
+    llm.step()  # its prompt, alone
+    out = {}
+    second = llm.add_request(long_prompt, SamplingParams(max_tokens=2))
+    fed = []
+    while llm.has_unfinished_requests():
+        for o in llm.step():
+            if o.finished:
+                out[o.request_id] = o.output.token_ids
+        fed.append(dict(zip([s.request_id for s in llm.last_schedule.seqs], llm.last_schedule.num_new_tokens)))
+    while_generating = [f[second] for f in fed if second in f and short in f]
+    assert while_generating and all(n <= 4 for n in while_generating)
+    assert all(f.get(short) == 1 for f in fed if short in f)  # the generating request never waits
+    plain = LLM(model64, block_size=4, max_num_batched_tokens=16).generate(
+        [long_prompt, short_prompt], [SamplingParams(max_tokens=2), SamplingParams(max_tokens=12)])
+    assert out[second] == plain[0].token_ids and out[short] == plain[1].token_ids
+    assert first != second
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), True, "0.05"])
+def test_max_prefill_seconds_is_checked_by_name(model64, value):
+    with pytest.raises(ValueError, match="max_prefill_seconds"):
+        LLM(model64, max_prefill_seconds=value)
+
 def test_generate_accepts_prompt_forms(tiny):
     llm = LLM(tiny)
     params = SamplingParams(max_tokens=3, ignore_eos=True)

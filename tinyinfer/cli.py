@@ -397,19 +397,19 @@ def cmd_prune(args):
 
 
 def cmd_bench(args):
-    from .bench import engine, foundation, quant, serving, smollm2, sparse
+    from .bench import engine, foundation, quant, serving, smollm2, sparse, stall
 
     suites = {"foundation": foundation, "engine": engine, "quant": quant, "sparse": sparse, "smollm2": smollm2,
-              "serving": serving}
+              "serving": serving, "stall": stall}
     argv = ["--json", args.json] if args.json else []
     if args.suite == "engine":  # its rounds differ by section: its own defaults unless asked
         argv += ["--rounds", str(args.rounds)] if args.rounds is not None else []
         argv += ["--plots", args.plots] if args.plots else []
         argv += ["--sections", args.sections] if args.sections else []
-    elif args.suite != "serving":
+    elif args.suite not in ("serving", "stall"):
         argv += ["--rounds", str(5 if args.rounds is None else args.rounds)]
-    if args.suite in ("foundation", "engine", "serving"):
-        default = "smollm2" if args.suite == "serving" else "teacher"
+    if args.suite in ("foundation", "engine", "serving", "stall"):
+        default = "smollm2" if args.suite in ("serving", "stall") else "teacher"
         argv += ["--model", args.model or default]
     if args.quick and args.suite in ("engine", "smollm2"):
         argv.append("--quick")
@@ -453,6 +453,7 @@ def cmd_serve(args):
     served_name = args.served_model_name or Path(args.model).name.removesuffix(".gguf")  # "smollm2", "teacher"
     serve(resolve_model_path(args.model), host=args.host, port=args.port, limits=limits, model_id=served_name,
           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+          max_prefill_seconds=args.max_prefill_ms / 1000 if args.max_prefill_ms != 0 else None,  # LLMEngine checks it
           max_model_len=args.max_model_len, num_blocks=args.num_blocks, kv_cache_bytes=args.kv_cache_bytes)
 
 
@@ -613,14 +614,15 @@ def add_prune_parser(sub):
 def add_bench_parser(sub):
     p = sub.add_parser("bench", help="speed, as ratios measured in one process against a baseline")
     p.add_argument("suite", nargs="?", default="foundation",
-                   choices=["foundation", "engine", "quant", "sparse", "smollm2", "serving"],
+                   choices=["foundation", "engine", "quant", "sparse", "smollm2", "serving", "stall"],
                    help="foundation: training and decode tokens/s (default); engine: KV cache, batching by batch "
                         "size, llama.cpp beside it, continuous vs static on a heavy-tailed workload, prefix cache, "
                         "speculative decoding (`tinyinfer bench engine --model smollm2` runs all of it); quant: the "
                         "block-format kernels and the roofline; sparse: CSR kernels vs density; smollm2: the real "
                         "model against llama.cpp (load, memory, quality, decode, prefill, formats); serving: "
-                        "`tinyinfer serve` under 32 streaming openai clients")
-    p.add_argument("--model", default=None, help="model folder, .gguf file or name (default teacher; serving: smollm2)")
+                        "`tinyinfer serve` under 32 streaming openai clients; stall: how long one long prompt pauses "
+                        "the other streams, with the server's prefill time budget and without")
+    p.add_argument("--model", default=None, help="model folder, .gguf file or name (default teacher; serving, stall: smollm2)")
     p.add_argument("--quick", action="store_true", help="engine and smollm2 suites: a small workload")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; engine: its own per section)")
     p.add_argument("--plots", help="engine suite: also save its figures (PNG) in this folder")
@@ -641,6 +643,11 @@ def add_serve_parser(sub):
                         "prefilled in chunks of this size, and every stream waits for each chunk: lower it to "
                         "bound those pauses on a slow machine or a large model, at the cost of the long "
                         "prompt's time to first token")
+    p.add_argument("--max-prefill-ms", type=float, default=50.0,
+                   help="while other requests are generating, a step computes only the prompt tokens that fit in "
+                        "about this many milliseconds (measured as the server runs), so a long prompt pauses the "
+                        "other streams by about this much (default 50; 0 turns it off: whole "
+                        "--max-num-batched-tokens chunks)")
     p.add_argument("--served-model-name", help="the model id clients send and /v1/models lists (default: the "
                    "--model argument's last part, e.g. smollm2 or teacher); requests naming another get a 404")
     engine = p.add_argument_group("KV cache (sized for what is served, not for the model's declared context)")

@@ -137,6 +137,10 @@ class LLMEngine:
     max_num_seqs            at most this many sequences in the running batch
     max_num_batched_tokens  at most this many tokens fed to the model per step (prefill chunks
                             plus one per generating sequence)
+    max_prefill_seconds     while a sequence is generating, a step's prompt tokens are held to what
+                            the model computes in about this time (measured as it runs), so a long
+                            prompt does not pause the others' streams (scheduler.py); None (the
+                            default): whole max_num_batched_tokens chunks. The server sets 0.05.
     enable_prefix_caching   reuse the keys/values of full blocks whose prefix was seen before
     max_model_len           the longest request (prompt + max_tokens) served; default the model's
                             context n_ctx, or what the cache holds if that is less
@@ -161,13 +165,20 @@ class LLMEngine:
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 16,
                  max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True,
-                 max_model_len: int | None = None, kv_cache_bytes: int | None = None, attention: str = "rows"):
+                 max_model_len: int | None = None, kv_cache_bytes: int | None = None, attention: str = "rows",
+                 max_prefill_seconds: float | None = None):
         fast = None
         if isinstance(model, InferenceModel):  # prepared once by the caller, shared by several engines
             fast, model = model, model.model
         block_size = check_int("block_size", block_size, low=1)
         max_num_seqs = check_int("max_num_seqs", max_num_seqs, low=1)
         max_num_batched_tokens = check_int("max_num_batched_tokens", max_num_batched_tokens, low=1)
+        if max_prefill_seconds is not None:
+            if isinstance(max_prefill_seconds, bool) or not isinstance(max_prefill_seconds, (int, float)) \
+                    or not 0 < max_prefill_seconds < float("inf"):
+                raise ValueError(f"max_prefill_seconds must be a positive number of seconds or None, "
+                                 f"got {max_prefill_seconds!r}")
+            max_prefill_seconds = float(max_prefill_seconds)
         self.model = model
         self.tokenizer = getattr(model, "tokenizer", None)
         self.eos_id = self.tokenizer.eos_id if self.tokenizer is not None else None
@@ -177,7 +188,7 @@ class LLMEngine:
             model, block_size, max_num_seqs, num_blocks, max_model_len, kv_cache_bytes)
         self.block_manager = BlockManager(self.num_blocks, self.block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
-                                   self.stop_ids, self.tokenizer)
+                                   self.stop_ids, self.tokenizer, max_prefill_seconds)
         self.model_runner = ModelRunner(model, self.num_blocks, self.block_size, attention, fast)
         self.sequences: dict[str, Sequence] = {}  # live requests by id
         self._ids = itertools.count()
@@ -315,7 +326,9 @@ class LLMEngine:
         self.last_schedule = batch
         if not batch.seqs:
             return []
+        started = time.perf_counter()
         results = self.model_runner.run(batch.seqs, batch.num_new_tokens)
+        self.scheduler.observe(batch.num_batched_tokens, time.perf_counter() - started)
         outputs = []
         for seq in self.scheduler.postprocess(batch, results):
             failed = seq.finish_reason == "error"

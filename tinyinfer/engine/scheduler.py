@@ -18,6 +18,13 @@ One step, within two budgets (max_num_batched_tokens tokens fed, max_num_seqs se
    starts before an earlier one (strict FCFS; the price is head-of-line blocking). No one is
    admitted in a step that had to preempt: memory is short, admitting would only thrash.
 
+A long prompt's chunk makes the whole step slower, and every generating sequence waits for the
+step: on a 2-core CPU, SmolLM2-135M prefills ~120 tokens a second, so a 512-token chunk pauses
+the other streams for ~4 s. With max_prefill_seconds set (the server sets it), while any
+sequence is generating the prompt tokens of one step are held to what the model computes in
+about that time, from the seconds per token measured over the last steps (observe()); a step
+with no one generating still takes whole max_num_batched_tokens chunks.
+
 After the model ran, postprocess() appends each sequence's token and checks its stop conditions.
 A sequence whose forward or sampling failed (model_runner.py hands over the exception in place
 of its token) finishes there with finish_reason "error": its blocks are freed, its unfinished
@@ -52,10 +59,12 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 stop_ids=frozenset(), tokenizer=None):
+                 stop_ids=frozenset(), tokenizer=None, max_prefill_seconds: float | None = None):
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_prefill_seconds = max_prefill_seconds  # None: prompt chunks limited by tokens only
+        self.seconds_per_token: float | None = None  # a step's time over its tokens, averaged (observe)
         self.stop_ids = frozenset(stop_ids)  # the tokenizer's end-of-generation ids
         self.tokenizer = tokenizer  # only for each new token's bytes (stop strings, the text)
         self.waiting: deque[Sequence] = deque()  # arrival order
@@ -67,11 +76,32 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def observe(self, num_tokens: int, seconds: float):
+        """A model step fed num_tokens in `seconds`: update seconds_per_token (a moving average, so
+        the chunk follows the machine's speed). Time over tokens counts the step's fixed cost per
+        token too, so it overstates what one more token costs: the chunks err on the short side."""
+        if num_tokens <= 0 or not seconds > 0:
+            return
+        rate = seconds / num_tokens
+        self.seconds_per_token = rate if self.seconds_per_token is None else 0.7 * self.seconds_per_token + 0.3 * rate
+
+    def prefill_allowance(self) -> int:
+        """Prompt tokens this step may feed: max_num_batched_tokens, or, while a sequence is
+        generating and max_prefill_seconds is set, what fits in max_prefill_seconds (at least 1)."""
+        budget = self.max_num_batched_tokens
+        if self.max_prefill_seconds is None or self.seconds_per_token is None:
+            return budget
+        if not any(seq.num_uncomputed_tokens == 1 and seq.num_computed_tokens >= seq.num_prompt_tokens
+                   for seq in self.running):
+            return budget  # nobody is waiting for a token: a long chunk pauses no one
+        return max(1, min(budget, int(self.max_prefill_seconds / self.seconds_per_token)))
+
     # ---- one step ----------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        prefill = self.prefill_allowance()  # prompt tokens (not generated ones) this step may feed
         bm = self.block_manager
 
         # 1. running sequences, oldest first
@@ -79,6 +109,11 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
+            if n > 1:  # a prompt chunk
+                n = min(n, prefill)
+                if n == 0:
+                    i += 1
+                    continue
             while not bm.can_append(seq, n):
                 victim = self.choose_victim(self.running[i:])  # among those not scheduled this step
                 self.preempt(victim)
@@ -91,13 +126,15 @@ class Scheduler:
             out.seqs.append(seq)
             out.num_new_tokens.append(n)
             budget -= n
+            if n > 1 or seq.num_computed_tokens < seq.num_prompt_tokens:
+                prefill -= n
             i += 1
 
         # 2. waiting sequences, strictly first come first served
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+        while self.waiting and budget > 0 and prefill > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             seq = self.waiting[0]
             cached = bm.find_cached_prefix(seq)  # block ids whose keys/values we can reuse
-            n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
+            n = min(seq.num_tokens - len(cached) * bm.block_size, budget, prefill)
             if not bm.can_admit(seq, cached, n):
                 break  # wait for memory; later arrivals wait behind it
             bm.admit(seq, cached, n)
@@ -110,6 +147,7 @@ class Scheduler:
             out.seqs.append(seq)
             out.num_new_tokens.append(n)
             budget -= n
+            prefill -= n
         return out
 
     def choose_victim(self, candidates: list[Sequence]) -> Sequence:

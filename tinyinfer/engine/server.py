@@ -756,9 +756,14 @@ class OpenAIServer(ThreadingHTTPServer):
         self.server_close()
 
 
+DEFAULT_MAX_PREFILL_SECONDS = 0.05  # tinyinfer serve --max-prefill-ms 50
+
+
 def make_server(model, model_id: str = "model", host: str = "127.0.0.1", port: int = 8000,
                 quiet: bool = False, limits: ServerLimits | None = None, **engine_kwargs) -> OpenAIServer:
-    """A server over LLMEngine(model, **engine_kwargs); port 0 picks a free port (see .port)."""
+    """A server over LLMEngine(model, **engine_kwargs); port 0 picks a free port (see .port). Unless
+    given, max_prefill_seconds is 0.05: a long prompt pauses the other streams ~50 ms a step."""
+    engine_kwargs.setdefault("max_prefill_seconds", DEFAULT_MAX_PREFILL_SECONDS)
     return OpenAIServer(LLMEngine(model, **engine_kwargs), model_id, host, port, quiet, limits)
 
 
