@@ -1,4 +1,5 @@
-"""tinyinfer/fused_decode.py: one compiled call per block gives the step-by-step path's logits, bit for bit."""
+"""tinyinfer/fused_decode.py: one compiled call per block gives the step-by-step path's logits, bit for bit,
+for one sequence's contiguous cache (prefill and decode) and for the engine's packed, paged steps."""
 import numpy as np
 import pytest
 from conftest import small_model
@@ -86,7 +87,8 @@ def test_plan_is_none_where_the_fused_step_does_not_apply():
     one = ContiguousKVCache(fast.config, 1, np.float32, max_len=8)
     assert plan.applies(np.array([[1]]), np.array([0]), one)
     assert not plan.applies(np.array([[1]]), np.array([3]), one)  # not the cache's position
-    assert not plan.applies(np.array([[1, 2]]), np.array([0, 1]), one)  # a prefill
+    assert plan.applies(np.array([[1, 2]]), np.array([0, 1]), one)  # a prefill
+    assert not plan.applies(np.array([[1] * 9]), np.arange(9), one)  # more than the cache holds
     assert not plan.applies(np.array([[1], [2]]), np.array([0]), ContiguousKVCache(fast.config, 2, np.float32))
     assert not plan.applies(np.array([[1]]), np.array([0]), ContiguousKVCache(fast.config, 1, np.float32,
                                                                                 attention="numpy"))
@@ -102,3 +104,38 @@ def test_fused_decode_full_cache_and_bad_activations_raise_named_errors():
     cache = ContiguousKVCache(fast.config, 1, np.float32, max_len=4)
     with pytest.raises(ActivationError, match="layer 0"):
         fast.forward(np.array([[5]]), np.array([0]), cache)
+
+
+def test_engine_steps_fused_equal_stepwise_bit_for_bit():
+    """The engine's packed steps (chunks of several sequences' prompts, then one token each, through
+    scattered paged blocks) give the same logits fused as op by op."""
+    from tinyinfer.engine.block_manager import BlockManager
+    from tinyinfer.engine.model_runner import ModelRunner
+    from tinyinfer.engine.sampling_params import SamplingParams
+    from tinyinfer.engine.sequence import Sequence
+
+    model = _model("q4_1", n_embd=64, n_kv_head=2)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 41, n).tolist() for n in (7, 3, 12)]
+    chunks = [[4, 3, 1, 1], [3, 1, 1, 1], [5, 5, 2, 1]]  # tokens fed per step, per sequence
+    results, plans = [], []
+    for fused in (True, False):
+        runner = ModelRunner(model, num_blocks=16, block_size=4)
+        if not fused:
+            runner.fast._plan = None  # InferenceModel's op-by-op path
+        manager = BlockManager(16, 4, enable_prefix_caching=False)
+        manager.free_block_ids = type(manager.free_block_ids)(rng.permutation(16).tolist())
+        seqs = [Sequence(str(i), p + [1, 2, 3, 4], SamplingParams(), 4, 0.0) for i, p in enumerate(prompts)]
+        out = []
+        for step in range(4):
+            fed = [c[step] for c in chunks]
+            for seq, n in zip(seqs, fed):
+                manager.append(seq, n)
+            out.append(runner.forward(seqs, fed, all_columns=True))
+            for seq, n in zip(seqs, fed):
+                seq.num_computed_tokens += n
+        results.append(out)
+        plans.append(runner.fast._plan)
+    assert isinstance(plans[0], DecodePlan) and plans[1] is None  # the first ran fused, the second op by op
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

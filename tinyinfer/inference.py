@@ -21,8 +21,9 @@ removes what decode does not need:
   4. dense weights kept transposed and contiguous (model.py: TransposedWeight explains why).
   5. RMSNorm, RoPE and SwiGLU as one compiled loop each over the rows (row_ops.py), not a handful
      of NumPy calls each: for one token those calls cost more than the arithmetic.
-  6. one decoded token of a quantized model into a contiguous cache: each block is one compiled
-     call (fused_decode.py: the same compiled pieces, no Python between them, the same bits).
+  6. a quantized model's tokens into a cache (one sequence's, or the engine's packed step): each
+     block is one compiled call (fused_decode.py: the same compiled pieces, no Python between them,
+     the same bits).
 
 Only the LLaMA family is restructured; GPT-2 models run model.forward unchanged (they already have
 one fused QKV matrix). Weights of different kinds that cannot be stacked (a CSR q_proj next to a
@@ -143,19 +144,21 @@ class InferenceModel:
         if config.family != "llama":
             return forward(self.params, config, ids, kv_cache=kv_cache, positions=positions, logits_rows=logits_rows)
         ids = np.asarray(ids)
-        if ids.shape == (1, 1) and positions.shape == (1,) and logits_rows in (None, [-1], [0]):
-            plan = self._decode_plan(ids, positions, kv_cache)
-            x = embed(self.embedding, ids).reshape(1, -1) if plan is not None else None
-            if x is not None and x.dtype == np.float32:
-                x = plan.hidden(x, int(positions[0]), kv_cache)
-                x = row_ops.rmsnorm_rows(x, self.final_norm, config.norm_eps)
-                return matmul(self.head, x).reshape(1, 1, -1)
+        plan = self._decode_plan(ids, positions, kv_cache)
+        if plan is not None:
+            x = embed(self.embedding, ids[0])  # (T, C)
+            if x.dtype == np.float32:
+                x = plan.hidden(np.ascontiguousarray(x), positions, kv_cache)
+                if logits_rows is not None:
+                    x = x[logits_rows]  # (R, C)
+                x = row_ops.rmsnorm_rows(np.ascontiguousarray(x), self.final_norm, config.norm_eps)
+                return matmul(self.head, x)[None]  # (1, R, V)
         return self.forward_embeddings(embed(self.embedding, ids), positions, kv_cache, logits_rows)
 
     def _decode_plan(self, ids, positions, kv_cache):
         from .fused_decode import DecodePlan
 
-        if not DecodePlan.applies(ids, positions, kv_cache):
+        if kv_cache is None or not DecodePlan.applies(ids, positions, kv_cache):
             return None
         if self._plan is False:
             self._plan = DecodePlan.build(self)
