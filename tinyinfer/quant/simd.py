@@ -242,13 +242,12 @@ def _pair_dots(builder, w, x, unsigned):
     instructions: vpmaddubsw multiplies unsigned by signed bytes and adds neighbours into int16
     (exact here: at most 2 x 128 x 127 < 32767), then vpmaddwd by ones adds neighbouring int16s
     into int32. Its first operand must be unsigned: q4_1 / q5_1's q are; for the signed formats
-    |w| goes first and x takes w's sign (vpsignb's rule, written as selects), so the products are
-    unchanged. Elsewhere the same lanes come from generic IR (sext, mul, shuffles)."""
+    |w| goes first and x takes w's sign (vpsignb: one instruction a pair, where the same rule
+    written as selects compiles to five), so the products are unchanged. Elsewhere the same lanes come from generic IR (sext, mul, shuffles)."""
     if LANES == 8 and AVX2:
         if not unsigned:
+            x = _x86(builder, "llvm.x86.avx2.psign.b", _I8x32, x, w)  # x with w's sign (0 where w is 0): vpsignb
             negative = builder.icmp_signed("<", w, _splat8(0))
-            x = builder.select(negative, builder.sub(_splat8(0), x),
-                               builder.select(builder.icmp_signed("==", w, _splat8(0)), _splat8(0), x))
             w = builder.select(negative, builder.sub(_splat8(0), w), w)  # |w|; -128 stays 0x80 = 128 unsigned
         pairs16 = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(ir.IntType(16), 16), w, x)
         ones = ir.Constant(ir.VectorType(ir.IntType(16), 16), [1] * 16)
