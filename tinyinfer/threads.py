@@ -50,6 +50,20 @@ The policy:
    splitting (tinyinfer/quant/kernels.py: DECODE_PARALLEL_MIN depends on the layer). OpenMP is
    also safe to call from several Python threads (workqueue is not); it is not safe across
    fork() without exec (tinyinfer never forks).
+
+   The spinning has a price when *another process* runs parallel kernels on the same cores (two
+   notebooks, a test run beside a server): each process's workers spin on the cores the other
+   needs, and a region waits for a worker that is not running. Measured on the 2-core EPYC,
+   SmolLM2-135M Q4_1 batch-1 decode in tokens/s (6 rounds of 32 tokens; three alternating runs
+   alone, one with two processes at once):
+
+       OpenMP waiting         alone                 two processes at once, each
+       spinning (default)     79-98                 9-25
+       OMP_WAIT_POLICY=PASSIVE 63-82                41-59
+
+   So the default keeps the ~15% a lone process gains from spinning, and a machine whose cores
+   are shared with other busy processes should set OMP_WAIT_POLICY=PASSIVE (before Python
+   starts: libgomp reads it once), or give each process one thread (`set_kernel_threads(1)`).
 3. **Threads for a kernel**: numba.get_num_threads() (all cores by default; NUMBA_NUM_THREADS or
    `set_kernel_threads(n)` changes it). Each kernel decides whether a product is big enough to
    split (tinyinfer/quant/kernels.py).
