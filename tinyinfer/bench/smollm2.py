@@ -15,7 +15,9 @@ Everything in one run, on one machine:
   decode    batch-1 tokens/s, tinyinfer (the file's Q4_1 blocks as shipped) against llama.cpp
             (same file, same number of threads), interleaved round by round, median ratio
   prefill   tokens/s of a 256-token prompt, the same way
-  products  the time of one token's weight products alone (fixed inputs), beside the decode's
+  products  the time of one token's weight products called one at a time from Python (fixed
+            inputs), beside the decode's, which runs each block as one compiled call
+            (tinyinfer/fused_decode.py): their difference is what the calls cost
   formats   tinyinfer's own decode of the same model in float32 (the blocks expanded; NumPy's BLAS on
             every thread, its best setting), Q8_0, Q4_0 and Q4_1, with the time of one token split into streaming the weights (their bytes / the
             machine's measured read bandwidth, tinyinfer/bench/roofline.py) and everything else
@@ -101,9 +103,11 @@ def tinyinfer_decode_seconds(fast, ids, n: int) -> float:
 
 
 def products_seconds(fast, repeats: int = 20) -> float:
-    """Seconds of one token's weight products alone (every layer's fused qkv, o, gate_up and down,
-    and the head) on fixed inputs, the median of `repeats`: the part of a decode step the products
-    take, the rest being norms, RoPE, attention and Python."""
+    """Seconds of one token's weight products (every layer's fused qkv, o, gate_up and down, and the
+    head) called one at a time from Python (QTensor.matmul) on fixed inputs, the median of
+    `repeats`. A decode step of a quantized model runs the same kernels inside one compiled call per
+    block (tinyinfer/fused_decode.py), so a step can take less than this: the difference is what
+    121 calls from Python cost (each rounds x, checks its arguments, allocates its output)."""
     from ..model import matmul
 
     weights = [w for layer in fast.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [fast.head]
@@ -342,8 +346,8 @@ def format_results(r: dict) -> str:
         lines.append(f"{what}: {row}")
     if "products_ms_per_token" in r:
         token_ms = 1e3 / r["decode"]["tinyinfer"]["tokens_per_s"]
-        lines.append(f"of tinyinfer's {token_ms:.1f} ms a token, the weight products alone take "
-                     f"{r['products_ms_per_token']:.1f} ms (timed apart on fixed inputs)")
+        lines.append(f"tinyinfer's token takes {token_ms:.1f} ms; its weight products called one at a time from "
+                     f"Python take {r['products_ms_per_token']:.1f} ms (fixed inputs)")
     if "ratio_vs_llama_cpp" not in r["decode"]:
         lines.append(f"llama.cpp: {r['llama_cpp']}")
     if "ratio_vs_transformers" not in r["decode"]:
