@@ -24,6 +24,7 @@
 # | its tokenizer (GPT-2 BPE, the `smollm` pre-tokenizer) | `tinyinfer/tokenizer/gguf_vocab.py: from_gguf_metadata` |
 # | its chat template | `tinyinfer/tokenizer/chat.py: render_chat` |
 # | decode fast: fused products, a RoPE table | `tinyinfer/inference.py: InferenceModel` |
+# | one compiled call per block | `tinyinfer/fused_decode.py: layer_step` |
 # | stream a reply | `tinyinfer/generate.py: chat` |
 #
 # `TINYINFER_LESSON_SMALL=1` (the tests set it) shortens the timings and the reply.
@@ -182,9 +183,10 @@ print(f"\n[{time.perf_counter() - t0:.1f} s, prefill and JIT warm-up included]")
 #     time per token  >=  bytes of the weights / memory read bandwidth
 #
 # (the *roofline*, lesson 04). The rest is everything else: norms, RoPE, attention over the cache,
-# the Python that calls ~120 kernels a token, and the kernels' own overheads. We measure the machine's
-# read bandwidth (`tinyinfer/bench/roofline.py: read_bandwidth`), time decoding, and split each
-# token into the two parts, for the file's Q4_1 blocks and for the same weights expanded to float32.
+# the calls from Python into the kernels, and the kernels' own arithmetic beyond reading bytes. We
+# measure the machine's read bandwidth (`tinyinfer/bench/roofline.py: read_bandwidth`), time
+# decoding, and split each token into the two parts, for the file's Q4_1 blocks and for the same
+# weights expanded to float32.
 
 # %%
 from tinyinfer.bench.roofline import read_bandwidth  # noqa: E402
@@ -228,13 +230,21 @@ ax.legend(loc="upper right", fontsize=8)
 ax.set_title("one token of SmolLM2-135M, batch 1")
 fig.tight_layout()
 plt.show()
+for name in split:
+    stream_ms, rest_ms = split[name][0] * 1e3, split[name][1] * 1e3
+    print(f"{name}: streaming the weights {stream_ms:.1f} ms, everything else {rest_ms:.1f} ms: streaming is "
+          f"{'the larger' if stream_ms > rest_ms else 'the smaller'} part")
 
 # %% [markdown]
-# Reading the bars: float32 weights are ~540 MB a token, so streaming dominates and fewer bits per
-# weight pay directly. In Q4_1 the weights are ~96 MB and "everything else" becomes the larger part:
-# past that point, a faster decode comes from removing overhead (fusing products, fewer Python calls),
-# not from fewer bits. `tinyinfer bench smollm2` prints the same split with more rounds, and
-# llama.cpp's speed on the same file beside it.
+# Reading the bars (the lines under the figure say which part is larger on this run): float32
+# weights are ~540 MB a token, so streaming them costs tens of milliseconds and fewer bits per
+# weight pay directly. Q4_1's weights are ~96 MB, and what is left beside streaming is the arithmetic of the
+# quantized products (unpacking nibbles, scaling every block of 32) and the calls around it. The
+# calls are already few: for a quantized model InferenceModel runs each block of a token as one
+# compiled call (`tinyinfer/fused_decode.py: layer_step`, the same kernels and the same bits as
+# the op-by-op path). Past that point a faster decode needs fewer instructions per weight, not fewer
+# bits. `tinyinfer bench smollm2` prints the same split with more rounds, and llama.cpp's speed on
+# the same file beside it.
 
 # %% [markdown]
 # ## 6. Beside llama.cpp
