@@ -89,7 +89,11 @@ def _block_time(fn, items):
 def quiet_blas():
     """BLAS back to the policy's thread count, and time for any spinning workers to go to sleep."""
     threads.set_blas_threads(threads.policy_blas_threads())
-    time.sleep(0.1)  # OpenBLAS workers spin for up to ~2^28 cycles (~0.1 s) after a call
+    # OpenBLAS workers spin for up to ~2^28 cycles after a call. Measured on the 2-core EPYC VM
+    # (4096 x 4096 Q8_0 / Q4_0 decode from memory, right after a block of 2-thread float32 products):
+    # after 0.1 s the kernel still ran 1.4-1.6x slower than with no BLAS call before it; after 0.5 s
+    # it ran as fast. So the kernel's block starts 0.5 s after the baseline's.
+    time.sleep(0.5)
 
 
 def best_blas_threads(W, x, rounds=3):
