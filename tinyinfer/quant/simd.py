@@ -367,8 +367,8 @@ def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, xq, b0, scales):
 
 @intrinsic
 def row_block_step(typingctx, tag, acc, wq, wh, n, k, xq, scales):
-    """acc + float32(pair dots of block k of W row n and xq[0, k]) * scales[k]: one accumulator,
-    no prefetch (one row is one sequential stream, which the hardware prefetcher follows)."""
+    """acc + float32(pair dots of block k of W row n and xq[0, k]) * scales[k]: one accumulator
+    (decode_rows asks for later rows' blocks with prefetch_block)."""
     def codegen(context, builder, sig, args):
         _, acc, wq, wh, n, k, xq, scales = args
         n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5))
@@ -382,6 +382,23 @@ def row_block_step(typingctx, tag, acc, wq, wh, n, k, xq, scales):
         a = _scaled_add(builder, builder.extract_value(acc, 0), pairs, _pointer(context, builder, sig.args[7], scales, [k]))
         return builder.insert_value(acc, a, 0)
     return acc(tag, acc, wq, wh, n, k, xq, scales), codegen
+
+
+@intrinsic
+def prefetch_block(typingctx, wq, n, k):
+    """Ask the cache for block k of row n of wq (a hint, never a fault; n must be a valid row)."""
+    def codegen(context, builder, sig, args):
+        wq, n, k = args
+        n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (1, 2))
+        _prefetch(builder, _pointer(context, builder, sig.args[0], wq, [n, k, context.get_constant(types.intp, 0)]))
+        return context.get_dummy_value()
+    return types.none(wq, n, k), codegen
+
+
+# Decode asks for the blocks of the row this many rows ahead. One row is one sequential stream, but
+# the scales are a second one and a short row ends soon: measured from memory (4096 x 4096, eight
+# matrices cycled, 2 threads, alternating runs) Q8_0 1.1-1.3x and Q4_1 1.05-1.4x faster with it.
+DECODE_PREFETCH_ROWS = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +487,9 @@ def decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
         for k in range(NB):
             scales[k] = half_to_float(wd[n, k]) * xd[0, k]
         acc = zero
+        ahead = min(n + DECODE_PREFETCH_ROWS, n1 - 1)
         for k in range(NB):  # blocks in order, as simd_rows adds them
+            prefetch_block(wq, ahead, k)
             acc = row_block_step(tag, acc, wq, wh, n, k, xq, scales)
         tile_sums(acc, sums)
         v = sums[0, 0]
