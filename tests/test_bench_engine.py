@@ -107,3 +107,24 @@ def test_goals_read_every_section():
     assert g["aggregate_32_over_llamacpp_batch1"]["measured"] is None
     assert g["speculative_over_batch1"]["greedy_identical"] is True
     assert g["prefix_cache_ttft"]["shared_fraction"] == 0.95
+
+
+@pytest.mark.parametrize("slope_ms", [0.5, -0.1])
+def test_scaling_report_with_and_without_a_compute_bound_ceiling(slope_ms):
+    """A fit whose step time does not grow with the batch (a fixed cost dominates, or noise) has no
+    ceiling to report: the report says so instead of failing."""
+    from tinyinfer.bench.batching import format_scaling
+
+    per_token = slope_ms / 1e3
+    r = {"context": 32, "steps": 3, "rounds": 1, "weight_bytes": 1e6, "flops_per_token": 2e6,
+         "rows": [{"batch": b, "step_ms": 1.0 + b * max(slope_ms, 0), "step_iqr_ms": [0.9, 1.1],
+                   "tokens_per_s": 100.0 * b, "gflops": 0.1} for b in (1, 2, 4)],
+         "fit": {"fixed_ms": 1.0, "per_token_ms": slope_ms, "fitted_on": [2, 4]},
+         "compute_bound_tokens_per_s": 1.0 / per_token if per_token > 0 else None,
+         "crossover_batch": 1e-3 / per_token if per_token > 0 else float("inf"),
+         "stream_weights_ms": 0.1, "ceilings": {"read_gbs_all_threads": 10.0, "sgemm_gflops": 100.0, "int8_gmacs": 10.0}}
+    text = format_scaling(r)
+    if slope_ms > 0:
+        assert "compute-bound ceiling 2000 tokens/s" in text
+    else:
+        assert "no compute-bound ceiling within these batch sizes" in text

@@ -335,10 +335,13 @@ def format_scaling(r: dict) -> str:
                      f"{row['step_iqr_ms'][1]:.1f})  {row['tokens_per_s']:8.1f} tokens/s  {row['gflops']:6.1f} GFLOP/s")
     f = r["fit"]
     c = r["ceilings"]
+    if r["compute_bound_tokens_per_s"]:
+        ceiling = (f"compute-bound ceiling {r['compute_bound_tokens_per_s']:.0f} tokens/s; the step turns "
+                   f"compute-bound from batch ~{r['crossover_batch']:.1f}")
+    else:  # the step did not grow with the batch over these sizes (a fixed cost dominates, or noise)
+        ceiling = "no compute-bound ceiling within these batch sizes: the step did not grow with the batch"
     lines.append(f"  fit over batches {f['fitted_on']}: step = {f['fixed_ms']:.1f} ms + batch x "
-                 f"{f['per_token_ms']:.2f} ms; "
-                 f"compute-bound ceiling {r['compute_bound_tokens_per_s']:.0f} tokens/s; the step turns compute-bound "
-                 f"from batch ~{r['crossover_batch']:.1f}")
+                 f"{f['per_token_ms']:.2f} ms; {ceiling}")
     lines.append(f"  machine: read {c['read_gbs_all_threads']:.1f} GB/s (streaming the weights once: "
                  f"{r['stream_weights_ms']:.1f} ms), sgemm {c['sgemm_gflops']:.0f} GFLOP/s, int8 dots "
                  f"{c['int8_gmacs']:.0f} Gmac/s")
