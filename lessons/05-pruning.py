@@ -885,7 +885,7 @@ print(f"  half the MLP neurons: {speed.median:.2f}x the dense speed (IQR {speed.
 #
 # Worked solutions, which run as they are: `lessons/solutions/05-pruning.py`
 # (`python lessons/solutions/05-pruning.py 3` runs exercise 3 alone; with
-# `TINYINFER_LESSON_SMALL=1` all of them take about a minute).
+# `TINYINFER_LESSON_SMALL=1` all of them take under a minute on a quiet machine).
 #
 # 1. **Exact-k by hand.** Without `prune.py`, write magnitude pruning for one matrix with
 #    `np.argsort(kind="stable")` and check it against `magnitude_masks` on a matrix with many tied
