@@ -117,4 +117,31 @@ def test_real_model_section_on_smollm2():
     assert all(r["tokens_per_s"] > 0 and r["perplexity"] > 1 for r in rows.values())
     assert "identical to" in rows["speculative"]["note"] and "identical to" in rows["engine"]["note"]
     assert res["long"]["ratio_vs_naive"] > 0
+    check = res["naive"]["check"]
+    assert check["measured_s"] > 0 and check["estimated_s"] > 0 and check["steps"] == 8
     assert any("SmolLM2" in line for line in real_model_lines(res))
+    assert any("the real loop on 8 steps" in line for line in real_model_lines(res))
+
+
+def test_naive_estimate_sums_the_fitted_step_over_every_length():
+    """naive_seconds: the fitted polynomial summed over the lengths prompt .. prompt + n - 1; the fit
+    through timed passes recovers a known quadratic (a stand-in forward whose time is exact)."""
+    from tinyinfer.tour import real_model
+
+    fit = {"coefficients": [1e-6, 2e-3, 0.1]}  # c L^2 + b L + a
+    expected = sum(1e-6 * L * L + 2e-3 * L + 0.1 for L in range(40, 45))
+    assert real_model.naive_seconds(fit, 40, 5) == pytest.approx(expected)
+    assert real_model.naive_lengths(32, 511) == [32, 192, 351, 511]
+    assert real_model.naive_lengths(32, 33) == [32, 33]
+
+
+def test_naive_fit_recovers_the_step_time(monkeypatch):
+    from tinyinfer.tour import real_model
+
+    monkeypatch.setattr(real_model, "naive_seconds_for_length", lambda fp32, n, steps=2: 0.05 + 1e-3 * n + 2e-6 * n * n)
+    fit = real_model.naive_fit(None, [32, 150, 300, 511])
+    assert np.polyval(fit["coefficients"], 400) == pytest.approx(0.05 + 0.4 + 2e-6 * 400 ** 2)
+    line = real_model.naive_fit(None, [10, 20])  # two lengths: the line through them
+    assert np.polyval(line["coefficients"], 15) == pytest.approx(0.05 + 0.015 + 2e-6 * (100 + 400) / 2, rel=1e-3)
+    with pytest.raises(ValueError, match="lengths"):
+        real_model.naive_fit(None, [])

@@ -484,7 +484,7 @@ def add_tour_parser(sub):
     p.add_argument("--num-requests", type=int, help="prompts in the workload (default 16; 6 with --quick)")
     p.add_argument("--prompt-len", type=int, help="held-out tokens per prompt (default 128; 64 with --quick)")
     p.add_argument("--new-tokens", type=int, help="greedy tokens per prompt (default 128; 48 with --quick)")
-    p.add_argument("--naive-requests", type=int, help="prompts the slow naive baseline decodes (default 4; 2 with --quick)")
+    p.add_argument("--naive-requests", type=int, help="prompts the slow naive baseline decodes (default 2, as with --quick)")
     p.add_argument("--rounds", type=int, help="timed rounds of the table (default 3; 2 with --quick)")
     p.add_argument("--eval-windows", type=int, help="held-out windows for quality (default 16; 4 with --quick)")
     p.add_argument("--eval-seq-len", type=int, help="tokens per held-out window (default 128)")

@@ -50,7 +50,7 @@ class TourSettings:
     num_requests: int = 16           # prompts in the workload
     prompt_len: int = 128            # held-out tokens per prompt: a paragraph of context ...
     new_tokens: int = 128            # ... and a paragraph of answer (greedy)
-    naive_requests: int = 4          # the naive baseline decodes only the first few prompts (see measure_speed)
+    naive_requests: int = 2          # the naive baseline decodes only the first few prompts (see measure_speed)
     rounds: int = 3                  # timed rounds of the main table (after one warm-up)
     eval_windows: int = 16           # held-out windows for quality
     eval_seq_len: int = 128          # tokens per window

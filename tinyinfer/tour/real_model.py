@@ -31,9 +31,15 @@ float32 row's speed; the table says so instead of inventing a speedup.
 The workload: chat requests rendered with the model's template, half asking to edit a function of
 the held-out corpus (answers that repeat their prompt, where prompt lookup helps) and half open
 questions (where it does not), every request decoding the same number of tokens (ignore_eos) so
-every row does the same work. The naive baseline, which recomputes the whole sequence for every
-token, decodes one representative request; the one-request-at-a-time rows a few; the batched rows
-all of them. Each row's speed is generated tokens per second of its own requests.
+every row does the same work. The one-request-at-a-time rows decode a few representative requests,
+the batched rows all of them. Each row's speed is generated tokens per second of its own requests.
+
+The naive baseline recomputes the whole sequence for every token, so timing its loop on the same
+requests would take minutes. Its seconds are estimated instead (naive_fit): forward passes timed
+at a few lengths from 32 to 511 tokens, a quadratic in the length fitted through them (the weights
+cost a + b L, attention over all pairs c L^2), summed over every step of the same requests as the
+one-at-a-time rows, and of the 512-token sequences. naive_check times the real loop on the first
+steps of one request beside the estimate for those steps, and the report prints both.
 """
 from __future__ import annotations
 
@@ -124,27 +130,29 @@ def quality(variants: dict, windows, progress=True) -> dict:
     from ..inference import InferenceModel
     from ..kv_cache import ContiguousKVCache
 
-    def logits_of(model):
+    def scores(model):
+        """(summed negative log-likelihood, top-1 choices (W, T)), one window's logits at a time: a
+        window's float64 log-softmax is already 100 MB at SmolLM2's 49,152-token vocabulary."""
         fast = InferenceModel(model)
-        out = []
+        nll, tops = 0.0, []
         for row in windows:
             ids = row[:-1]
             cache = ContiguousKVCache(model.config, 1, np.float32, max_len=len(ids))
-            out.append(fast.forward(ids[None], np.arange(len(ids)), cache)[0])
-        return np.stack(out)  # (W, T, V)
+            logits = fast.forward(ids[None], np.arange(len(ids)), cache)[0].astype(np.float64)  # (T, V)
+            logits -= logits.max(-1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            nll -= float(np.take_along_axis(logp, row[1:, None], -1).sum())
+            tops.append(logits.argmax(-1))
+        return nll, np.stack(tops)
 
     targets = windows[:, 1:]
     reference = None
     result = {}
     for name, model in tqdm(variants.items(), desc="SmolLM2: held-out quality", disable=not progress, leave=False):
-        logits = logits_of(model).astype(np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll = -np.take_along_axis(logp, targets[..., None], -1).mean()
-        top = logits.argmax(-1)
+        nll, top = scores(model)
         reference = top if reference is None else reference  # the first variant is fp32
-        result[name] = {"perplexity": float(np.exp(nll)), "top1_agreement": float((top == reference).mean()),
-                        "positions": int(targets.size)}
+        result[name] = {"perplexity": float(np.exp(nll / targets.size)),
+                        "top1_agreement": float((top == reference).mean()), "positions": int(targets.size)}
     return result
 
 
@@ -197,17 +205,48 @@ def naive_seconds_for_length(fp32, length: int, steps: int = 2) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def naive_long_estimate(fp32, prompt: int, total: int) -> dict:
-    """The naive baseline on one sequence growing from prompt to total tokens, estimated: a step's
-    time is linear in the sequence length (a forward over L tokens; the attention's L^2 part is
-    small at these lengths), so three measured lengths give the line and the sum over every step."""
-    lengths = np.array([prompt, (prompt + total) // 2, total - 1])
-    seconds = np.array([naive_seconds_for_length(fp32, int(n)) for n in lengths])
-    slope, intercept = np.polyfit(lengths, seconds, 1)
-    all_steps = np.arange(prompt, total)
-    estimate = float(np.sum(intercept + slope * all_steps))
-    return {"lengths": lengths.tolist(), "step_seconds": seconds.tolist(), "seconds_per_request": estimate,
+def naive_lengths(shortest: int, longest: int, points: int = 4) -> list[int]:
+    """`points` sequence lengths evenly spread from shortest to longest (fewer if the range is narrow)."""
+    return sorted({round(float(v)) for v in np.linspace(shortest, longest, points)})
+
+
+def naive_fit(fp32, lengths, steps: int = 2) -> dict:
+    """The naive step's seconds as a function of the sequence length L, from passes timed at a few
+    lengths: a quadratic (the weights cost a + b L, the attention over all pairs c L^2: on SmolLM2
+    the step's time per token roughly doubles between 32 and 511 tokens, so a line would not do).
+    With fewer than three lengths, the polynomial through them (a line, a constant)."""
+    lengths = np.array(sorted({int(n) for n in lengths}))
+    if lengths.size == 0 or lengths[0] < 1:
+        raise ValueError(f"lengths must be positive sequence lengths, got {list(lengths)}")
+    seconds = np.array([naive_seconds_for_length(fp32, int(n), steps) for n in lengths])
+    degree = min(2, lengths.size - 1)
+    return {"lengths": lengths.tolist(), "step_seconds": seconds.tolist(),
+            "coefficients": np.polyfit(lengths, seconds, degree).tolist()}
+
+
+def naive_seconds(fit: dict, prompt: int, new_tokens: int) -> float:
+    """Estimated seconds for the naive loop to decode new_tokens after a prompt of `prompt` tokens:
+    the fitted step time summed over the lengths prompt .. prompt + new_tokens - 1."""
+    return float(np.sum(np.polyval(fit["coefficients"], np.arange(prompt, prompt + new_tokens))))
+
+
+def naive_long_estimate(fit: dict, prompt: int, total: int) -> dict:
+    """The naive baseline on one sequence growing from prompt to total tokens, estimated from the fit."""
+    estimate = naive_seconds(fit, prompt, total - prompt)
+    return {"lengths": fit["lengths"], "step_seconds": fit["step_seconds"], "seconds_per_request": estimate,
             "tokens_per_s": (total - prompt) / estimate}
+
+
+def naive_check(fp32, fit: dict, request, steps: int = 8) -> dict:
+    """The real naive loop (bench.engine.run_naive) on the first `steps` tokens of one request,
+    against the fit's estimate for the same steps: how far the estimate is from the loop."""
+    from ..bench.engine import run_naive
+
+    prompt, _ = request
+    _, measured = run_naive(fp32, [(prompt, steps)])
+    estimate = naive_seconds(fit, len(prompt), steps)
+    return {"prompt_tokens": len(prompt), "steps": steps, "measured_s": measured, "estimated_s": estimate,
+            "measured_over_estimated": measured / estimate}
 
 
 def run_section(s: RealModelSettings, progress: bool = True) -> dict:
@@ -215,7 +254,7 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     from .. import load
-    from ..bench.engine import representative_subset, run_cached, run_naive
+    from ..bench.engine import representative_subset, run_cached
     from ..corpus import token_stream
     from ..evaluate import eval_windows
     from ..inference import InferenceModel
@@ -234,8 +273,13 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
     one = representative_subset(work, 1)
     fasts = {name: InferenceModel(variants[name]) for name in ("fp32", "q8_0", "q4_1", "q4_0")}
     timings, tokens, extra = {}, {}, {}
-    plan = [("naive", lambda: run_naive(variants["fp32"], one), one),
-            ("kv_cache", lambda: run_cached(fasts["fp32"], few), few),
+    # The naive baseline decodes the same requests as the one-at-a-time rows, but its time is the
+    # fitted step time summed over every step (timing the loop itself would take minutes).
+    fit = naive_fit(variants["fp32"], naive_lengths(min(32, min(len(p) for p, _ in few)),
+                                                    max(s.long_len - 1, max(len(p) + n - 1 for p, n in few))))
+    check = naive_check(variants["fp32"], fit, one[0])
+    timings["naive"] = (sum(n for _, n in few), sum(naive_seconds(fit, len(p), n) for p, n in few))
+    plan = [("kv_cache", lambda: run_cached(fasts["fp32"], few), few),
             ("q8_0", lambda: run_cached(fasts["q8_0"], few), few),
             ("q4_1", lambda: run_cached(fasts["q4_1"], few), few),
             ("q4_0", lambda: run_cached(fasts["q4_0"], few), few),
@@ -252,7 +296,7 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
         tokens[key] = toks
 
     long_work = [(list(range(1000, 1032)), s.long_len - 32)] * s.long_requests  # 32-token prompts to long_len
-    naive_long = naive_long_estimate(variants["fp32"], 32, s.long_len)
+    naive_long = naive_long_estimate(fit, 32, s.long_len)
     _, long_seconds = run_engine(fasts["q4_1"], long_work, prefix_caching=True)
     long_stack = sum(n for _, n in long_work) / long_seconds
     return {"rows": make_rows(timings, tokens, q, variants, extra, work, few, s),
@@ -260,7 +304,10 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
             "long": {"length": s.long_len, "requests": s.long_requests, "naive": naive_long,
                      "full_stack_tokens_per_s": long_stack,
                      "ratio_vs_naive": long_stack / naive_long["tokens_per_s"]},
-            "workload": {"requests": len(work), "one_at_a_time": len(few), "naive": len(one),
+            "naive": {"fit": fit, "check": check,
+                      "how": "estimated: forward passes timed at a few lengths, a quadratic fitted, summed over "
+                             "every step of the one-at-a-time rows' requests"},
+            "workload": {"requests": len(work), "one_at_a_time": len(few), "naive": len(few),
                          "new_tokens": s.new_tokens, "prompt_tokens": [len(p) for p, _ in work],
                          "source": "chat prompts: edits of held-out functions and open questions"},
             "wall_time_s": time.perf_counter() - t0}
