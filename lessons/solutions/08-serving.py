@@ -53,9 +53,10 @@ def exercise_1():
         for B, p in parts.items():
             print(f"{name:7s} batch {B:2d}: step {p['step_s'] * 1e3:6.2f} ms = products {p['products'] * 1e3:5.2f} + "
                   f"attention {p['attention'] * 1e3:5.2f} + norms/RoPE/SwiGLU {p['norms_rope_swiglu'] * 1e3:5.2f} + "
-                  f"the rest {p['other'] * 1e3:5.2f} ms")
+                  f"whole blocks in one compiled call {p['fused_blocks'] * 1e3:5.2f} + the rest {p['other'] * 1e3:5.2f} ms")
         grow = {k: parts[16][k] / max(parts[1][k], 1e-6)
-                for k in ("products", "attention", "norms_rope_swiglu", "other")}
+                for k in ("products", "attention", "norms_rope_swiglu", "fused_blocks", "other")
+                if max(parts[1][k], parts[16][k]) > 0}
         gains[name] = 16 * parts[1]["step_s"] / parts[16]["step_s"]
         most, least = max(grow, key=grow.get), min(grow, key=grow.get)
         print(f"        from batch 1 to 16: {most} grew the most ({grow[most]:.1f}x), {least} the least "

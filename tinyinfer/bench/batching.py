@@ -111,7 +111,9 @@ def decode_step_seconds(fast, s, B: int, context: int, steps: int, attention: st
 
 def profile_step(fast, s, B: int, context: int, steps: int = 3) -> dict:
     """Where the time of a decode step of B sequences goes (cProfile over `steps` steps): seconds a
-    step in the quantized / dense products, attention, norms and activations, the rest."""
+    step in the quantized / dense products, attention, norms and activations, whole LLaMA blocks run
+    as one compiled call (fused_decode.layer_step: their products, attention and norms together,
+    which a profiler cannot split), the rest."""
     batch = DecodeBatch(fast, s, B, context, steps)
     profiler = cProfile.Profile()
     t0 = time.perf_counter()
@@ -120,7 +122,7 @@ def profile_step(fast, s, B: int, context: int, steps: int = 3) -> dict:
     profiler.disable()
     wall = (time.perf_counter() - t0) / steps
     stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, ncalls, tottime, cumtime, callers)}
-    parts = {"products": 0.0, "attention": 0.0, "norms_rope_swiglu": 0.0}
+    parts = {"products": 0.0, "attention": 0.0, "norms_rope_swiglu": 0.0, "fused_blocks": 0.0}
     from .. import model as model_module
 
     products = (inspect.getsourcefile(model_module.matmul), inspect.getsourcelines(model_module.matmul)[1])
@@ -131,6 +133,8 @@ def profile_step(fast, s, B: int, context: int, steps: int = 3) -> dict:
             parts["attention"] += cumtime
         elif name in ("rmsnorm_forward", "rope_forward", "swiglu_forward"):
             parts["norms_rope_swiglu"] += cumtime
+        elif "fused_decode.layer_step" in name:  # a compiled function: "<built-in method ...layer_step>"
+            parts["fused_blocks"] += cumtime
     out = {k: v / steps for k, v in parts.items()}
     out["step_s"] = wall
     out["other"] = max(0.0, wall - sum(out[k] for k in parts))
@@ -356,7 +360,8 @@ def format_scaling(r: dict) -> str:
     if p:
         lines.append(f"  one step of batch {p['batch']} ({p['step_s'] * 1e3:.0f} ms under the profiler): products "
                      f"{p['products'] * 1e3:.0f} ms, attention {p['attention'] * 1e3:.0f} ms, norms/RoPE/SwiGLU "
-                     f"{p['norms_rope_swiglu'] * 1e3:.0f} ms, the rest {p['other'] * 1e3:.0f} ms")
+                     f"{p['norms_rope_swiglu'] * 1e3:.0f} ms, whole blocks in one compiled call (their products, "
+                     f"attention and norms) {p.get('fused_blocks', 0.0) * 1e3:.0f} ms, the rest {p['other'] * 1e3:.0f} ms")
     return "\n".join(lines)
 
 
