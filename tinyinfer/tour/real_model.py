@@ -67,7 +67,10 @@ class RealModelSettings:
     requests: int = 32               # chat requests of the batched rows
     one_at_a_time: int = 4           # of them, the one-request-at-a-time rows decode this many
     new_tokens: int = 96             # tokens every request decodes
-    spec_k: int = 4                  # prompt lookup's draft length
+    # prompt lookup's draft length: `tinyinfer bench engine --model smollm2` measured k = 1..8 on
+    # edit requests and open questions (benchmarks/engine_smollm2.json); k = 1 lost least over both
+    # (0.89x and 0.84x batch 1; k = 4: 0.82x and 0.55x), and this workload is half of each
+    spec_k: int = 1
     eval_windows: int = 4            # held-out windows of eval_seq_len tokens for quality
     eval_seq_len: int = 256
     long_len: int = 512              # the 512-token sequences of the last comparison
