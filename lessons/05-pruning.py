@@ -573,6 +573,10 @@ else:
     for key, row in rows.items():
         if key != "dense":
             print(f"  {row['method']:<9} {row['level']:>4}: {row['perplexity']:8.2f} ({row['perplexity'] / dense_ppl:.2f}x dense)")
+    for level in dict.fromkeys(row["level"] for key, row in rows.items() if key != "dense"):
+        ranked = sorted((row for key, row in rows.items() if key != "dense" and row["level"] == level),
+                        key=lambda row: row["perplexity"])
+        print(f"  at {level}, from the lowest perplexity to the highest: " + ", ".join(r["method"] for r in ranked))
     for model_name, pub in smol["published"].items():
         print(f"published, {model_name}, 50%: " + ", ".join(f"{k} {v:.2f} ({v / pub['dense']:.2f}x)"
                                                           for k, v in pub.items() if k != "dense"))

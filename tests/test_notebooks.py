@@ -35,7 +35,7 @@ SOLUTIONS = ROOT / "lessons" / "solutions"
 # The lessons held to the reader checks below: figures with labelled axes and legends, references
 # that resolve, no internal references, a check or a worked solution for every exercise. Every
 # lesson belongs here; a lesson joins the list in the commit that makes it pass the checks.
-READER_CHECKED = ["01-transformer", "02-tokenizer", "03-training", "04-quantization", "06-distillation", "07-kv-cache", "08-serving", "09-putting-it-together", "10-formats", "11-real-model"]
+READER_CHECKED = ["01-transformer", "02-tokenizer", "03-training", "04-quantization", "05-pruning", "06-distillation", "07-kv-cache", "08-serving", "09-putting-it-together", "10-formats", "11-real-model"]
 # Lessons that run SmolLM2-135M-Instruct: skipped, saying how to install it, where its file is absent.
 NEEDS_SMOLLM2 = {"11-real-model"}
 CHECKED = [p for p in LESSONS if p.stem in READER_CHECKED]
