@@ -113,9 +113,10 @@ def summarize(times, bytes_moved, roof):
 
 
 def ratio(times, base, fast):
-    """Median over rounds of times[base] / times[fast] (> 1: fast is faster), with its range."""
+    """Median over rounds of times[base] / times[fast] (> 1: fast is faster), with its range and the
+    per-round ratios themselves (for a spread: lesson_tools.spread)."""
     rs = [b / f for b, f in zip(times[base], times[fast])]
-    return {"median": statistics.median(rs), "low": min(rs), "high": max(rs)}
+    return {"median": statistics.median(rs), "low": min(rs), "high": max(rs), "rounds": rs}
 
 
 def best_blas_threads(W_list, x, rounds):
