@@ -705,7 +705,7 @@ ax.set_xlabel("density (log scale)")
 ax.set_ylabel("speed-up over dense float32 (>1: faster)")
 ax.set_title("where CSR crosses dense")
 ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17))  # below: where the curves fall depends on the run
 fig.tight_layout()
 plt.show()
 
