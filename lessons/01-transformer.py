@@ -573,4 +573,4 @@ check(kv_cache_mib_gqa, answers.kv_cache_mib(n_layer=32, n_kv_head=8, head_dim=1
                                              bytes_per_value=2), name="kv_cache_mib_gqa")
 check(kv_cache_mib_mha, answers.kv_cache_mib(n_layer=32, n_kv_head=32, head_dim=128, tokens=4096, sequences=8,
                                              bytes_per_value=2), name="kv_cache_mib_mha")
-check(top_p_ids, answers.top_p_keeps(probs, 0.5), name="top_p_ids")
+check(top_p_ids, answers.top_p_keeps(probs, 0.5), name="top_p_ids");

@@ -549,4 +549,4 @@ check(prefix_holds, answers.merges_are_prefix(train_texts[:10], 300, 400), name=
 check(split_1234567, answers.pieces(SHIPPED, "1234567"), name="split_1234567")
 check(split_pi, answers.pieces(SHIPPED, "3.14159"), name="split_pi")
 check(None if stream_decode is None else answers.stream_decode_is_right(stream_decode, tok), True,
-      name="stream_decode")
+      name="stream_decode");

@@ -497,4 +497,4 @@ from tinyinfer.lesson_tools import check, solution
 
 answers = solution("03-training")
 budget_hours = None  # exercise 6: your answer, in hours
-check(budget_hours, answers.hours_for_tokens_per_param(histories["teacher"], 20), tol=0.02, name="budget_hours")
+check(budget_hours, answers.hours_for_tokens_per_param(histories["teacher"], 20), tol=0.02, name="budget_hours");

@@ -832,4 +832,4 @@ if agree:
 from tinyinfer.lesson_tools import check, solution
 
 shortest_n = None
-check(shortest_n, solution("08-serving").shortest_changing_length(), name="shortest_n")
+check(shortest_n, solution("08-serving").shortest_changing_length(), name="shortest_n");

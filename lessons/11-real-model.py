@@ -355,4 +355,4 @@ check(bits_q4_1, 20 * 8 / 32, name="bits_q4_1")
 date_tokens = None  # your answer
 check(date_tokens, len(tok.encode("2024-12-01", special=False)), tol=0, name="date_tokens")
 head_ms = None  # your answer, milliseconds per token
-check(head_ms, 49152 * 576 / 32 * 34 / (bandwidth * 1e9) * 1e3, tol=0.05, name="head_ms")
+check(head_ms, 49152 * 576 / 32 * 34 / (bandwidth * 1e9) * 1e3, tol=0.05, name="head_ms");
