@@ -4,6 +4,11 @@ import os
 # Small matrices dominate the suite, and OpenBLAS's threads cost more than they give on them (and
 # stall badly when another process holds a core). Set before NumPy loads; subprocesses inherit it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Several workers share the cores: Numba's OpenMP threads must sleep, not spin, while they wait,
+    # or each worker's kernels stall on a thread the other worker has taken the core from. The
+    # kernels still run on two threads, so the tests still split rows across threads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

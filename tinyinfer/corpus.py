@@ -119,7 +119,7 @@ def token_stream(tokenizer, split: str, max_docs: int | None = None, progress: b
         ids.append(eot)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
     arr = np.asarray(ids, dtype=dtype)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # two processes filling the cache never share a file
     np.save(tmp, arr)
     tmp.replace(path)  # atomic: a crash never leaves a half-written cache behind
     return arr
