@@ -568,10 +568,9 @@ cut, info = minitron_prune(teacher, calib, **SHAPES["25%"])
 prune_s = time.perf_counter() - t0
 shape25 = shape_config(teacher.config, "25%")
 random25 = tinyinfer.Model(shape25, init_params(shape25, 0))
-check_windows = 4 if SMALL else 16
-before = {"the teacher itself": evaluate(teacher, val, 256, check_windows),
-          "the teacher cut to 25% (Minitron)": evaluate(cut, val, 256, check_windows),
-          "random weights, same shape": evaluate(random25, val, 256, check_windows)}
+before = {"the teacher itself": te,  # section 7's held-out windows, for all three
+          "the teacher cut to 25% (Minitron)": evaluate(cut, val, 256, eval_windows),
+          "random weights, same shape": evaluate(random25, val, 256, eval_windows)}
 print(f"minitron_prune: kept blocks {info['layers']} of {teacher.config.n_layer}, C {teacher.config.n_embd} -> "
       f"{cut.config.n_embd}, {teacher.config.n_head} -> {cut.config.n_head} heads, F {teacher.config.ffn_hidden} -> "
       f"{cut.config.ffn_hidden}: {cut.num_params():,} parameters ({cut.num_params() / teacher.num_params():.1%}), "
