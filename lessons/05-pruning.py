@@ -725,7 +725,7 @@ for d in (densest, 0.1, sparsest):
 narrow = [r["ratios"]["decode csr vs int32 columns"]["median"] for r in runs]
 print(f"uint16 instead of int32 columns: {min(narrow):.2f}x .. {max(narrow):.2f}x as fast (medians by density); the "
       f"bytes alone predict at most {8 / 6:.2f}x, and only where the product waits on memory")
-within = bound_check(max(narrow), 8 / 6, "the largest uint16-over-int32 speed-up", "the bytes ratio 8 / 6")
+bound_check(max(narrow), 8 / 6, "the largest uint16-over-int32 speed-up", "the bytes ratio 8 / 6");
 
 # %% [markdown]
 # **What bounds the speed-up.** The byte panel sets the best case: CSR cannot be faster than
