@@ -8,7 +8,10 @@ float32 sgemm and int8 dot rates). Then, per format and kernel (simd: the explic
 loops: the plain loops), decode (B = 1) and a batch (B = 32):
 
     time per call; achieved GB/s = the weight bytes the call must read / its time, and that as a
-    percent of the all-threads read bandwidth (the roofline); ratio = NumPy float32 time / ours.
+    percent of the all-threads read bandwidth (the roofline: the best of 5 passes at the start);
+    and the same percent against the bandwidth read alongside (RoofReader: each kernel call follows a
+    read of as many bytes, so both see the same milliseconds; median over rounds of per-round
+    percents); ratio = NumPy float32 time / ours.
 
 Fair by construction:
 - both sides read from memory: each side cycles through enough matrices (a different one each
@@ -106,20 +109,63 @@ def best_blas_threads(W, x, rounds=3):
     return min(times, key=times.get), times
 
 
-def compare(kernel_fn, qts, numpy_fn, Ws, blas_n, rounds):
+def compare(kernel_fn, qts, numpy_fn, Ws, blas_n, rounds, roof=None):
     """Interleaved blocks: NumPy float32 (blas_n threads) then the kernel (policy threads).
-    -> per-call seconds (medians) and the median / min / max of per-round ratios."""
-    fast, base, ratios = [], [], []
+    -> per-call seconds (medians) and the median / min / max of per-round ratios. With roof (a
+    RoofReader), each kernel call is preceded by a read of as many bytes from the roof's buffer,
+    timed apart: the read ceiling of the same milliseconds, one figure per round."""
+    fast, base, ratios, roofs = [], [], [], []
     for _ in range(rounds):
         with threads.blas_threads(blas_n):
             b = _block_time(numpy_fn, Ws)
         quiet_blas()
-        f = _block_time(kernel_fn, qts)
+        if roof is None:
+            f = _block_time(kernel_fn, qts)
+        else:
+            f, read_s, read_bytes = 0.0, 0.0, 0
+            for qt in qts:
+                seconds, nbytes = roof.read(qt.nbytes)
+                read_s, read_bytes = read_s + seconds, read_bytes + nbytes
+                t0 = time.perf_counter()
+                kernel_fn(qt)
+                f += time.perf_counter() - t0
+            f /= len(qts)
+            roofs.append(read_bytes / read_s / 1e9)
         fast.append(f)
         base.append(b)
         ratios.append(b / f)
     return {"kernel_s": statistics.median(fast), "numpy_s": statistics.median(base),
-            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "round_kernel_s": fast, "round_roof_gbs": roofs}
+
+
+class RoofReader:
+    """The all-threads read of the roofline, in pieces: read(nbytes) reads the next ~nbytes of a
+    `mb` MB buffer (well past the last-level cache; wrapping around) with all of Numba's threads and
+    returns (seconds, bytes read). Alternated call by call with a kernel, it measures the bandwidth
+    the machine had in the same milliseconds: on a shared VM the ceiling drifts (13-21 GB/s between
+    minutes, measured), so a ceiling measured once at the start can belong to a moment the kernel
+    never saw."""
+
+    def __init__(self, mb=256):
+        from .roofline import _buffer, read_parallel
+
+        self._read = read_parallel
+        self.buf = _buffer(mb)
+        self.parts = threads.numba_threads() * 4
+        self.row = 0
+        self._read(self.buf, self.parts)  # compile, touch the pages
+
+    def read(self, nbytes):
+        rows = max(1, min(self.buf.shape[0], nbytes // (self.buf.shape[1] * self.buf.itemsize)))
+        if self.row + rows > self.buf.shape[0]:
+            self.row = 0
+        piece = self.buf[self.row:self.row + rows]
+        self.row += rows
+        with threads.blas_threads(1):
+            t0 = time.perf_counter()
+            self._read(piece, self.parts)
+            return time.perf_counter() - t0, piece.nbytes
 
 
 def kernel_cases(fmts, n, k, batch, rounds, roof_gbs, llc, kernels=("simd", "loops"), seed=0):
@@ -133,6 +179,7 @@ def kernel_cases(fmts, n, k, batch, rounds, roof_gbs, llc, kernels=("simd", "loo
     xb = rng.standard_normal((batch, k), dtype=np.float32)  # (B, K)
     blas1, blas1_times = best_blas_threads(Ws, x1)
     blasb, blasb_times = best_blas_threads(Ws, xb.T)
+    roof_reader = RoofReader()
     rows = []
     for fmt in fmts:
         one = random_qtensor(fmt, n, k, rng)
@@ -142,13 +189,16 @@ def kernel_cases(fmts, n, k, batch, rounds, roof_gbs, llc, kernels=("simd", "loo
                                            (batch, xb, blasb, lambda w: xb @ w.T)):
                 call = lambda qt, x=x, kernel=kernel: qk.qtensor_matmul(qt, x, kernel=kernel)  # noqa: E731
                 call(qts[0])  # compile, or load from the disk cache
-                r = compare(call, qts, numpy_fn, Ws, blas_n, rounds)
+                r = compare(call, qts, numpy_fn, Ws, blas_n, rounds, roof_reader)
                 gbs = one.nbytes / r["kernel_s"] / 1e9
+                same_round = statistics.median(100 * one.nbytes / f / 1e9 / g
+                                               for f, g in zip(r["round_kernel_s"], r["round_roof_gbs"]))
                 rows.append({"fmt": fmt, "kernel": kernel, "B": B, "bytes": one.nbytes, **r, "gbs": gbs,
-                             "roof_pct": 100 * gbs / roof_gbs, "numpy_blas_threads": blas_n,
+                             "roof_pct": 100 * gbs / roof_gbs, "roof_pct_same_round": same_round,
+                             "numpy_blas_threads": blas_n,
                              "numpy_gbs": 4 * n * k / r["numpy_s"] / 1e9, "load_average": os.getloadavg()[0]})
                 print(f"{fmt:6s} {kernel:5s} B={B:<3d} {r['kernel_s'] * 1e3:8.3f} ms {gbs:6.1f} GB/s "
-                      f"{rows[-1]['roof_pct']:4.0f}% of roof | NumPy fp32 ({blas_n} BLAS thr) "
+                      f"{rows[-1]['roof_pct']:4.0f}% of roof ({same_round:3.0f}% of the roof read alongside) | NumPy fp32 ({blas_n} BLAS thr) "
                       f"{r['numpy_s'] * 1e3:7.3f} ms {rows[-1]['numpy_gbs']:5.1f} GB/s | ratio {r['ratio']:5.2f}x "
                       f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) load {rows[-1]['load_average']:.1f}", flush=True)
     return rows, {"decode": blas1_times, "batch": blasb_times}, {"fp32_matrices": n_fp32}
