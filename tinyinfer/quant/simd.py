@@ -37,6 +37,15 @@ with AVX2, so absolute times are inflated; old and new alternated twice): the ge
 (vpmovsxbw + vpmaddwd on int16 x) took 2.2-2.4 ns a block for q4_1, 3.2-4.5 for q5_1, 3.5-4.4 for
 q8_0; vpmaddubsw on int8 x 1.7, 2.0-2.1 and 2.7-3.1. A second accumulator per row (to hide the
 fused multiply-add's latency) changed nothing (0.98-1.2x), nor did a 4-row tile for decode.
+Decode then lost three costs per row (same bits): the nibbles split in 256-bit registers, x's
+offset sums for q4_0 / q5_0 computed once per call instead of once per row, and each row's
+scales converted eight at a time (`row_scales8`); 4096 x 4096 from memory, 2 threads, alternated
+in one process: q4_0 1.06-1.17x, q4_1 1.0-1.11x, q5_0 1.12x, iq4_nl 1.11-1.14x, q8_0 ~1.0x.
+What is left is the fused multiply-add chain: one accumulator per row adds one block every 4
+cycles at best (Zen 3's latency), 1.6 ns a block at 2.45 GHz, against ~2.0 ns measured in cache.
+Two rows at once (two chains, x loaded once for both) take 1.5 ns a block in cache, but from
+memory they measured 0.78-0.93x of one row at a time (two streams a thread, four prefetch
+distances tried), so decode keeps one row.
 The x86 intrinsics (pmadd.ub.sw, pmadd.wd) are the only non-generic IR besides pshufb.
 `simd_rows.inspect_asm(sig)` shows the loop (compile with cache off to inspect).
 """
