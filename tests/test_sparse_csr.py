@@ -15,11 +15,11 @@ INDEX_DTYPES = [np.uint16, np.int32, np.int64]
 
 @st.composite
 def problems(draw):
-    """Awkward shapes (N or K = 0, N = 1, K = 1, odd; B = 1, 2, 3, 17: around and past the 8-lane
-    vectors), densities from empty (an all-zero matrix) to full, empty rows, zero x."""
+    """Awkward shapes (N or K = 0, N = 1, K = 1, odd; B = 1, 2, 3, 8, 16, 17, 40: around and past the
+    8-lane vectors and the kernel's 16-column passes), densities from empty (an all-zero matrix) to full, empty rows, zero x."""
     N = draw(st.sampled_from([0, 1, 2, 3, 7, 13, 40]))
     K = draw(st.sampled_from([0, 1, 2, 5, 17, 33]))
-    B = draw(st.sampled_from([1, 2, 3, 8, 17]))
+    B = draw(st.sampled_from([1, 2, 3, 8, 16, 17, 40]))
     density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     w = rng.standard_normal((N, K)).astype(np.float32)

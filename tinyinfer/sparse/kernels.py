@@ -63,7 +63,13 @@ fourth nonzero: per nonzero one broadcast of w, one 8-float load of xT, one fuse
 four chains in flight. Same runs as the table, ns per nonzero:
 
     B = 3  (padded to 8)     spmm_rows 4.3-5.0     spmm_rows_vector 0.78-1.0
-    B = 16 (two vectors)     spmm_rows 5.1-7.7     spmm_rows_vector 1.9-2.8
+    B = 16 (two vectors)     spmm_rows 5.1-7.7     spmm_rows_vector 1.9-2.8 (8 columns a pass)
+
+For B >= 16 the kernel now takes 16 columns a pass (eight accumulators): each nonzero's value and
+column are loaded once for both vectors and its row of xT (16 floats, one cache line) is used whole.
+4096 x 4096 from memory, B = 16, 2 threads, the two ways and scipy.sparse alternated in one
+process (one run, shared VM): 2.3x faster than 8 columns a pass at 50% density, 3.6x at 90%, 2.2x at 95%
+(at 70% the run was too noisy to tell: 1.2x).
 
 Its intrinsics are a few lines of generic LLVM vector IR (load, shufflevector, fmul/fadd with
 "contract"), not x86 instructions, so it runs on any CPU Numba does. Summation orders differ
@@ -215,14 +221,39 @@ def store8(typingctx, acc, out, n, b0):
 def spmm_rows_vector(indptr, indices, data, xT, outT, r0, r1):
     """xT float32 (K, Bp), Bp a multiple of 8 -> fills outT[r0:r1, :] (float32 (N, Bp)).
 
-    For each row and each 8 columns of the batch: four accumulators take every fourth nonzero
-    (four independent chains of multiply-adds), then are summed. The row's nonzeros are read from
-    memory for the first 8 columns and from the L1 cache for the rest.
+    For each row and each 16 columns of the batch: eight accumulators, four chains of
+    multiply-adds (every fourth nonzero) for each 8 columns, so each nonzero's value and column
+    are read once for 16 columns and its row of xT is used whole (16 floats = one 64-byte line);
+    then 8 columns at a time for the Bp % 16 left over. The row's nonzeros are read from memory for
+    the first 16 columns and from the L1 cache for the rest.
     """
     one, four = np.uintp(1), np.uintp(4)
+    Bp = xT.shape[1]
+    wide = Bp - Bp % (2 * LANES)
     for n in range(r0, r1):
         start, end = np.uintp(indptr[n]), np.uintp(indptr[n + 1])
-        for b0 in range(0, xT.shape[1], LANES):
+        for b0 in range(0, wide, 2 * LANES):
+            b1 = b0 + LANES
+            a0, a1, a2, a3 = zeros8(), zeros8(), zeros8(), zeros8()  # columns b0 .. b0+7
+            c0, c1, c2, c3 = zeros8(), zeros8(), zeros8(), zeros8()  # columns b1 .. b1+7
+            j = start
+            while j + four <= end:
+                w, col = data[j], indices[j]
+                a0, c0 = fma_row8(a0, w, xT, col, b0), fma_row8(c0, w, xT, col, b1)
+                w, col = data[j + one], indices[j + one]
+                a1, c1 = fma_row8(a1, w, xT, col, b0), fma_row8(c1, w, xT, col, b1)
+                w, col = data[j + np.uintp(2)], indices[j + np.uintp(2)]
+                a2, c2 = fma_row8(a2, w, xT, col, b0), fma_row8(c2, w, xT, col, b1)
+                w, col = data[j + np.uintp(3)], indices[j + np.uintp(3)]
+                a3, c3 = fma_row8(a3, w, xT, col, b0), fma_row8(c3, w, xT, col, b1)
+                j += four
+            while j < end:  # the row's last 0..3 nonzeros
+                w, col = data[j], indices[j]
+                a0, c0 = fma_row8(a0, w, xT, col, b0), fma_row8(c0, w, xT, col, b1)
+                j += one
+            store8(add8(add8(a0, a1), add8(a2, a3)), outT, n, b0)
+            store8(add8(add8(c0, c1), add8(c2, c3)), outT, n, b1)
+        for b0 in range(wide, Bp, LANES):  # at most one group of 8 left
             a0, a1, a2, a3 = zeros8(), zeros8(), zeros8(), zeros8()
             j = start
             while j + four <= end:
