@@ -449,25 +449,26 @@ for k in ks:
 # panel is what counts, the speed relative to the teacher alone.
 
 # %%
-fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+fig, ax = plt.subplots(1, 3, figsize=(13, 4.4))
+below = {"fontsize": 8, "loc": "upper center", "bbox_to_anchor": (0.5, -0.2)}  # legends under the axes: the points move run to run
 ax[0].plot(ks, [x["alpha"] for x in sweep], "o-", label="α: per-token acceptance")
 ax[0].plot(ks, [x["acceptance_rate"] for x in sweep], "s--", label="accepted ÷ drafted")
 ax[0].set_ylim(0, 1.05)
 ax[0].set_xlabel("draft length k (tokens)")
 ax[0].set_ylabel("probability")
-ax[0].legend(fontsize=8, loc="lower left")
+ax[0].legend(**below)
 ax[1].plot(ks, [x["tokens_per_round"] for x in sweep], "o-", label="measured")
 ax[1].plot(ks, [x["predicted_tokens_per_round"] for x in sweep], "s--", label="(1 − α^(k+1)) / (1 − α)")
 ax[1].set_xlabel("draft length k (tokens)")
 ax[1].set_ylabel("tokens per teacher pass")
-ax[1].legend(fontsize=8, loc="lower right")
+ax[1].legend(**below)
 med = np.array([x["speedup"].median for x in sweep])
 ax[2].errorbar(ks, med, yerr=[med - [x["speedup"].q1 for x in sweep], [x["speedup"].q3 for x in sweep] - med],
                fmt="o-", capsize=3, label="speculative decoding")
 ax[2].axhline(1, color="gray", lw=1, ls=":", label="the teacher alone")
 ax[2].set_xlabel("draft length k (tokens)")
 ax[2].set_ylabel("speed / the teacher's speed (x)")
-ax[2].legend(fontsize=8, loc="best")
+ax[2].legend(**below)
 fig.suptitle("Speculative decoding by draft length (student drafts, teacher verifies; greedy)")
 plt.tight_layout()
 plt.show()
