@@ -1,7 +1,7 @@
 """The distillation loss: its gradient, its limits, its errors."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyinfer.distill import kd_loss_backward, kd_loss_forward
@@ -201,6 +201,43 @@ def test_kd_topk_is_full_kd_when_k_is_v_and_a_lower_bound_otherwise(V, k, temper
     else:  # merging the tail into one bucket can only lose information (data processing inequality)
         # (tail_lse is float32: allow its rounding)
         assert -1e-12 <= topk <= full * (1 + 1e-6) + 1e-9
+
+
+@settings(deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 5), V=st.integers(2, 40), k=st.integers(1, 40),
+       temperature=st.sampled_from([1.0, 0.7, 2.0, 4.0]), alpha=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_fused_kd_topk_agrees_with_the_numpy_twin(B, T, V, k, temperature, alpha, seed):
+    from tinyinfer.distill import kd_topk_loss_and_grad, kd_topk_loss_backward, kd_topk_loss_forward
+
+    k = min(k, V)
+    rng = np.random.default_rng(seed)
+    s, _, ids, top, tail = _topk_case(rng, B, T, V, k, temperature)
+    s, top, tail = s.astype(np.float32), top.astype(np.float32), tail.astype(np.float32)
+    y = rng.integers(0, V, (B, T))
+    loss, parts, cache = kd_topk_loss_forward(s, ids, top, tail, y, temperature, alpha)
+    grad = kd_topk_loss_backward(1.0, cache)
+    fused_loss, fused_parts, fused_grad = kd_topk_loss_and_grad(s, ids, top, tail, y, temperature, alpha)
+    assert fused_grad.shape == s.shape and fused_grad.dtype == np.float32
+    assert fused_loss == pytest.approx(loss, rel=1e-5, abs=1e-6)
+    assert fused_parts["kl"] == pytest.approx(parts["kl"], rel=1e-4, abs=1e-6)
+    assert fused_parts["ce"] == pytest.approx(parts["ce"], rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(fused_grad, grad, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_kd_topk_errors():
+    from tinyinfer.distill import kd_topk_loss_and_grad
+
+    s, ids, top, tail, y = np.zeros((2, 5)), np.zeros((2, 3), int), np.zeros((2, 3)), np.zeros(2), np.zeros(2, int)
+    with pytest.raises(ValueError, match="topk_logits"):
+        kd_topk_loss_and_grad(s, ids, np.zeros((2, 4)), tail, y)
+    with pytest.raises(ValueError, match="targets"):
+        kd_topk_loss_and_grad(s, ids, top, tail, np.zeros(3, int))
+    with pytest.raises(ValueError, match="topk_ids must be in"):
+        kd_topk_loss_and_grad(s, ids + 5, top, tail, y)
+    with pytest.raises(ValueError, match="targets must be in"):
+        kd_topk_loss_and_grad(s, ids, top, tail, y - 1)
+    with pytest.raises(ValueError, match="alpha"):
+        kd_topk_loss_and_grad(s, ids, top, tail, y, alpha=2.0)
 
 
 def test_teacher_topk_keeps_the_largest_logits_and_the_exact_tail_mass():

@@ -26,8 +26,10 @@ they see exactly the same batches.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
+from numba import njit
 
 from .ops import log_softmax
 
@@ -322,6 +324,108 @@ def kd_topk_loss_backward(dloss, cache):
     return ((dsoft + dhard) * (dloss / n)).reshape(shape)
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _kd_topk_rows(e, m, s1, e1, m1, ids, topk_logits, tail_lse, y, temperature, alpha, grad_scale, grad):
+    """The row loop of kd_topk_loss_and_grad: returns (sum of KL, sum of CE) over the rows and writes
+    d loss / d s * grad_scale into grad (n, V). e = exp(s / T - m) with m the row maxima of s / T;
+    e1, m1 the same at T = 1 (the same arrays when T = 1); s1 = s (the logits at T = 1)."""
+    n, V = e.shape
+    k = ids.shape[1]
+    inv_t = 1.0 / temperature
+    in_top = np.zeros(V, np.bool_)
+    kl_sum = 0.0
+    ce_sum = 0.0
+    soft = alpha * temperature
+    for r in range(n):
+        total = 0.0
+        for j in range(V):
+            total += e[r, j]
+        top = 0.0
+        for i in range(k):
+            in_top[ids[r, i]] = True
+            top += e[r, ids[r, i]]
+        rest = 0.0  # the mass off the teacher's top-k, summed as such (no 1 - top: no cancellation)
+        for j in range(V):
+            rest += 0.0 if in_top[j] else e[r, j]
+        log_total = math.log(total)
+        log_p_rest = math.log(rest) - log_total if rest > 0.0 else -np.inf
+        # the teacher's k + 1 buckets
+        tm = -np.inf
+        for i in range(k):
+            tm = max(tm, topk_logits[r, i] * inv_t)
+        t_sum = 0.0
+        for i in range(k):
+            t_sum += math.exp(topk_logits[r, i] * inv_t - tm)
+        t_top = tm + math.log(t_sum)
+        t_rest = tail_lse[r]
+        t_all = max(t_top, t_rest) + math.log1p(math.exp(-abs(t_top - t_rest))) if t_rest > -np.inf else t_top
+        log_q_rest = t_rest - t_all
+        q_rest = math.exp(log_q_rest)
+        kl = q_rest * (log_q_rest - log_p_rest) if q_rest > 0.0 else 0.0
+        total1 = total
+        if e1 is not e:
+            total1 = 0.0
+            for j in range(V):
+                total1 += e1[r, j]
+        log_total1 = math.log(total1)
+        ce_sum += -(s1[r, y[r]] - m1[r] - log_total1)
+        # gradient: alpha T (p_T - q_full) + (1 - alpha) (p_1 - onehot), q_full's tail shaped like p_T's
+        tail_ratio = math.exp(log_q_rest - log_p_rest) if q_rest > 0.0 else 0.0
+        a_top = soft / total * grad_scale
+        a_rest = soft * (1.0 - tail_ratio) / total * grad_scale
+        a_hard = (1.0 - alpha) / total1 * grad_scale
+        for j in range(V):
+            grad[r, j] = e[r, j] * (a_top if in_top[j] else a_rest) + e1[r, j] * a_hard
+        grad[r, y[r]] -= (1.0 - alpha) * grad_scale
+        for i in range(k):
+            j = ids[r, i]
+            log_q = topk_logits[r, i] * inv_t - t_all
+            q = math.exp(log_q)
+            kl += q * (log_q - (s1[r, j] * inv_t - m[r] - log_total))
+            grad[r, j] -= soft * q * grad_scale
+            in_top[j] = False
+        kl_sum += kl
+    return kl_sum, ce_sum
+
+
+def kd_topk_loss_and_grad(student_logits, topk_ids, topk_logits, tail_lse, targets, temperature=2.0, alpha=0.5):
+    """kd_topk_loss_forward and kd_topk_loss_backward(1.0, ...) in one compiled pass a row: the same
+    loss and gradient (to float32 rounding; tests/test_distill.py compares them), a few times faster,
+    so a distilled training step costs little more than a labels-only one.
+    Returns (loss, {"loss", "kl", "ce"}, d loss / d student_logits float32)."""
+    if topk_ids.shape != topk_logits.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(f"topk_ids {topk_ids.shape} and topk_logits {topk_logits.shape} must be (..., k) "
+                         f"with the leading shape of student_logits {student_logits.shape}")
+    if np.shape(tail_lse) != student_logits.shape[:-1]:
+        raise ValueError(f"tail_lse has shape {np.shape(tail_lse)}, expected {student_logits.shape[:-1]}")
+    if np.shape(targets) != student_logits.shape[:-1]:
+        raise ValueError(f"targets has shape {np.shape(targets)}, expected {student_logits.shape[:-1]}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    V, k = student_logits.shape[-1], topk_ids.shape[-1]
+    s = np.ascontiguousarray(student_logits, dtype=np.float32).reshape(-1, V)
+    n = s.shape[0]
+    ids = np.ascontiguousarray(topk_ids, dtype=np.int64).reshape(n, k)
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"topk_ids must be in [0, {V}), got values in [{ids.min()}, {ids.max()}]")
+    y = np.ascontiguousarray(targets, dtype=np.int64).reshape(n)
+    if y.size and (y.min() < 0 or y.max() >= V):
+        raise ValueError(f"targets must be in [0, {V}), got values in [{y.min()}, {y.max()}]")
+    grad = np.empty_like(s)
+    z = s if temperature == 1.0 else s / np.float32(temperature)
+    m = z.max(axis=1)
+    e = np.exp(z - m[:, None])  # NumPy's vectorized exp: the one pass over (n, V) that is not in cache
+    e1, m1 = (e, m) if temperature == 1.0 else (np.exp(s - s.max(axis=1)[:, None]), s.max(axis=1))
+    kl_sum, ce_sum = _kd_topk_rows(e, m, s, e1, m1, ids, np.ascontiguousarray(topk_logits, dtype=np.float32).reshape(n, k),
+                                   np.ascontiguousarray(tail_lse, dtype=np.float32).reshape(n), y,
+                                   float(temperature), float(alpha), 1.0 / n, grad)
+    kl, ce = kl_sum / n, ce_sum / n
+    loss = alpha * temperature ** 2 * kl + (1.0 - alpha) * ce
+    return loss, {"loss": loss, "kl": kl, "ce": ce}, grad.reshape(student_logits.shape)
+
+
 def cached_distillation_loss_fn(cache: TeacherCache, temperature=2.0, alpha=0.5):
     """A loss_fn for train_on_windows: soft targets read from the cache, no teacher forward pass."""
     from .model import backward, forward
@@ -331,9 +435,9 @@ def cached_distillation_loss_fn(cache: TeacherCache, temperature=2.0, alpha=0.5)
     def loss_fn(params, config, inputs, targets, rows):
         caches = {}
         student_logits = forward(params, config, inputs, caches=caches)  # (B, T, V)
-        loss, _, kd_cache = kd_topk_loss_forward(student_logits, cache.ids[rows], cache.logits[rows],
+        loss, _, dlogits = kd_topk_loss_and_grad(student_logits, cache.ids[rows], cache.logits[rows],
                                                  cache.tail_lse[rows, :, j], targets, temperature, alpha)
-        return loss, backward(kd_topk_loss_backward(1.0, kd_cache), params, config, caches)
+        return loss, backward(dlogits.astype(student_logits.dtype, copy=False), params, config, caches)
 
     return loss_fn
 

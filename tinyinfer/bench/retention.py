@@ -35,6 +35,7 @@ import numpy as np
 from . import machine
 
 SEQ_LEN, BATCH = 256, 8
+INITS = ("random", "minitron")
 # head_dim 32 and two KV heads as in the teacher, so each shape is also a pruned teacher (Minitron)
 SHAPES = {
     "5%": {"n_layer": 1, "n_embd": 64, "n_head": 2, "ffn_hidden": 160},
@@ -130,7 +131,7 @@ def equal_time_steps(study: Study, size, init, seed, kd_row, labels_row) -> int:
     """Labels-only steps whose CPU time equals the distilled run's plus the whole cache build's."""
     path = study.runs / "equal_time.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    key = f"{size}_{init}_seed{seed}"
+    key = f"{size}_{init}_seed{seed}_s{kd_row['steps']}"
     if key not in table:
         per_step = labels_row["cpu_seconds"] / labels_row["steps"]
         table[key] = {"steps": int(round((kd_row["cpu_seconds"] + study.cache_cpu) / per_step)),
@@ -154,13 +155,14 @@ def summarize(rows, teacher_top1):
 def plan(args, per_step_cpu: dict, cache_cpu: float) -> dict:
     """The study's CPU budget from measured CPU seconds a step (printed before it starts).
 
-    Curve and Minitron runs: sizes x 2 inits x seeds x steps x (labels + distilled). Each equal-time
+    Curve and Minitron runs: sizes x inits x seeds x steps x (labels + distilled). Each equal-time
     labels run costs, by construction, its distilled twin's CPU time plus the cache's.
     """
     seeds, steps = len(args.seeds), args.steps
-    curve = {size: 2 * seeds * steps * (per_step_cpu[size]["labels"] + per_step_cpu[size]["distilled"])
+    inits = len(args.inits)
+    curve = {size: inits * seeds * steps * (per_step_cpu[size]["labels"] + per_step_cpu[size]["distilled"])
              for size in args.sizes}
-    equal = {size: 2 * seeds * (steps * per_step_cpu[size]["distilled"] + cache_cpu) for size in args.equal_time_sizes}
+    equal = {size: inits * seeds * (steps * per_step_cpu[size]["distilled"] + cache_cpu) for size in args.equal_time_sizes}
     return {"curve_cpu_s": curve, "equal_time_cpu_s": equal,
             "total_cpu_h": (sum(curve.values()) + sum(equal.values())) / 3600}
 
@@ -190,8 +192,40 @@ def probe(study: Study, rounds=3) -> dict:
     return out
 
 
-def study(args) -> dict:
+_WORKER_STUDY = None
+
+
+def _worker_run(args, job):
+    """One run in a worker process (its own Study: the teacher, the cache, the evaluator)."""
+    global _WORKER_STUDY
+    if _WORKER_STUDY is None:
+        _WORKER_STUDY = Study(args)
+    return _WORKER_STUDY.run(*job)
+
+
+def run_all(st: Study, jobs, desc) -> list:
+    """st.run(*job) for every job, in order; with --workers N > 1, N at a time in fresh processes.
+
+    The runs are independent (each its own seed, folder and final.json) and each trains on one
+    thread, so two workers on two cores finish a study in about half the wall time; CPU seconds, what
+    the study compares, are each process's own."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     from tqdm import tqdm
+
+    a = st.args
+    if a.workers <= 1:
+        return [st.run(*job) for job in tqdm(jobs, desc=desc, unit="run", disable=not a.progress)]
+    quiet = argparse.Namespace(**{**vars(a), "progress": False})
+    with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:  # spawn: no forked OpenMP state
+        futures = [pool.submit(_worker_run, quiet, job) for job in jobs]
+        for f in tqdm(futures, desc=desc, unit="run", disable=not a.progress):
+            f.result()
+    return [f.result() for f in futures]
+
+
+def study(args) -> dict:
 
     st = Study(args)
     per_step = probe(st)
@@ -205,24 +239,25 @@ def study(args) -> dict:
               "shapes": SHAPES, "teacher": teacher_row, "teacher_params": st.teacher.num_params(),
               "cache_cpu_seconds": st.cache_cpu, "pool_windows": len(st.cache.windows), "probe": per_step,
               "plan": budget, "params": {s: shape_config(st.teacher.config, s).num_params() for s in args.sizes}}
-    jobs = [(size, init, mode, seed) for init in ("random", "minitron") for size in args.sizes
+    jobs = [(size, init, mode, seed) for init in args.inits for size in args.sizes
             for mode in ("labels", "distilled") for seed in args.seeds]
-    rows = {}
-    for size, init, mode, seed in tqdm(jobs, desc="students", unit="run", disable=not args.progress):
-        rows[size, init, mode, seed] = st.run(size, init, mode, args.steps, seed)
-    equal = []
-    for size, init, seed in tqdm([(s, i, seed) for i in ("random", "minitron") for s in args.equal_time_sizes
-                                  for seed in args.seeds], desc="equal CPU time", unit="run",
-                                 disable=not args.progress):
-        steps = equal_time_steps(st, size, init, seed, rows[size, init, "distilled", seed],
-                                 rows[size, init, "labels", seed])
-        equal.append({"size": size, "init": init, "seed": seed, "labels_steps": steps,
-                      "labels": st.run(size, init, "labels", steps, seed),
-                      "distilled": rows[size, init, "distilled", seed]})
+    for size in args.sizes:  # made once, before any worker needs them
+        if "minitron" in args.inits:
+            st.minitron(size)
+    rows = dict(zip(jobs, run_all(st, [(size, init, mode, args.steps, seed) for size, init, mode, seed in jobs],
+                                  "students")))
+    pairs = [(s, i, seed) for i in args.inits for s in args.equal_time_sizes for seed in args.seeds]
+    steps = [equal_time_steps(st, size, init, seed, rows[size, init, "distilled", seed], rows[size, init, "labels", seed])
+             for size, init, seed in pairs]
+    labels = run_all(st, [(size, init, "labels", n, seed) for (size, init, seed), n in zip(pairs, steps)],
+                     "equal CPU time")
+    equal = [{"size": size, "init": init, "seed": seed, "labels_steps": n, "labels": row,
+              "distilled": rows[size, init, "distilled", seed]}
+             for (size, init, seed), n, row in zip(pairs, steps, labels)]
     t1 = teacher_row["top1"]
     result["runs"] = [dict(r) for r in rows.values()]
     result["summary"] = {f"{size} {init} {mode}": summarize([rows[size, init, mode, s] for s in args.seeds], t1)
-                         for size in args.sizes for init in ("random", "minitron") for mode in ("labels", "distilled")}
+                         for size in args.sizes for init in args.inits for mode in ("labels", "distilled")}
     result["equal_time"] = equal
     result["minitron_layers"] = {s: json.loads((st.runs / f"minitron_{s.replace('%', 'pc')}" / "pruning.json")
                                                .read_text()) for s in args.sizes}
@@ -304,6 +339,8 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--equal-time-sizes", nargs="*", default=["10%", "25%"], choices=list(SHAPES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS),
+                   help="random: a fresh student; minitron: the teacher pruned to the student's shape")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--alpha", type=float, default=0.9)
@@ -315,8 +352,12 @@ def main(argv=None):
     p.add_argument("--runs", default="runs/retention")
     p.add_argument("--json")
     p.add_argument("--md")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, each in its own process on one thread (use the cores you have)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers must be >= 1, got {args.workers}")
     if len(args.seeds) < 2:
         raise SystemExit(f"error: --seeds needs at least 2 seeds to measure the spread, got {args.seeds}")
     if not set(args.equal_time_sizes) <= set(args.sizes):
