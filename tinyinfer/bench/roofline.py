@@ -10,6 +10,9 @@ module measures the two ceilings a kernel is judged against:
                               than the last-level cache; one thread and all threads
     sgemm_rate()              GFLOP/s of NumPy's float32 matrix product at a large size (BLAS)
     int8_dot_rate()           multiply-adds/s of a Numba int8 dot product on data in L1
+    tile_rate()               multiply-adds/s of the batch kernels' own register tile (quant/simd.py's
+                              block step: the instructions that keep ggml's sums) on data in L1:
+                              the ceiling of a batched product, whatever the memory does
 
 Each is the fastest of a few passes (a ceiling is the best the machine showed).
 and `roofline()` returns all of them with the machine. A kernel's "% of roofline" is its
@@ -32,6 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import threads
+from ..quant.simd import tile_sums, unpacked_block_step
 
 LINE = 64  # bytes in a cache line
 
@@ -146,6 +150,56 @@ def int8_dot_rate(k=4096, reps=20000, all_threads=True):
     return k * (reps // parts) * parts / min(times) / 1e9
 
 
+@njit(cache=True, fastmath=True)
+def _tile_loop(tag, buf, xq, scales, zero, reps):
+    """reps passes of one register tile over buf's blocks: TILE_W weight rows x TILE_X rows of x."""
+    sums = np.empty((buf.shape[0], xq.shape[0]), np.float32)
+    total = 0.0
+    for _ in range(reps):
+        acc = zero
+        for k in range(buf.shape[1]):
+            acc = unpacked_block_step(tag, acc, buf, k, xq, 0, scales)
+        tile_sums(acc, sums)
+        total += sums[0, 0]
+    return total
+
+
+@njit(cache=True, parallel=True)
+def _tile_loop_parallel(tag, buf, xq, scales, zero, reps, parts):
+    totals = np.zeros(parts * 16)
+    for p in prange(parts):
+        totals[p * 16] = _tile_loop(tag, buf, xq, scales, zero, reps // parts)
+    return totals.sum()
+
+
+def tile_rate(fmt="q4_1", nb=64, reps=40000, all_threads=True):
+    """Giga multiply-adds/s of quant/simd.py's batch register tile (unpacked_block_step, fmt's
+    instructions) over nb blocks of 32 that stay in L1: what the batched products could reach if
+    nothing else cost anything (no unpacking, scales, sums or memory traffic)."""
+    from ..quant import simd
+
+    if fmt not in simd.UNPACKED_FORMATS:
+        raise ValueError(f"fmt must be one of {simd.UNPACKED_FORMATS}, got {fmt!r}")
+    rng = np.random.default_rng(0)
+    zero = simd.ZERO_TILES[simd.TILE_X]
+    buf = rng.integers(0, 16, (simd.TILE_W, nb, 32)).astype(np.int8)
+    xq = rng.integers(-127, 128, (simd.TILE_X, nb, 32)).astype(np.int8)
+    scales = rng.random((simd.TILE_W, simd.TILE_X, nb)).astype(np.float32)
+    tag = simd.TAGS[fmt]
+    parts = threads.numba_threads() if all_threads else 1
+    with threads.blas_threads(1):
+        fn = ((lambda: _tile_loop_parallel(tag, buf, xq, scales, zero, reps, parts)) if all_threads
+              else (lambda: _tile_loop(tag, buf, xq, scales, zero, reps)))
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    macs = simd.TILE_W * simd.TILE_X * nb * 32 * (reps // parts) * parts
+    return macs / min(times) / 1e9
+
+
 def roofline(mb=512, quick=False) -> dict:
     """The machine's ceilings: read GB/s (1 thread, all threads), float32 GFLOP/s, int8 Gmac/s."""
     buf = _buffer(64 if quick else mb)
@@ -249,6 +303,8 @@ def main(argv=None):
     p.add_argument("--contention", action="store_true", help="the thread-contention table too")
     args = p.parse_args(argv)
     print(format_roofline(roofline(args.mb)))
+    print(f"batch register tile (quant/simd.py, q4_1, in L1): {tile_rate(all_threads=False):.1f} G multiply-adds/s "
+          f"(1 thread), {tile_rate():.1f} ({threads.numba_threads()} threads)")
     if args.contention:
         for name, r in contention_table().items():
             print(f"{name:45s} {r['gbs']:6.1f} GB/s (best {r['gbs_best']:.1f}; load average {r['load_average']:.1f})")
