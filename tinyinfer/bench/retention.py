@@ -127,16 +127,23 @@ class Study:
         return row
 
 
-def equal_time_steps(study: Study, size, init, seed, kd_row, labels_row) -> int:
-    """Labels-only steps whose CPU time equals the distilled run's plus the whole cache build's."""
+def equal_time_steps(study: Study, size, init, seed, kd_row, per_step) -> int:
+    """Labels-only steps whose CPU time equals the distilled run's plus the whole cache build's.
+
+    Both steps' costs come from probe(): measured side by side, round by round, in one process, so
+    they are comparable; the runs' own CPU seconds are not, when neighbours load the machine
+    unevenly over the hours of a study (a run's CPU time grows when another process shares its
+    core's caches: the same labels-only step measured 0.10 s in the probe and 0.165 s a step over
+    a run made beside other work). Labels-only gets (steps x distilled step + cache) / labels step."""
     path = study.runs / "equal_time.json"
     table = json.loads(path.read_text()) if path.exists() else {}
     key = f"{size}_{init}_seed{seed}_s{kd_row['steps']}"
     if key not in table:
-        per_step = labels_row["cpu_seconds"] / labels_row["steps"]
-        table[key] = {"steps": int(round((kd_row["cpu_seconds"] + study.cache_cpu) / per_step)),
-                      "distilled_cpu": kd_row["cpu_seconds"], "cache_cpu": study.cache_cpu,
-                      "labels_cpu_per_step": per_step}
+        cost = per_step[size]
+        table[key] = {"steps": round((kd_row["steps"] * cost["distilled"] + study.cache_cpu) / cost["labels"]),
+                      "distilled_cpu": kd_row["steps"] * cost["distilled"], "cache_cpu": study.cache_cpu,
+                      "labels_cpu_per_step": cost["labels"], "distilled_cpu_per_step": cost["distilled"],
+                      "basis": "probe"}
         path.write_text(json.dumps(table, indent=1))
     return table[key]["steps"]
 
@@ -167,7 +174,7 @@ def plan(args, per_step_cpu: dict, cache_cpu: float) -> dict:
             "total_cpu_h": (sum(curve.values()) + sum(equal.values())) / 3600}
 
 
-def probe(study: Study, rounds=3) -> dict:
+def probe(study: Study, rounds=7) -> dict:
     """CPU seconds of one training step of each shape, labels only and distilled (medians)."""
     from ..distill import cached_distillation_loss_fn
     from ..model import init_params, loss_and_grads
@@ -247,12 +254,12 @@ def study(args) -> dict:
     rows = dict(zip(jobs, run_all(st, [(size, init, mode, args.steps, seed) for size, init, mode, seed in jobs],
                                   "students")))
     pairs = [(s, i, seed) for i in args.inits for s in args.equal_time_sizes for seed in args.seeds]
-    steps = [equal_time_steps(st, size, init, seed, rows[size, init, "distilled", seed], rows[size, init, "labels", seed])
+    steps = [equal_time_steps(st, size, init, seed, rows[size, init, "distilled", seed], per_step)
              for size, init, seed in pairs]
     labels = run_all(st, [(size, init, "labels", n, seed) for (size, init, seed), n in zip(pairs, steps)],
                      "equal CPU time")
     equal = [{"size": size, "init": init, "seed": seed, "labels_steps": n, "labels": row,
-              "distilled": rows[size, init, "distilled", seed]}
+              "distilled": rows[size, init, "distilled", seed], "cpu_per_step": per_step[size]}
              for (size, init, seed), n, row in zip(pairs, steps, labels)]
     t1 = teacher_row["top1"]
     result["runs"] = [dict(r) for r in rows.values()]
@@ -319,13 +326,19 @@ def write_markdown(r, path):
                      f"{pm(sm, 'top1_agreement', 100)}% | {pm(sm, 'kl_divergence', 1, '{:.3f}')} | "
                      f"{sm['cpu_seconds']['mean']:.0f} |")
     lines += ["", "## Equal CPU time (the whole cache build charged to each distilled run)", "",
+              ("CPU seconds a step, measured side by side before the runs (B=8, T=256, median of 7 alternating "
+               "rounds): " + ", ".join(f"{size}: labels only {v['labels']:.3f}, distilled {v['distilled']:.3f}"
+                                       for size, v in r["probe"].items()) + ". Labels only gets (distilled steps x "
+               "a distilled step + the cache) / a labels-only step. The runs' own CPU seconds are in the curve "
+               "table; they move with the machine's load over the hours of a study."), "",
               "| size | init | seed | distilled: steps, CPU s + cache | perplexity | top-1 | labels only: steps | "
               "perplexity | top-1 | distilled ahead |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in r["equal_time"]:
         d, lab = e["distilled"], e["labels"]
-        lines.append(f"| {e['size']} | {e['init']} | {e['seed']} | {d['steps']}, {d['cpu_seconds']:.0f} + "
+        cost = e.get("cpu_per_step", {"distilled": d["cpu_seconds"] / d["steps"]})
+        lines.append(f"| {e['size']} | {e['init']} | {e['seed']} | {d['steps']}, {d['steps'] * cost['distilled']:.0f} + "
                      f"{r['cache_cpu_seconds']:.0f} | {d['perplexity']:.2f} | {100 * d['top1']:.2f}% | {e['labels_steps']} "
-                     f"({lab['cpu_seconds']:.0f} CPU s) | {lab['perplexity']:.2f} | {100 * lab['top1']:.2f}% | "
+                     f"| {lab['perplexity']:.2f} | {100 * lab['top1']:.2f}% | "
                      f"{'yes' if d['perplexity'] < lab['perplexity'] else 'no'} |")
     lines += ["", "Minitron blocks kept (of the teacher's 5): " + ", ".join(
         f"{s}: {v['layers']}" for s, v in r["minitron_layers"].items()), ""]
