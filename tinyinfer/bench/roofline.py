@@ -154,11 +154,12 @@ def int8_dot_rate(k=4096, reps=20000, all_threads=True):
 def _tile_loop(tag, buf, xq, scales, zero, reps):
     """reps passes of one register tile over buf's blocks: TILE_W weight rows x TILE_X rows of x."""
     sums = np.empty((buf.shape[0], xq.shape[0]), np.float32)
+    osum = np.zeros((xq.shape[0], buf.shape[1], 8), np.int32)  # read by q4_0 / q5_0 only
     total = 0.0
     for _ in range(reps):
         acc = zero
         for k in range(buf.shape[1]):
-            acc = unpacked_block_step(tag, acc, buf, k, xq, 0, scales)
+            acc = unpacked_block_step(tag, acc, buf, k, xq, 0, scales, osum)
         tile_sums(acc, sums)
         total += sums[0, 0]
     return total

@@ -186,6 +186,13 @@ def tile_cols(typingctx, tile):
 
 
 @intrinsic
+def raw_offsets(typingctx, tag):
+    """True for the formats whose products subtract x's offset sums (RAW_OFFSET_FORMATS; compile-time constant)."""
+    return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
+        types.boolean, sig.args[0].fmt in RAW_OFFSET_FORMATS)
+
+
+@intrinsic
 def unpacks(typingctx, tag):
     """True for the formats a batch unpacks once per row tile (UNPACKED_FORMATS; compile-time constant)."""
     return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
@@ -359,14 +366,18 @@ def tile_sums(typingctx, acc, sums):
 # the block steps
 
 
-def _tile_products(context, builder, fmt, tile, acc, w, xq_ty, xq, b0, k, scales_ty, scales):
+def _tile_products(context, builder, fmt, tile, acc, w, xq_ty, xq, b0, k, scales_ty, scales, osum_ty, osum):
     """acc[i, j] + float32(pair dots of w[i] and block k of x row b0 + j) * scales[i, j, k], for the
-    tile's weight blocks w (TILE_W <32 x i8>, raw for RAW_OFFSET_FORMATS)."""
+    tile's weight blocks w (TILE_W <32 x i8>, raw for RAW_OFFSET_FORMATS, whose x offset sums are
+    read from osum (B, NB, 8) int32: computed once per call by simd_rows, not once per row tile)."""
     const = lambda v: context.get_constant(types.intp, v)  # noqa: E731
     raw = fmt in RAW_OFFSET_FORMATS
     x = [_load_block(context, builder, xq_ty, xq, builder.add(b0, const(j)), k, _I8x32)
          for j in range(tile.cols)]  # (32,) int8 each
-    offset_sums = [_offset_sums(builder, xj, OFFSETS[fmt]) for xj in x] if raw else None
+    offset_sums = [builder.load(builder.bitcast(_pointer(context, builder, osum_ty, osum,
+                                                         [builder.add(b0, const(j)), k, const(0)]),
+                                                _I32x8.as_pointer()), align=4)
+                   for j in range(tile.cols)] if raw else None
     for i in range(tile.rows):
         for j in range(tile.cols):
             a = builder.extract_value(acc, i * tile.cols + j)
@@ -379,7 +390,7 @@ def _tile_products(context, builder, fmt, tile, acc, w, xq_ty, xq, b0, k, scales
 
 
 @intrinsic
-def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, xq, b0, scales):
+def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, xq, b0, scales, osum):
     """acc[i, j] + float32(pair dots of block k of W row min(n0 + i, n_last) and x row b0 + j) * scales[i, j, k].
 
     wq, wh: the QTensor's quants and 5th bits (wh is not read for formats without them);
@@ -391,7 +402,7 @@ def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, xq, b0, scales):
     tile = acc
 
     def codegen(context, builder, sig, args):
-        _, acc, wq, wh, n0, n_last, k, xq, b0, scales = args
+        _, acc, wq, wh, n0, n_last, k, xq, b0, scales, osum = args
         fmt = sig.args[0].fmt
         wq_ty, wh_ty = sig.args[2], sig.args[3]
         n0, n_last, k, b0 = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (4, 5, 6, 8))
@@ -407,8 +418,9 @@ def tile_block_step(typingctx, tag, acc, wq, wh, n0, n_last, k, xq, b0, scales):
         raw = fmt in RAW_OFFSET_FORMATS
         w = [_weight_block(context, builder, fmt, wq_ty, wq, wh_ty, wh, clamp(builder.add(n0, const(i)), n_last), k,
                            raw) for i in range(tile.rows)]  # (32,) int8 each
-        return _tile_products(context, builder, fmt, tile, acc, w, sig.args[7], xq, b0, k, sig.args[9], scales)
-    return tile(tag, acc, wq, wh, n0, n_last, k, xq, b0, scales), codegen
+        return _tile_products(context, builder, fmt, tile, acc, w, sig.args[7], xq, b0, k, sig.args[9], scales,
+                              sig.args[10], osum)
+    return tile(tag, acc, wq, wh, n0, n_last, k, xq, b0, scales, osum), codegen
 
 
 @intrinsic
@@ -433,19 +445,19 @@ def unpack_block(typingctx, tag, wq, wh, n, k, buf, i):
 
 
 @intrinsic
-def unpacked_block_step(typingctx, tag, acc, buf, k, xq, b0, scales):
+def unpacked_block_step(typingctx, tag, acc, buf, k, xq, b0, scales, osum):
     """tile_block_step with the row tile's weight blocks already unpacked into buf (unpack_block):
     the same integers, so the same sums, bit for bit."""
     tile = acc
 
     def codegen(context, builder, sig, args):
-        _, acc, buf, k, xq, b0, scales = args
+        _, acc, buf, k, xq, b0, scales, osum = args
         k, b0 = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (3, 5))
         w = [_load_block(context, builder, sig.args[2], buf, context.get_constant(types.intp, i), k, _I8x32)
              for i in range(tile.rows)]
         return _tile_products(context, builder, sig.args[0].fmt, tile, acc, w, sig.args[4], xq, b0, k, sig.args[6],
-                              scales)
-    return tile(tag, acc, buf, k, xq, b0, scales), codegen
+                              scales, sig.args[7], osum)
+    return tile(tag, acc, buf, k, xq, b0, scales, osum), codegen
 
 
 @intrinsic
@@ -584,6 +596,11 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
     scales = np.empty((TILE_W, cols, NB8), np.float32)  # wd[n, k] * xd[b, k]: the pair sums' scales
     x_scales = np.zeros((B, NB8), np.float32)
     x_scales[:, :NB] = xd
+    osum = np.empty((B if raw_offsets(tag) else 1, NB, 8), np.int32)  # x's offset sums (q4_0 / q5_0 on AVX2)
+    if raw_offsets(tag):
+        for b in range(B):
+            for k in range(NB):
+                store_offset_sums(tag, xq[b:b + 1], k, osum[b])
     sums = np.empty((TILE_W, cols), np.float32)
     unpacked = np.empty((TILE_W, NB, 32), np.int8)  # the row tile's weight blocks, unpacked (UNPACKED_FORMATS)
     mins = np.zeros((B if has_min(tag) else 1, n1 - n0), np.float32)  # the minima's terms (q4_1 / q5_1)
@@ -607,10 +624,10 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
             acc = zero
             if unpacks(tag):
                 for k in range(NB):
-                    acc = unpacked_block_step(tag, acc, unpacked, k, xq, b0, scales)
+                    acc = unpacked_block_step(tag, acc, unpacked, k, xq, b0, scales, osum)
             else:
                 for k in range(NB):
-                    acc = tile_block_step(tag, acc, wq, wh, n_first, n_last, k, xq, b0, scales)
+                    acc = tile_block_step(tag, acc, wq, wh, n_first, n_last, k, xq, b0, scales, osum)
             tile_sums(acc, sums)
             for i in range(n_last + 1 - n_first):
                 for j in range(cols):
