@@ -113,12 +113,15 @@ def test_student_shapes_are_their_nominal_fractions_of_the_teacher():
 
 def test_equal_time_steps_charge_the_whole_cache_and_are_computed_once(tmp_path):
     study = argparse.Namespace(runs=tmp_path, cache_cpu=100.0)
-    kd = {"cpu_seconds": 50.0, "steps": 100}
-    labels = {"cpu_seconds": 25.0, "steps": 100}  # 0.25 CPU s a step
-    assert retention.equal_time_steps(study, "10%", "random", 0, kd, labels) == 600  # (50 + 100) / 0.25
-    labels["cpu_seconds"] = 1000.0  # another measurement later must not change a stored count
-    assert retention.equal_time_steps(study, "10%", "random", 0, kd, labels) == 600
-    assert json.loads((tmp_path / "equal_time.json").read_text())["10%_random_seed0"]["cache_cpu"] == 100.0
+    kd = {"cpu_seconds": 999.0, "steps": 100}  # the run's own CPU seconds are not the basis
+    per_step = {"10%": {"labels": 0.25, "distilled": 0.5}}  # the probe's side-by-side step costs
+    assert retention.equal_time_steps(study, "10%", "random", 0, kd, per_step) == 600  # (100 x 0.5 + 100) / 0.25
+    per_step["10%"]["labels"] = 10.0  # another measurement later must not change a stored count
+    assert retention.equal_time_steps(study, "10%", "random", 0, kd, per_step) == 600
+    stored = json.loads((tmp_path / "equal_time.json").read_text())["10%_random_seed0_s100"]
+    assert stored["cache_cpu"] == 100.0 and stored["basis"] == "probe" and stored["distilled_cpu"] == 50.0
+    # a run of another length is another comparison, not the stored one
+    assert retention.equal_time_steps(study, "10%", "random", 0, {"steps": 200}, {"10%": per_step["10%"]}) == 20
 
 
 def test_retention_targets():
