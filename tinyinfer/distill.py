@@ -256,6 +256,19 @@ def load_or_build_cache(teacher, train_stream, seq_len, path, first, count, k=32
 # KD on the cached top-k: k + 1 buckets
 
 
+def _check_topk_args(student_logits, topk_ids, topk_logits, tail_lse, temperature, alpha):
+    """The shapes and settings both top-k KD losses take, checked with the argument named."""
+    if topk_ids.shape != topk_logits.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(f"topk_ids {topk_ids.shape} and topk_logits {topk_logits.shape} must be (..., k) "
+                         f"with the leading shape of student_logits {student_logits.shape}")
+    if np.shape(tail_lse) != student_logits.shape[:-1]:
+        raise ValueError(f"tail_lse has shape {np.shape(tail_lse)}, expected {student_logits.shape[:-1]}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+
+
 def kd_topk_loss_forward(student_logits, topk_ids, topk_logits, tail_lse, targets, temperature=2.0, alpha=0.5):
     """KD against a teacher known only by its top-k logits and the log-mass of the rest.
 
@@ -270,15 +283,7 @@ def kd_topk_loss_forward(student_logits, topk_ids, topk_logits, tail_lse, target
     lose information): the student is told how much mass the tail deserves, not how to spread it.
     Returns (loss, {"loss", "kl", "ce"}, cache) like kd_loss_forward.
     """
-    if topk_ids.shape != topk_logits.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(f"topk_ids {topk_ids.shape} and topk_logits {topk_logits.shape} must be (..., k) "
-                         f"with the leading shape of student_logits {student_logits.shape}")
-    if np.shape(tail_lse) != student_logits.shape[:-1]:
-        raise ValueError(f"tail_lse has shape {np.shape(tail_lse)}, expected {student_logits.shape[:-1]}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    _check_topk_args(student_logits, topk_ids, topk_logits, tail_lse, temperature, alpha)
     V, k = student_logits.shape[-1], topk_ids.shape[-1]
     s = student_logits.reshape(-1, V)
     n = s.shape[0]
@@ -393,17 +398,9 @@ def kd_topk_loss_and_grad(student_logits, topk_ids, topk_logits, tail_lse, targe
     loss and gradient (to float32 rounding; tests/test_distill.py compares them), a few times faster,
     so a distilled training step costs little more than a labels-only one.
     Returns (loss, {"loss", "kl", "ce"}, d loss / d student_logits float32)."""
-    if topk_ids.shape != topk_logits.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(f"topk_ids {topk_ids.shape} and topk_logits {topk_logits.shape} must be (..., k) "
-                         f"with the leading shape of student_logits {student_logits.shape}")
-    if np.shape(tail_lse) != student_logits.shape[:-1]:
-        raise ValueError(f"tail_lse has shape {np.shape(tail_lse)}, expected {student_logits.shape[:-1]}")
+    _check_topk_args(student_logits, topk_ids, topk_logits, tail_lse, temperature, alpha)
     if np.shape(targets) != student_logits.shape[:-1]:
         raise ValueError(f"targets has shape {np.shape(targets)}, expected {student_logits.shape[:-1]}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     V, k = student_logits.shape[-1], topk_ids.shape[-1]
     s = np.ascontiguousarray(student_logits, dtype=np.float32).reshape(-1, V)
     n = s.shape[0]

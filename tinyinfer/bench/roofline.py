@@ -134,20 +134,26 @@ def _int8_dots_parallel(a, b, reps, parts):
     return sums.sum()
 
 
+def _best_seconds(fn, passes=5):
+    """The fastest of `passes` timed calls of fn, after one untimed call (compiles, warms caches),
+    with BLAS held to one thread so its workers cannot spin on the cores being measured."""
+    with threads.blas_threads(1):
+        fn()
+        times = []
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def int8_dot_rate(k=4096, reps=20000, all_threads=True):
     """Giga multiply-adds/s of int8 x int8 -> int32 dot products from L1 (Numba, LLVM's vectorizer)."""
     rng = np.random.default_rng(0)
     a, b = rng.integers(-127, 128, k).astype(np.int8), rng.integers(-127, 128, k).astype(np.int8)
     parts = threads.numba_threads() if all_threads else 1
-    with threads.blas_threads(1):
-        fn = (lambda: _int8_dots_parallel(a, b, reps, parts)) if all_threads else (lambda: _int8_dots(a, b, reps))
-        fn()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return k * (reps // parts) * parts / min(times) / 1e9
+    fn = (lambda: _int8_dots_parallel(a, b, reps, parts)) if all_threads else (lambda: _int8_dots(a, b, reps))
+    return k * (reps // parts) * parts / _best_seconds(fn) / 1e9
 
 
 @njit(cache=True, fastmath=True)
@@ -188,17 +194,9 @@ def tile_rate(fmt="q4_1", nb=64, reps=40000, all_threads=True):
     scales = rng.random((simd.TILE_W, simd.TILE_X, nb)).astype(np.float32)
     tag = simd.TAGS[fmt]
     parts = threads.numba_threads() if all_threads else 1
-    with threads.blas_threads(1):
-        fn = ((lambda: _tile_loop_parallel(tag, buf, xq, scales, zero, reps, parts)) if all_threads
-              else (lambda: _tile_loop(tag, buf, xq, scales, zero, reps)))
-        fn()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    macs = simd.TILE_W * simd.TILE_X * nb * 32 * (reps // parts) * parts
-    return macs / min(times) / 1e9
+    fn = ((lambda: _tile_loop_parallel(tag, buf, xq, scales, zero, reps, parts)) if all_threads
+          else (lambda: _tile_loop(tag, buf, xq, scales, zero, reps)))
+    return simd.TILE_W * simd.TILE_X * nb * 32 * (reps // parts) * parts / _best_seconds(fn) / 1e9
 
 
 def roofline(mb=512, quick=False) -> dict:
