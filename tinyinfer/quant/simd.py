@@ -374,9 +374,7 @@ def _tile_products(context, builder, fmt, tile, acc, w, xq_ty, xq, b0, k, scales
     raw = fmt in RAW_OFFSET_FORMATS
     x = [_load_block(context, builder, xq_ty, xq, builder.add(b0, const(j)), k, _I8x32)
          for j in range(tile.cols)]  # (32,) int8 each
-    offset_sums = [builder.load(builder.bitcast(_pointer(context, builder, osum_ty, osum,
-                                                         [builder.add(b0, const(j)), k, const(0)]),
-                                                _I32x8.as_pointer()), align=4)
+    offset_sums = [_load(context, builder, osum_ty, osum, [builder.add(b0, const(j)), k, const(0)], _I32x8)
                    for j in range(tile.cols)] if raw else None
     for i in range(tile.rows):
         for j in range(tile.cols):
@@ -474,8 +472,7 @@ def row_block_step(typingctx, tag, acc, wq, wh, n, k, xq, osum, scales):
         w = _weight_block(context, builder, fmt, sig.args[2], wq, sig.args[3], wh, n, k, raw)
         x = _load_block(context, builder, sig.args[6], xq, zero, k, _I8x32)  # (32,) int8
         if raw:  # x's offset sums were computed once for all rows (store_offset_sums)
-            offset_sums = builder.load(builder.bitcast(_pointer(context, builder, sig.args[7], osum, [k, zero]),
-                                                       _I32x8.as_pointer()), align=4)
+            offset_sums = _load(context, builder, sig.args[7], osum, [k, zero], _I32x8)
             pairs = _raw_pair_dots(builder, w, x, offset_sums)
         else:
             pairs = _pair_dots(builder, w, x, fmt in UNSIGNED)
