@@ -130,6 +130,25 @@ def test_activation_kernel_is_bit_identical(x):
     assert np.array_equal(xq, ref_q) and np.array_equal(xd, ref_d) and np.array_equal(xs, ref_s)
 
 
+@settings(deadline=None, max_examples=30)
+@given(B=st.integers(1, 11), NB=st.integers(1, 7), seed=st.integers(0, 2**16), bad_row=st.integers(-1, 10))
+def test_parallel_activation_rounding_is_the_same_bits(B, NB, seed, bad_row):
+    """quantize_activations_parallel splits the rows over threads: same quants, scales, sums and
+    bad-block counts as the serial loop, also when a row holds a NaN or a sum too large for float16."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, NB * BLOCK)).astype(np.float32)
+    if 0 <= bad_row < B:
+        x[bad_row, 0] = np.nan
+        x[bad_row, -BLOCK:] = 60000.0  # d * sum q ~ 32 * 60000: overflows float16's s
+    out = [(np.empty((B, NB, BLOCK), np.int8), np.empty((B, NB), np.float32), np.empty((B, NB), np.float32))
+           for _ in range(2)]
+    serial = kernels.quantize_activations(x, *out[0])
+    parallel = kernels.quantize_activations_parallel(x, *out[1])
+    assert serial == parallel
+    for a, b in zip(*out):
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+
+
 @given(bits=st.integers(0, 2**32 - 1))
 def test_float16_rounding_in_numba_equals_numpy(bits):
     v = np.array([bits], np.uint32).view(np.float32)[0]

@@ -46,6 +46,16 @@ def test_swiglu_rows_matches_ops(R, F, seed):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
 
 
+@settings(deadline=None, max_examples=30)
+@given(R=st.integers(1, 9), F=st.integers(1, 77), seed=st.integers(0, 2**16))
+def test_swiglu_parallel_is_the_same_bits(R, F, seed):
+    gate_up = (np.random.default_rng(seed).standard_normal((R, 2 * F)) * 4).astype(np.float32)
+    serial, parallel = np.empty((R, F), np.float32), np.empty((R, F), np.float32)
+    row_ops._swiglu(gate_up, serial)
+    row_ops._swiglu_parallel(gate_up, parallel)
+    assert np.array_equal(serial, parallel)
+
+
 def test_extreme_gate_values_stay_finite():
     gate_up = np.array([[-1000.0, 1000.0, 0.0, 3.0, 2.0, 5.0]], np.float32)
     got = row_ops.swiglu_rows(gate_up)

@@ -21,7 +21,7 @@ are within float32 rounding of the exact value, not bit-identical to each other)
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 __all__ = ["rmsnorm_rows", "rope_heads", "swiglu_rows"]
 
@@ -68,14 +68,25 @@ def rope_heads(qkv, cos, sin, T, heads, D):
     _rope(qkv, cos, sin, T, heads, D)
 
 
+@njit(cache=True, inline="always")
+def _swiglu_row(gate_up, r, out):
+    F = gate_up.shape[1] // 2
+    for f in range(F):
+        g = np.float64(gate_up[r, f])
+        out[r, f] = g / (1.0 + np.exp(-g)) * gate_up[r, F + f]  # in float64, rounded once
+
+
 @njit(cache=True)
 def _swiglu(gate_up, out):
-    R, F2 = gate_up.shape
-    F = F2 // 2
-    for r in range(R):
-        for f in range(F):
-            g = np.float64(gate_up[r, f])
-            out[r, f] = g / (1.0 + np.exp(-g)) * gate_up[r, F + f]  # in float64, rounded once
+    for r in range(gate_up.shape[0]):
+        _swiglu_row(gate_up, r, out)
+
+
+@njit(cache=True, parallel=True)
+def _swiglu_parallel(gate_up, out):
+    """_swiglu with the rows split over the threads (each row alone: the same bits)."""
+    for r in prange(gate_up.shape[0]):
+        _swiglu_row(gate_up, r, out)
 
 
 def swiglu_rows(gate_up):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .. import threads  # the thread policy: workqueue layer; BLAS held to one thread once kernels run
 from . import loops, simd
@@ -73,42 +73,67 @@ def float16_round(v):
 
 
 @njit(cache=True)
-def quantize_activations(x, xq, xd, xs):
-    """x: float32 (B, K) -> fills xq int8 (B, NB, 32), xd and xs float32 (B, NB), as
+def quantize_row(x, b, xq, xd, xs):
+    """Row b of x float32 (B, K) -> xq[b] int8 (NB, 32), xd[b], xs[b] float32 (NB,), as
     blocks.quantize_activations. Returns (blocks that cannot be quantized: a NaN/Inf, or |x| so
     large that the float16 scale d overflows; blocks whose float16 sum s overflows, which matters
     only to q4_1 / q5_1): the caller turns those into an error.
 
     d = amax / 127 and s = d * sum q, both rounded to float16; q = rint(x * (127 / amax)).
     No fastmath, so every float32 product and rounding is the C one."""
-    B, K = x.shape
-    NB = K // BLOCK
+    NB = x.shape[1] // BLOCK
     bad = 0
     bad_sums = 0
-    for b in range(B):
-        for k in range(NB):
-            amax = np.float32(0.0)
-            finite = True
-            for j in range(BLOCK):
-                v = abs(x[b, k * BLOCK + j])
-                finite &= v <= np.float32(3.4e38)  # False for NaN and inf
-                amax = max(amax, v)
-            d = amax / np.float32(127.0)
-            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
-            if not np.isfinite(inv):  # amax so small that 127/amax overflows: an all-zero block
-                inv = np.float32(0.0)
-            total = 0
-            for j in range(BLOCK):
-                v = x[b, k * BLOCK + j] * inv  # float32 * float32, rounded to float32 as in C
-                q = np.int32(np.rint(np.float64(v))) if finite else 0  # half to even, as _mm256_round_ps does
-                xq[b, k, j] = q
-                total += q
-            xd[b, k] = float16_round(d)
-            xs[b, k] = float16_round(d * np.float32(total))
-            if not finite or not np.isfinite(xd[b, k]):
-                bad += 1
-            elif not np.isfinite(xs[b, k]):
-                bad_sums += 1
+    for k in range(NB):
+        amax = np.float32(0.0)
+        finite = True
+        for j in range(BLOCK):
+            v = abs(x[b, k * BLOCK + j])
+            finite &= v <= np.float32(3.4e38)  # False for NaN and inf
+            amax = max(amax, v)
+        d = amax / np.float32(127.0)
+        inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+        if not np.isfinite(inv):  # amax so small that 127/amax overflows: an all-zero block
+            inv = np.float32(0.0)
+        total = 0
+        for j in range(BLOCK):
+            v = x[b, k * BLOCK + j] * inv  # float32 * float32, rounded to float32 as in C
+            q = np.int32(np.rint(np.float64(v))) if finite else 0  # half to even, as _mm256_round_ps does
+            xq[b, k, j] = q
+            total += q
+        xd[b, k] = float16_round(d)
+        xs[b, k] = float16_round(d * np.float32(total))
+        if not finite or not np.isfinite(xd[b, k]):
+            bad += 1
+        elif not np.isfinite(xs[b, k]):
+            bad_sums += 1
+    return bad, bad_sums
+
+
+@njit(cache=True)
+def quantize_activations(x, xq, xd, xs):
+    """x: float32 (B, K) -> fills xq int8 (B, NB, 32), xd and xs float32 (B, NB), row by row
+    (quantize_row). Returns (bad blocks, bad sums), summed over the rows."""
+    bad = 0
+    bad_sums = 0
+    for b in range(x.shape[0]):
+        r_bad, r_sums = quantize_row(x, b, xq, xd, xs)
+        bad += r_bad
+        bad_sums += r_sums
+    return bad, bad_sums
+
+
+@njit(cache=True, parallel=True)
+def quantize_activations_parallel(x, xq, xd, xs):
+    """quantize_activations with the rows split over the threads: every row is rounded alone, so
+    the bits are the same. For batches: SmolLM2's 32-row decode step spent ~5 ms of ~70 rounding
+    its activations on one thread (2-core EPYC) while the other core waited."""
+    bad = 0
+    bad_sums = 0
+    for b in prange(x.shape[0]):
+        r_bad, r_sums = quantize_row(x, b, xq, xd, xs)
+        bad += r_bad
+        bad_sums += r_sums
     return bad, bad_sums
 
 
