@@ -345,19 +345,41 @@ def _prefetch(builder, ptr):
 
 @intrinsic
 def tile_sums(typingctx, acc, sums):
-    """sums[i, j] = the sum of accumulator (i, j)'s lanes, as a tree (halves added until one is left)."""
+    """sums[i, j] = the sum of accumulator (i, j)'s lanes, as a tree: halves added until one is left
+    (lane l + lane l + LANES/2, then l + LANES/4, ...).
+
+    All the tile's accumulators go down the tree together: two vectors' halves are gathered into
+    one by two shuffles and added, so each level halves the number of vectors and the last one
+    holds LANES sums, in accumulator order, stored at once. Every lane is added to the same
+    partner as when each accumulator is reduced alone (decode's 1 x 1 tile), so the sums are the
+    same bits; a 4 x 4 tile of 16 lanes takes 45 shuffles and adds instead of ~190. Measured with
+    the one-accumulator-at-a-time tree in the same process, alternated 9 times, 2 threads, B = 32 on
+    SmolLM2's products (2-core Zen 5): gate/up 1.05x, output 1.06x, the q8_0 head 1.06x, same bits."""
     def codegen(context, builder, sig, args):
         acc, sums = args
-        for i in range(sig.args[0].rows):
-            for j in range(sig.args[0].cols):
-                v, n = builder.extract_value(acc, i * sig.args[0].cols + j), LANES
-                while n > 1:
-                    n //= 2
-                    v = builder.fadd(builder.shuffle_vector(v, v, _indices(*range(n))),
-                                     builder.shuffle_vector(v, v, _indices(*range(n, 2 * n))))
-                inds = [context.get_constant(types.intp, i), context.get_constant(types.intp, j)]
-                builder.store(builder.extract_element(v, ir.Constant(_I32, 0)),
-                              _pointer(context, builder, sig.args[1], sums, inds))
+        tile = sig.args[0]
+        n = tile.rows * tile.cols
+        vectors = [builder.extract_value(acc, a) for a in range(n)]
+        zero = ir.Constant(_F32xL, None)
+        width = LANES  # each vector holds LANES // width groups of `width` partial sums
+        while width > 1:
+            half = width // 2
+            if len(vectors) % 2:
+                vectors.append(zero)
+            # groups g of a, then of b: lanes g*width .. g*width+half-1 (low) and +half.. (high)
+            low = [g * width + l for g in range(LANES // width) for l in range(half)]
+            high = [x + half for x in low]
+            low = low + [LANES + x for x in low]
+            high = high + [LANES + x for x in high]
+            vectors = [builder.fadd(builder.shuffle_vector(a, b, _indices(*low)),
+                                    builder.shuffle_vector(a, b, _indices(*high)))
+                       for a, b in zip(vectors[::2], vectors[1::2])]
+            width = half
+        for a in range(n):  # vector a // LANES, lane a % LANES: accumulator a = (i, j) = divmod(a, cols)
+            i, j = divmod(a, tile.cols)
+            inds = [context.get_constant(types.intp, i), context.get_constant(types.intp, j)]
+            builder.store(builder.extract_element(vectors[a // LANES], ir.Constant(_I32, a % LANES)),
+                          _pointer(context, builder, sig.args[1], sums, inds))
         return context.get_dummy_value()
     return types.none(acc, sums), codegen
 
