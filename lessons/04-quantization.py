@@ -440,7 +440,11 @@ print(f"x as Q8_1 blocks: quants {xq.shape} {xq.dtype}, scales d {xd.shape} and 
 # nibbles; multiply unsigned by signed bytes and add neighbours with x86's `vpmaddubsw`, then
 # `vpmaddwd` into int32 lanes of four products each; convert and fused-multiply-add into a
 # float32 accumulator that stays in a register for the whole row). Both split the rows over the
-# cores (`prange`).
+# cores (`prange`). On a CPU with AVX-512 VNNI the 4- and 5-bit formats take one step further
+# (`simd.pair_rows`, `simd.pair_decode_rows`): `vpdpbusd` multiplies 64 unsigned by 64 signed bytes
+# and adds each four neighbouring products into one of 16 int32 lanes, so two whole blocks go
+# through one instruction, each half of the lanes scaled by its own block's scale.
+# `simd.VNNI` says which path this machine takes.
 #
 # **Is it faster? First the theory: the roofline.** A kernel is limited by one of two ceilings:
 # how fast the cores compute and how fast memory delivers bytes. Its **arithmetic intensity**

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import threads
-from ..quant.simd import tile_sums, unpacked_block_step
+from ..quant.simd import pair_block_step, pairs, spread_pair_scales, tile_sums, unpacked_block_step
 
 LINE = 64  # bytes in a cache line
 
@@ -171,18 +171,50 @@ def _tile_loop(tag, buf, xq, scales, zero, reps):
     return total
 
 
+@njit(cache=True)
+def _pair_tile_loop(tag, buf, xq, scales, zero, reps):
+    """_tile_loop with the VNNI pair step (PAIR_FORMATS): two blocks a step; scales spread per lane."""
+    sums = np.empty((buf.shape[0], xq.shape[0]), np.float32)
+    NP = buf.shape[1] // 2
+    osum = np.zeros((xq.shape[0], buf.shape[1], 8), np.int32)
+    w16 = np.empty((buf.shape[0], NP, 16), np.float32)
+    x16 = np.empty((xq.shape[0], NP, 16), np.float32)
+    for i in range(buf.shape[0]):
+        for p in range(NP):
+            spread_pair_scales(scales[:, 0], i, p, w16)
+    for j in range(xq.shape[0]):
+        for p in range(NP):
+            spread_pair_scales(scales[0], j, p, x16)
+    total = 0.0
+    for _ in range(reps):
+        acc = zero
+        for p in range(NP):
+            acc = pair_block_step(tag, acc, buf, p, xq, 0, w16, x16, osum)
+        tile_sums(acc, sums)
+        total += sums[0, 0]
+    return total
+
+
+@njit(cache=True)
+def _either_loop(tag, buf, xq, scales, zero, reps):
+    if pairs(tag):
+        return _pair_tile_loop(tag, buf, xq, scales, zero, reps)
+    return _tile_loop(tag, buf, xq, scales, zero, reps)
+
+
 @njit(cache=True, parallel=True)
 def _tile_loop_parallel(tag, buf, xq, scales, zero, reps, parts):
     totals = np.zeros(parts * 16)
     for p in prange(parts):
-        totals[p * 16] = _tile_loop(tag, buf, xq, scales, zero, reps // parts)
+        totals[p * 16] = _either_loop(tag, buf, xq, scales, zero, reps // parts)
     return totals.sum()
 
 
 def tile_rate(fmt="q4_1", nb=64, reps=40000, all_threads=True):
-    """Giga multiply-adds/s of quant/simd.py's batch register tile (unpacked_block_step, fmt's
-    instructions) over nb blocks of 32 that stay in L1: what the batched products could reach if
-    nothing else cost anything (no unpacking, scales, sums or memory traffic)."""
+    """Giga multiply-adds/s of quant/simd.py's batch register tile (unpacked_block_step, or
+    pair_block_step for PAIR_FORMATS on AVX-512 VNNI; fmt's instructions) over nb blocks of 32 (nb
+    even) that stay in L1: what the batched products could reach if nothing else cost anything (no
+    unpacking, scales, sums or memory traffic)."""
     from ..quant import simd
 
     if fmt not in simd.UNPACKED_FORMATS:
@@ -195,7 +227,7 @@ def tile_rate(fmt="q4_1", nb=64, reps=40000, all_threads=True):
     tag = simd.TAGS[fmt]
     parts = threads.numba_threads() if all_threads else 1
     fn = ((lambda: _tile_loop_parallel(tag, buf, xq, scales, zero, reps, parts)) if all_threads
-          else (lambda: _tile_loop(tag, buf, xq, scales, zero, reps)))
+          else (lambda: _either_loop(tag, buf, xq, scales, zero, reps)))
     return simd.TILE_W * simd.TILE_X * nb * 32 * (reps // parts) * parts / _best_seconds(fn) / 1e9
 
 

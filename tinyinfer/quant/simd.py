@@ -46,7 +46,16 @@ cycles at best (Zen 3's latency), 1.6 ns a block at 2.45 GHz, against ~2.0 ns me
 Two rows at once (two chains, x loaded once for both) take 1.5 ns a block in cache, but from
 memory they measured 0.78-0.93x of one row at a time (two streams a thread, four prefetch
 distances tried), so decode keeps one row.
-The x86 intrinsics (pmadd.ub.sw, pmadd.wd) are the only non-generic IR besides pshufb.
+With AVX-512 VNNI (VNNI, PAIR_FORMATS: q4_0, q4_1, q5_0, q5_1) a step takes two blocks in one
+zmm register: `vpdpbusd` adds each four neighbouring byte products into 16 int32 lanes (lanes
+0..7 block 2p, 8..15 block 2p + 1), converted and fused-multiply-added with each block's scale
+spread over its 8 lanes (`pair_rows` for batches, `pair_decode_rows` for decode: the same lanes and
+order, so still the same bits alone or batched; an odd last block is paired with zeros). Measured
+against the 16-lane pair dots alternately in one process, 2 threads, SmolLM2's four Q4_1 products
+(2-core Zen 5): B = 32 1.21-1.35x, decode 1.14-1.38x; the register tile in L1 (bench.roofline's
+tile_rate) q4_1 142 vs 108 G multiply-adds/s on one core. What limits it now: per lane pair a
+scale product (w's times x's) and a fused multiply-add, both on the two FMA pipes.
+The x86 intrinsics (pmadd.ub.sw, pmadd.wd, vpdpbusd) are the only non-generic IR besides pshufb.
 `simd_rows.inspect_asm(sig)` shows the loop (compile with cache off to inspect).
 """
 from __future__ import annotations
@@ -94,6 +103,21 @@ SIMD_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") + (("iq4_nl",) if X86 el
 # process, 15 rounds: q4_1 1.18x and 1.27x faster, q4_0 1.14x and 1.18x (same bits; q8_0's
 # blocks need no unpacking and keep the direct path).
 UNPACKED_FORMATS = tuple(f for f in SIMD_FORMATS if f != "q8_0")
+# AVX-512 VNNI's vpdpbusd multiplies 64 unsigned bytes by 64 signed bytes and adds each four
+# neighbouring products into one of 16 int32 lanes: one instruction for two whole blocks, where the
+# 16-lane path above (vpmovsxbw, vpmaddwd) takes one for 32 products. The formats whose weights are
+# unsigned (q4_1, q5_1) or made so (q4_0, q5_0's stored q, their offset taken off x's side) use it:
+# lanes 0..7 hold block 2p's quads, lanes 8..15 block 2p+1's, each scaled by its own block's scale
+# (pair_rows, pair_decode_rows).
+# TINYINFER_SIMD_NO_VNNI=1 turns it off (give that process its own NUMBA_CACHE_DIR).
+VNNI = (WIDE and X86 and _host_has("avx512vnni") and _host_has("avx512bw")
+        and os.environ.get("TINYINFER_SIMD_NO_VNNI", "") != "1")
+PAIR_FORMATS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl") if VNNI else ()
+PAIR_RAW_FORMATS = tuple(f for f in PAIR_FORMATS if f in OFFSETS)  # multiplied raw, x's offset sums subtracted
+# q8_0 and iq4_nl are signed on both sides, and vpdpbusd wants one side unsigned: x + 128 is (x's
+# bytes with the top bit flipped, once per call), and sum (x + 128) w - 128 sum w = sum x w, with
+# 128 sum w one more vpdpbusd per weight pair, shared by the tile's rows of x. Exact in int32.
+PAIR_SIGNED_FORMATS = tuple(f for f in PAIR_FORMATS if f in ("q8_0", "iq4_nl"))
 
 _F32xL = ir.VectorType(ir.FloatType(), LANES)
 _I8x4, _I8xq, _I8x32 = (ir.VectorType(ir.IntType(8), n) for n in (4, 16, 32))
@@ -101,6 +125,9 @@ _I32x32 = ir.VectorType(ir.IntType(32), 32)
 _I32 = ir.IntType(32)
 _I32x8 = ir.VectorType(_I32, 8)
 _I64x4 = ir.VectorType(ir.IntType(64), 4)
+_I8x64 = ir.VectorType(ir.IntType(8), 64)
+_I32x16 = ir.VectorType(_I32, 16)
+_F32x16 = ir.VectorType(ir.FloatType(), 16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,11 +212,31 @@ def tile_cols(typingctx, tile):
     return types.intp(tile), lambda context, builder, sig, args: context.get_constant(types.intp, sig.args[0].cols)
 
 
+def _raw(fmt):
+    """Whether fmt's blocks are multiplied as stored (q4_0 / q5_0 before their offset), the offset's
+    share taken off with x's offset sums: on AVX2 (RAW_OFFSET_FORMATS) and on the VNNI pair path."""
+    return fmt in RAW_OFFSET_FORMATS or fmt in PAIR_RAW_FORMATS
+
+
 @intrinsic
 def raw_offsets(typingctx, tag):
     """True for the formats whose products subtract x's offset sums (RAW_OFFSET_FORMATS; compile-time constant)."""
     return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
-        types.boolean, sig.args[0].fmt in RAW_OFFSET_FORMATS)
+        types.boolean, _raw(sig.args[0].fmt))
+
+
+@intrinsic
+def pairs(typingctx, tag):
+    """True for the formats multiplied two blocks at a time with VNNI (PAIR_FORMATS; compile-time constant)."""
+    return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
+        types.boolean, sig.args[0].fmt in PAIR_FORMATS)
+
+
+@intrinsic
+def signed_pairs(typingctx, tag):
+    """True for PAIR_SIGNED_FORMATS (compile-time constant): x goes in as x + 128."""
+    return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
+        types.boolean, sig.args[0].fmt in PAIR_SIGNED_FORMATS)
 
 
 @intrinsic
@@ -457,7 +504,7 @@ def unpack_block(typingctx, tag, wq, wh, n, k, buf, i):
         ahead = builder.add(n, const(PREFETCH_ROWS))
         ahead = builder.select(builder.icmp_signed("<=", ahead, last_row), ahead, last_row)
         _prefetch(builder, _pointer(context, builder, sig.args[1], wq, [ahead, k, const(0)]))
-        w = _weight_block(context, builder, fmt, sig.args[1], wq, sig.args[2], wh, n, k, fmt in RAW_OFFSET_FORMATS)
+        w = _weight_block(context, builder, fmt, sig.args[1], wq, sig.args[2], wh, n, k, _raw(fmt))
         ptr = _pointer(context, builder, sig.args[5], buf, [i, k, const(0)])
         builder.store(w, builder.bitcast(ptr, _I8x32.as_pointer()), align=1)
         return context.get_dummy_value()
@@ -478,6 +525,145 @@ def unpacked_block_step(typingctx, tag, acc, buf, k, xq, b0, scales, osum):
         return _tile_products(context, builder, sig.args[0].fmt, tile, acc, w, sig.args[4], xq, b0, k, sig.args[6],
                               scales, sig.args[7], osum)
     return tile(tag, acc, buf, k, xq, b0, scales, osum), codegen
+
+
+# ---- two blocks a vector: the VNNI pair path (PAIR_FORMATS) -----------------------------------
+
+
+def _signed_quad_dots(builder, w, x_flipped):
+    """_quad_dots for signed w (q8_0, iq4_nl) and x given as x + 128 (its bytes' top bit flipped):
+    sum (x + 128) w over each quad, less 128 sum w."""
+    flipped = _quad_dots(builder, x_flipped, w)
+    return builder.sub(flipped, _quad_dots(builder, _splat8(128 - 256, 64), w))
+
+
+def _quad_dots(builder, u, v):
+    """u unsigned, v signed <64 x i8> -> <16 x i32> quad sums of u v (vpdpbusd's operand order)."""
+    if VNNI:
+        return _x86(builder, "llvm.x86.avx512.vpdpbusd.512", _I32x16, ir.Constant(_I32x16, None),
+                    builder.bitcast(u, _I32x16), builder.bitcast(v, _I32x16))
+    prod = builder.mul(builder.zext(u, ir.VectorType(_I32, 64)), builder.sext(v, ir.VectorType(_I32, 64)))
+    two = builder.add(builder.shuffle_vector(prod, prod, _indices(*range(0, 64, 2))),
+                      builder.shuffle_vector(prod, prod, _indices(*range(1, 64, 2))))  # (32,)
+    return builder.add(builder.shuffle_vector(two, two, _indices(*range(0, 32, 2))),
+                       builder.shuffle_vector(two, two, _indices(*range(1, 32, 2))))  # (16,)
+
+
+def _format_quad_dots(builder, fmt, w, x):
+    """The quad dots of one weight pair w and one x pair as fmt's path takes them: signed w with
+    flipped x (PAIR_SIGNED_FORMATS), else unsigned (or raw) w."""
+    if fmt in PAIR_SIGNED_FORMATS:
+        return _signed_quad_dots(builder, w, x)
+    return _quad_dots(builder, w, x)
+
+
+def _pair_add(builder, acc, dots, scale):
+    """acc + float32(dots) * scale, lane by lane (one fused multiply-add), scale <16 x float>."""
+    prod = builder.fmul(builder.sitofp(dots, _F32x16), scale, flags=("contract",))
+    return builder.fadd(acc, prod, flags=("contract",))
+
+
+@intrinsic
+def spread_pair_scales(typingctx, src, r, p, dst):
+    """dst[r, p, :] = 8 x src[r, 2p], then 8 x src[r, 2p + 1]: the scales of block pair p, one per
+    lane (src float32 (R, 2P), padded with a zero column when the blocks are odd)."""
+    def codegen(context, builder, sig, args):
+        src, r, p, dst = args
+        r, p = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (1, 2))
+        two = builder.load(builder.bitcast(_pointer(context, builder, sig.args[0], src, [r, builder.add(p, p)]),
+                                           ir.VectorType(ir.FloatType(), 2).as_pointer()), align=4)
+        spread = builder.shuffle_vector(two, two, _indices(*([0] * 8 + [1] * 8)))
+        zero = context.get_constant(types.intp, 0)
+        builder.store(spread, builder.bitcast(_pointer(context, builder, sig.args[3], dst, [r, p, zero]),
+                                              _F32x16.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(src, r, p, dst), codegen
+
+
+@intrinsic
+def pair_block_step(typingctx, tag, acc, buf, p, xq, b0, w16, x16, osum):
+    """acc[i, j] + float32(quad dots of block pair p of buf row i and x row b0 + j) * (w16[i, p] *
+    x16[b0 + j, p]): the tile's step on two blocks at once (PAIR_FORMATS).
+
+    buf int8 (TILE_W, 2P, 32): the row tile's blocks, unpacked (raw q for q4_0 / q5_0); xq int8
+    (B, 2P, 32); w16 (TILE_W, P, 16), x16 (B, P, 16): each block's scale spread over its 8 lanes
+    (spread_pair_scales); osum int32 (B, 2P, 8): x's offset sums (q4_0 / q5_0; else not read).
+    Every array is padded to whole pairs with zero blocks and zero scales."""
+    tile = acc
+
+    def codegen(context, builder, sig, args):
+        _, acc, buf, p, xq, b0, w16, x16, osum = args
+        fmt = sig.args[0].fmt
+        p, b0 = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (3, 5))
+        const = lambda v: context.get_constant(types.intp, v)  # noqa: E731
+        rows = [builder.add(b0, const(j)) for j in range(tile.cols)]
+        x = [_load_block(context, builder, sig.args[4], xq, b, p, _I8x64) for b in rows]
+        xs = [_load_block(context, builder, sig.args[7], x16, b, p, _F32x16) for b in rows]
+        offsets = ([_load_block(context, builder, sig.args[8], osum, b, p, _I32x16) for b in rows]
+                   if fmt in PAIR_RAW_FORMATS else None)
+        for i in range(tile.rows):
+            w = _load_block(context, builder, sig.args[2], buf, const(i), p, _I8x64)
+            ws = _load_block(context, builder, sig.args[6], w16, const(i), p, _F32x16)
+            if fmt in PAIR_SIGNED_FORMATS:  # 128 sum w: once per weight pair, for every row of x
+                w128 = _quad_dots(builder, _splat8(128 - 256, 64), w)
+            for j in range(tile.cols):
+                if fmt in PAIR_SIGNED_FORMATS:
+                    dots = builder.sub(_quad_dots(builder, x[j], w), w128)
+                else:
+                    dots = _quad_dots(builder, w, x[j])
+                if offsets is not None:
+                    dots = builder.sub(dots, offsets[j])
+                a = _pair_add(builder, builder.extract_value(acc, i * tile.cols + j), dots, builder.fmul(ws, xs[j]))
+                acc = builder.insert_value(acc, a, i * tile.cols + j)
+        return acc
+    return tile(tag, acc, buf, p, xq, b0, w16, x16, osum), codegen
+
+
+def _pair_row_codegen(single):
+    def codegen(context, builder, sig, args):
+        _, acc, wq, wh, wd, n, p, xq, x16, osum = args
+        fmt = sig.args[0].fmt
+        n, p = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (5, 6))
+        zero = context.get_constant(types.intp, 0)
+        k = builder.add(p, p)
+        raw = fmt in PAIR_RAW_FORMATS
+        first = _weight_block(context, builder, fmt, sig.args[2], wq, sig.args[3], wh, n, k, raw)
+        halves = ir.VectorType(ir.IntType(16), 2)
+        if single:  # the odd last block: zeros in the second half, and a zero scale
+            second = ir.Constant(_I8x32, None)
+            bits = builder.insert_element(ir.Constant(halves, None), builder.load(
+                _pointer(context, builder, sig.args[4], wd, [n, k])), ir.Constant(_I32, 0))
+        else:
+            second = _weight_block(context, builder, fmt, sig.args[2], wq, sig.args[3], wh, n,
+                                   builder.add(k, context.get_constant(types.intp, 1)), raw)
+            bits = builder.load(builder.bitcast(_pointer(context, builder, sig.args[4], wd, [n, k]),
+                                                halves.as_pointer()), align=2)
+        w = builder.shuffle_vector(first, second, _indices(*range(64)))
+        two = builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 2)), ir.VectorType(ir.FloatType(), 2))
+        ws = builder.shuffle_vector(two, two, _indices(*([0] * 8 + [1] * 8)))
+        x = _load_block(context, builder, sig.args[7], xq, zero, p, _I8x64)
+        dots = _format_quad_dots(builder, fmt, w, x)
+        if raw:
+            dots = builder.sub(dots, _load_block(context, builder, sig.args[9], osum, zero, p, _I32x16))
+        xs = _load_block(context, builder, sig.args[8], x16, zero, p, _F32x16)
+        return builder.insert_value(acc, _pair_add(builder, builder.extract_value(acc, 0), dots,
+                                                   builder.fmul(ws, xs)), 0)
+    return codegen
+
+
+@intrinsic
+def pair_row_step(typingctx, tag, acc, wq, wh, wd, n, p, xq, x16, osum):
+    """Decode's pair_block_step: acc + float32(quad dots of blocks 2p, 2p+1 of W row n and x) *
+    (their scales float32(wd[n, 2p:2p+2]) spread over 8 lanes each, times x16[0, p]); xq (1, 2P, 32),
+    x16 (1, P, 16), osum (1, 2P, 8) padded as pair_block_step's. The same lanes, products and order
+    as a batch, so a row gives the same bits alone or in a batch."""
+    return acc(tag, acc, wq, wh, wd, n, p, xq, x16, osum), _pair_row_codegen(single=False)
+
+
+@intrinsic
+def last_row_step(typingctx, tag, acc, wq, wh, wd, n, p, xq, x16, osum):
+    """pair_row_step for an odd number of blocks' last one (2p): its second half is zeros."""
+    return acc(tag, acc, wq, wh, wd, n, p, xq, x16, osum), _pair_row_codegen(single=True)
 
 
 @intrinsic
@@ -511,7 +697,7 @@ def store_offset_sums(typingctx, tag, xq, k, osum):
     def codegen(context, builder, sig, args):
         _, xq, k, osum = args
         fmt = sig.args[0].fmt
-        if fmt in RAW_OFFSET_FORMATS:
+        if _raw(fmt):
             k = context.cast(builder, k, sig.args[2], types.intp)
             zero = context.get_constant(types.intp, 0)
             x = _load_block(context, builder, sig.args[1], xq, zero, k, _I8x32)
@@ -598,6 +784,94 @@ def min_terms(wm_t, xs, b, n0, n1, m):
             m[i] += half_to_float(row[i]) * s
 
 
+@njit(cache=True)
+def pair_inputs(tag, xd, xq):
+    """x padded to whole block pairs for the VNNI pair steps: xq (B, 2P, 32) int8 with a zero block
+    when NB is odd (x + 128 as unsigned bytes for PAIR_SIGNED_FORMATS), x16 (B, P, 16) each block's scale xd[b, k] over its 8 lanes (zero for the pad),
+    osum (B, 2P, 8) x's offset sums (q4_0 / q5_0; (1, 2P, 8) zeros otherwise)."""
+    B, NB = xd.shape
+    NP = (NB + 1) // 2
+    xp = np.zeros((B, 2 * NP, 32), np.int8)
+    if signed_pairs(tag):
+        xp[:, :NB] = xq ^ np.int8(-128)  # x + 128 as unsigned bytes (PAIR_SIGNED_FORMATS)
+    else:
+        xp[:, :NB] = xq
+    x_scales = np.zeros((B, 2 * NP), np.float32)
+    x_scales[:, :NB] = xd
+    x16 = np.empty((B, NP, 16), np.float32)
+    for b in range(B):
+        for p in range(NP):
+            spread_pair_scales(x_scales, b, p, x16)
+    osum = np.zeros((B if raw_offsets(tag) else 1, 2 * NP, 8), np.int32)
+    if raw_offsets(tag):
+        for b in range(B):
+            for k in range(NB):
+                store_offset_sums(tag, xq[b:b + 1], k, osum[b])
+    return xp, x16, osum
+
+
+@njit(cache=True)
+def pair_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
+    """simd_rows for PAIR_FORMATS: the same tiles, two blocks a step (pair_block_step). No fastmath:
+    the only float flags are the steps' own (contract: one fused multiply-add a lane and pair)."""
+    B, NB = xd.shape
+    NP = (NB + 1) // 2
+    cols = tile_cols(zero)
+    xp, x16, osum = pair_inputs(tag, xd, xq)
+    w_scales = np.zeros((TILE_W, 2 * NP), np.float32)  # float32(wd[n, k]) of the row tile, zero pad
+    w16 = np.empty((TILE_W, NP, 16), np.float32)
+    unpacked = np.zeros((TILE_W, 2 * NP, 32), np.int8)  # the pad block stays zero
+    sums = np.empty((TILE_W, cols), np.float32)
+    mins = np.zeros((B if has_min(tag) else 1, n1 - n0), np.float32)
+    if has_min(tag):
+        for b in range(B):
+            min_terms(wm, xs, b, n0, n1, mins[b])
+    for n_first in range(n0, n1, TILE_W):
+        n_last = min(n_first + TILE_W, n1) - 1  # the last tile repeats row n_last
+        for i in range(TILE_W):
+            n = min(n_first + i, n_last)
+            for k in range(NB):
+                w_scales[i, k] = half_to_float(wd[n, k])
+                unpack_block(tag, wq, wh, n, k, unpacked, i)
+            for p in range(NP):
+                spread_pair_scales(w_scales, i, p, w16)
+        for b0 in range(0, B, cols):
+            acc = zero
+            for p in range(NP):
+                acc = pair_block_step(tag, acc, unpacked, p, xp, b0, w16, x16, osum)
+            tile_sums(acc, sums)
+            for i in range(n_last + 1 - n_first):
+                for j in range(cols):
+                    v = sums[i, j]
+                    if has_min(tag):
+                        v += mins[b0 + j, n_first + i - n0]
+                    out[b0 + j, n_first + i] = v
+
+
+@njit(cache=True)
+def pair_decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
+    """decode_rows for PAIR_FORMATS: one row of W at a time, two blocks a step (pair_row_step)."""
+    NB = xd.shape[1]
+    xp, x16, osum = pair_inputs(tag, xd, xq)
+    sums = np.empty((1, 1), np.float32)
+    mins = np.zeros(n1 - n0, np.float32)
+    if has_min(tag):
+        min_terms(wm, xs, 0, n0, n1, mins)
+    for n in range(n0, n1):
+        acc = zero
+        ahead = min(n + DECODE_PREFETCH_ROWS, n1 - 1)
+        for p in range(NB // 2):  # pairs in order, as pair_rows adds them
+            prefetch_block(wq, ahead, 2 * p)
+            acc = pair_row_step(tag, acc, wq, wh, wd, n, p, xp, x16, osum)
+        if NB % 2:
+            acc = last_row_step(tag, acc, wq, wh, wd, n, NB // 2, xp, x16, osum)
+        tile_sums(acc, sums)
+        v = sums[0, 0]
+        if has_min(tag):
+            v += mins[n - n0]
+        out[0, n] = v
+
+
 @njit(cache=True, fastmath=True)
 def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
     """out[:, n0:n1] for every row of x, tile by tile. wd float16 bits (N, NB); wm the minima transposed,
@@ -607,7 +881,11 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
     What is the same for every tile is computed once: the minima's terms of all B rows of x for
     rows n0..n1 of W (one vectorized pass per row of x), and a row tile's float32 block scales
     before its loop over x (not once per x tile: with B = 32 that was 16 times, a third of the
-    time on SmolLM2's 576-wide rows). The values are the same floats either way."""
+    time on SmolLM2's 576-wide rows). The values are the same floats either way.
+    PAIR_FORMATS (with AVX-512 VNNI) go to pair_rows."""
+    if pairs(tag):
+        pair_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero)
+        return
     B, NB = xd.shape
     NB8 = (NB + 7) // 8 * 8  # the scales' arrays padded to whole vectors of 8 (tile_scales8)
     cols = tile_cols(zero)
@@ -666,7 +944,11 @@ def simd_parallel(tag, wd, wm, wq, wh, xd, xs, xq, out, zero, rows_per_task):
 
 @njit(cache=True, fastmath=True)
 def decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
-    """As simd_rows for B = 1 (xd (1, NB), xq (1, NB, 32)), one row of W at a time; zero: DECODE_TILE."""
+    """As simd_rows for B = 1 (xd (1, NB), xq (1, NB, 32)), one row of W at a time; zero: DECODE_TILE.
+    PAIR_FORMATS (with AVX-512 VNNI) go to pair_decode_rows."""
+    if pairs(tag):
+        pair_decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero)
+        return
     NB = xd.shape[1]
     NB8 = NB - NB % 8
     scales = np.empty(NB, np.float32)  # wd[n, k] * xd[0, k]
