@@ -20,7 +20,8 @@ Fair by construction:
   tinyinfer's thread policy (tinyinfer/threads.py);
 - the two sides alternate in blocks (all the matrices once per block), with the other side's
   threads quiet: after a NumPy block BLAS is set back to one thread and given time for its
-  workers to stop spinning before the kernels run;
+  workers to stop spinning before the kernels run, and after a kernel block the kernels' OpenMP
+  workers are given the same time before NumPy runs (quiet_kernels);
 - the ratio reported is the median over rounds of the per-round ratios (spread: min..max).
 The kernels' time includes rounding x to Q8_0/Q8_1 blocks and every Python-side step of
 QTensor.matmul. Weights are random blocks (speed does not depend on their values).
@@ -99,6 +100,17 @@ def quiet_blas():
     time.sleep(0.5)
 
 
+def quiet_kernels():
+    """Time for the kernels' OpenMP workers to stop spinning before the NumPy baseline runs: the
+    same courtesy quiet_blas gives the kernels. An OpenMP runtime keeps its workers spinning for a
+    while after a parallel region, and they take the cores from BLAS's threads. Measured on a
+    2-core Zen 5 EPYC (4096 x 4096 float32 GEMV from memory, 2 BLAS threads): without this wait,
+    right after a block of kernel calls, NumPy's GEMV read 12-13 GB/s; with it 31-37 GB/s, as fast
+    as in a process that runs no kernel (32 GB/s). The ratios measured without it were 2.3-2.5x
+    too flattering at B = 1 (Q8_0 9.97x, Q4_1 12.6x, against 4.09x and 5.44x with it)."""
+    time.sleep(0.5)
+
+
 def best_blas_threads(W, x, rounds=3):
     """1 or all cores for NumPy float32 W @ x (x: (K,) or (B, K).T layout as the caller passes)."""
     times = {}
@@ -131,6 +143,7 @@ def compare(kernel_fn, qts, numpy_fn, Ws, blas_n, rounds, roof=None):
                 f += time.perf_counter() - t0
             f /= len(qts)
             roofs.append(read_bytes / read_s / 1e9)
+        quiet_kernels()
         fast.append(f)
         base.append(b)
         ratios.append(b / f)
