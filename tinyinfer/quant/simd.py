@@ -46,13 +46,14 @@ cycles at best (Zen 3's latency), 1.6 ns a block at 2.45 GHz, against ~2.0 ns me
 Two rows at once (two chains, x loaded once for both) take 1.5 ns a block in cache, but from
 memory they measured 0.78-0.93x of one row at a time (two streams a thread, four prefetch
 distances tried), so decode keeps one row.
-With AVX-512 VNNI (VNNI, PAIR_FORMATS: q4_0, q4_1, q5_0, q5_1) a step takes two blocks in one
+With AVX-512 VNNI (VNNI, PAIR_FORMATS: every format here) a step takes two blocks in one
 zmm register: `vpdpbusd` adds each four neighbouring byte products into 16 int32 lanes (lanes
 0..7 block 2p, 8..15 block 2p + 1), converted and fused-multiply-added with each block's scale
 spread over its 8 lanes (`pair_rows` for batches, `pair_decode_rows` for decode: the same lanes and
 order, so still the same bits alone or batched; an odd last block is paired with zeros). Measured
 against the 16-lane pair dots alternately in one process, 2 threads, SmolLM2's four Q4_1 products
-(2-core Zen 5): B = 32 1.21-1.35x, decode 1.14-1.38x; the register tile in L1 (bench.roofline's
+(2-core Zen 5): B = 32 1.21-1.35x, decode 1.14-1.38x; the q8_0 head (49152 x 576, signed on both
+sides: x goes in as x + 128) 1.42x at B = 32, 1.07x decode; the register tile in L1 (bench.roofline's
 tile_rate) q4_1 142 vs 108 G multiply-adds/s on one core. What limits it now: per lane pair a
 scale product (w's times x's) and a fused multiply-add, both on the two FMA pipes.
 The x86 intrinsics (pmadd.ub.sw, pmadd.wd, vpdpbusd) are the only non-generic IR besides pshufb.
