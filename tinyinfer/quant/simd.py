@@ -531,11 +531,15 @@ def unpacked_block_step(typingctx, tag, acc, buf, k, xq, b0, scales, osum):
 # ---- two blocks a vector: the VNNI pair path (PAIR_FORMATS) -----------------------------------
 
 
-def _signed_quad_dots(builder, w, x_flipped):
+def _weight_offsets(builder, w):
+    """128 sum w over each quad of signed w <64 x i8>: what x + 128 adds to the quad dots."""
+    return _quad_dots(builder, _splat8(128 - 256, 64), w)
+
+
+def _signed_quad_dots(builder, w, x_flipped, w128):
     """_quad_dots for signed w (q8_0, iq4_nl) and x given as x + 128 (its bytes' top bit flipped):
-    sum (x + 128) w over each quad, less 128 sum w."""
-    flipped = _quad_dots(builder, x_flipped, w)
-    return builder.sub(flipped, _quad_dots(builder, _splat8(128 - 256, 64), w))
+    sum (x + 128) w over each quad, less w128 = _weight_offsets(w)."""
+    return builder.sub(_quad_dots(builder, x_flipped, w), w128)
 
 
 def _quad_dots(builder, u, v):
@@ -554,7 +558,7 @@ def _format_quad_dots(builder, fmt, w, x):
     """The quad dots of one weight pair w and one x pair as fmt's path takes them: signed w with
     flipped x (PAIR_SIGNED_FORMATS), else unsigned (or raw) w."""
     if fmt in PAIR_SIGNED_FORMATS:
-        return _signed_quad_dots(builder, w, x)
+        return _signed_quad_dots(builder, w, x, _weight_offsets(builder, w))
     return _quad_dots(builder, w, x)
 
 
@@ -606,10 +610,10 @@ def pair_block_step(typingctx, tag, acc, buf, p, xq, b0, w16, x16, osum):
             w = _load_block(context, builder, sig.args[2], buf, const(i), p, _I8x64)
             ws = _load_block(context, builder, sig.args[6], w16, const(i), p, _F32x16)
             if fmt in PAIR_SIGNED_FORMATS:  # 128 sum w: once per weight pair, for every row of x
-                w128 = _quad_dots(builder, _splat8(128 - 256, 64), w)
+                w128 = _weight_offsets(builder, w)
             for j in range(tile.cols):
                 if fmt in PAIR_SIGNED_FORMATS:
-                    dots = builder.sub(_quad_dots(builder, x[j], w), w128)
+                    dots = _signed_quad_dots(builder, w, x[j], w128)
                 else:
                     dots = _quad_dots(builder, w, x[j])
                 if offsets is not None:
