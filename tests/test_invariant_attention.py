@@ -124,6 +124,22 @@ def test_rows_never_read_padding_or_other_sequences():
         assert np.array_equal(out[0], before[t])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [1, 17, 64])
+def test_prefetch_hints_change_nothing(dtype, D):
+    """ask_for (the kernel's hint for the next block) on the last block, more positions than a
+    block holds, lines that end mid-row: no fault, the cache unchanged."""
+    from tinyinfer.invariant_attention import ask_for
+
+    kc = np.random.default_rng(0).standard_normal((3, 2, 5, D)).astype(dtype)
+    before = kc.copy()
+    for block in range(3):
+        for g in range(2):
+            ask_for(kc, block, g, 1)
+            ask_for(kc, block, g, 1000)
+    assert np.array_equal(kc, before)
+
+
 def test_bad_arguments_are_named():
     kc = np.zeros((4, 2, 4, 8), np.float32)
     q = np.zeros((3, 4, 8), np.float32)

@@ -59,12 +59,22 @@ from numba import njit, prange
 
 from . import threads  # the thread policy; importing it selects the threading layer before any launch
 from .quant.formats import use_reference
+from .quant.simd import prefetch_at
 
 __all__ = ["attention_rows", "attention_rows_reference", "supports"]
 
 # Below this many multiply-adds a call runs on one thread: a parallel region costs tens of
 # microseconds to start (tinyinfer/threads.py), more than a decode step's attention for a small model.
 PARALLEL_MIN_WORK = 200_000
+
+# While a row works through one block of keys (or values) it asks the cache for the next block's
+# first PREFETCH_POSITIONS positions, and for the first values while it scores the last keys. A
+# server's cache holds a few hundred MB (SmolLM2, 32 sequences of ~160 tokens: 7 MB a layer), so
+# every step reads it from memory, and each block is a short run of 4 KB that the hardware
+# prefetcher meets cold. Measured on a 2-core Zen 5 EPYC with that cache, the 30 layers cycled:
+# 0.36-0.43 ms a layer with the hints against 0.47-0.59 without (the same bits: a hint changes no
+# arithmetic); with one layer's cache in L3, 0.25-0.27 either way.
+PREFETCH_POSITIONS = 16
 
 
 def supports(q_dtype, cache_dtype) -> bool:
@@ -134,6 +144,17 @@ def attention_rows_reference(q, key_cache, value_cache, block_tables, query_seq,
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
+@njit(cache=True)
+def ask_for(cache, block, g, n):
+    """A hint: bring the first min(n, P, PREFETCH_POSITIONS) positions of cache[block, g] toward the
+    core, every 64-byte line of them. Reads nothing, changes nothing, never faults."""
+    positions = min(n, cache.shape[2], PREFETCH_POSITIONS)
+    step = max(1, 64 // cache.itemsize)  # elements a cache line
+    for off in range(positions):
+        for d in range(0, cache.shape[3], step):
+            prefetch_at(cache, (block, g, off, d))
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def one_row(q, key_cache, value_cache, table, t, g, L, scale, out):
     """Query t, key/value head g: the R query heads that share g, over keys 0..L-1 -> out[t, those heads]."""
@@ -145,6 +166,10 @@ def one_row(q, key_cache, value_cache, table, t, g, L, scale, out):
     scores = np.empty((R, L), q.dtype)  # (R, L)
     for j0 in range(0, L, P):  # block by block: positions in order
         block = table[j0 // P]
+        if j0 + P < L:  # the next block of keys is on its way while this one is scored
+            ask_for(key_cache, table[j0 // P + 1], g, L - j0 - P)
+        else:  # the last block of keys: the first values next
+            ask_for(value_cache, table[0], g, L)
         for off in range(min(P, L - j0)):
             for r in range(R):  # the R heads share this key: read it once
                 acc = zero
@@ -166,6 +191,8 @@ def one_row(q, key_cache, value_cache, table, t, g, L, scale, out):
     acc_out = np.zeros((R, D), q.dtype)  # (R, D)
     for j0 in range(0, L, P):
         block = table[j0 // P]
+        if j0 + P < L:
+            ask_for(value_cache, table[j0 // P + 1], g, L - j0 - P)
         for off in range(min(P, L - j0)):
             for r in range(R):
                 w = scores[r, j0 + off]

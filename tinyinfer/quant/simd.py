@@ -760,6 +760,22 @@ def prefetch_block(typingctx, wq, n, k):
     return types.none(wq, n, k), codegen
 
 
+@intrinsic
+def prefetch_at(typingctx, ary, index):
+    """Ask the cache for the line holding ary[index] (index: a tuple of ary.ndim integers, all in
+    range; a hint, never a fault). Used by invariant_attention.py for the next block of keys."""
+    if not isinstance(index, types.BaseTuple) or len(index) != ary.ndim:
+        return None
+
+    def codegen(context, builder, sig, args):
+        inds = [context.cast(builder, v, t, types.intp)
+                for v, t in zip(cgutils.unpack_tuple(builder, args[1]), sig.args[1])]
+        ptr = _pointer(context, builder, sig.args[0], args[0], inds)
+        _prefetch(builder, builder.bitcast(ptr, cgutils.voidptr_t))  # the intrinsic takes a byte pointer
+        return context.get_dummy_value()
+    return types.none(ary, index), codegen
+
+
 # Decode asks for the blocks of the row this many rows ahead. One row is one sequential stream, but
 # the scales are a second one and a short row ends soon: measured from memory (4096 x 4096, eight
 # matrices cycled, 2 threads, alternating runs) Q8_0 1.1-1.3x and Q4_1 1.05-1.4x faster with it.
