@@ -122,6 +122,8 @@ def test_activation_kernel_is_bit_identical(x):
     x[0, :32] = np.round(x[0, :32] * 4) / 4  # exact .5 ties after scaling are likely here
     x[1, :32] *= 1e-3
     x[2, 32:64] = 0
+    x[1, 64:96] *= np.float32(1e-39)  # subnormal x: d below float16's smallest subnormal
+    x[2, 96:128] *= np.float32(2e6)  # d near float16's largest value (65504), s past it
     xq = np.empty((3, 5, BLOCK), np.int8)
     xd = np.empty((3, 5), np.float32)
     xs = np.empty((3, 5), np.float32)

@@ -12,6 +12,12 @@ vectorized loop; LLVM emits an equivalent sequence elsewhere. float16 -> float32
 the kernels compute with the very numbers they did with float32 copies.
 
 ggml itself does the same (GGML_FP16_TO_FP32: F16C on x86, a 65,536-entry table elsewhere).
+
+The other way, `round_to_half` rounds a float32 to the nearest float16 (half to even, inf past
+65504) and widens it back: `fptrunc float -> half`, `fpext half -> float` (vcvtps2ph, vcvtph2ps),
+what the activation quantizer needs for its float16 block scales. `float_from_bits` reads a uint32
+bit pattern as the float32 it encodes, `bits_of_float` the reverse (the quantizer finds a block's
+largest |x| on the bits).
 """
 from __future__ import annotations
 
@@ -31,3 +37,39 @@ def half_to_float(typingctx, bits):
         return builder.fpext(value, ir.FloatType())
 
     return types.float32(bits), codegen
+
+
+@intrinsic
+def round_to_half(typingctx, v):
+    """float32 v -> the nearest float16 (half to even; +-inf past 65504; NaN stays NaN), as a float32."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(v), codegen
+
+
+@intrinsic
+def float_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is `bits` (a 32-bit integer)."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def bits_of_float(typingctx, v):
+    """The bit pattern of float32 v, as a uint32."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(v), codegen
