@@ -80,11 +80,7 @@ def _product(w, x, parts, zero, full_tile, one_tile, out):
             else:
                 simd.decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, 0, N, zero)
         else:
-            # one slab of rows per thread, whole tiles of TILE_W (measured at B = 32 on SmolLM2's
-            # shapes, 2 threads: 1.02-1.12x over tasks of kernels.ROWS_PER_TASK rows, whose count
-            # does not split evenly, e.g. 9 tasks of 576 rows)
-            slab = -(-N // parts)
-            rows_per_task = -(-slab // simd.TILE_W) * simd.TILE_W
+            rows_per_task = kernels.slab_rows(N, parts)  # one slab of rows per thread
             full = R - R % simd.TILE_X
             if full > 0:
                 if parts > 1:
