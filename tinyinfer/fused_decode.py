@@ -52,9 +52,6 @@ __all__ = ["DecodePlan", "layer_step"]
 # 2-core EPYC, so below ~8 rows the split would cost more than it saves.
 QUANTIZE_PARALLEL_MIN_ROWS = 8
 SWIGLU_PARALLEL_MIN_ROWS = 2
-# The tile for the c = 1, 2, 3 rows of x left after full tiles (TILE_X = 2 has only c = 1; the
-# other entries are never used there).
-REST_TILES = tuple(simd.ZERO_TILES.get(c, simd.ZERO_TILES[1]) for c in (1, 2, 3))
 
 
 @njit(cache=True)
@@ -68,13 +65,14 @@ def _tiles_over_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, tile, parts, rows_per
 
 
 @njit(cache=True)
-def _product(w, x, parts, zero, full_tile, rest_tiles, out):
+def _product(w, x, parts, zero, full_tile, one_tile, out):
     """out (R, N) = x W^T for x float32 (R, K): x rounded to Q8_0/Q8_1 blocks, then quant/simd.py's
     kernels as quant/kernels.py's matmul_parts calls them: the decode rows for one row, register
-    tiles for more (full tiles of TILE_X rows of x, then the R % TILE_X rows left in one narrower
-    tile, rest_tiles[c - 1] for c of them: one more pass over W, where a pass a row cost up to three;
-    the same sums either way, every output is its own accumulator, blocks in order). parts: the
-    threads (1: serial). w = (tag, wd, wm, wq, wh) as quant/kernels.py's _parts gives. Returns the
+    tiles for more (full tiles of TILE_X rows of x, then the R % TILE_X rows left: one row in a
+    one-row tile, two or three padded with zero rows to a full tile: one more pass over W where a
+    pass a row cost up to three; the same sums either way, every output is its own accumulator,
+    blocks in order; a tile of exactly 2 or 3 rows would be a new tile shape for Numba to compile,
+    ~15 s each from a fresh clone). parts: the threads (1: serial). w = (tag, wd, wm, wq, wh) as quant/kernels.py's _parts gives. Returns the
     activation rounding's flags (bad blocks, bad sums) for the caller to raise on."""
     tag, wd, wm, wq, wh = w
     R, K = x.shape
@@ -99,16 +97,20 @@ def _product(w, x, parts, zero, full_tile, rest_tiles, out):
             if full > 0:
                 _tiles_over_rows(tag, wd, wm, wq, wh, xd[:full], xs[:full], xq[:full], out[:full], full_tile, parts,
                                  rows_per_task)
-            rest = R - full  # 0 .. TILE_X - 1 (TILE_X is 2 or 4): each count its own tile shape
+            rest = R - full  # 0 .. TILE_X - 1
             if rest == 1:
-                _tiles_over_rows(tag, wd, wm, wq, wh, xd[full:], xs[full:], xq[full:], out[full:], rest_tiles[0],
-                                 parts, rows_per_task)
-            elif rest == 2:
-                _tiles_over_rows(tag, wd, wm, wq, wh, xd[full:], xs[full:], xq[full:], out[full:], rest_tiles[1],
-                                 parts, rows_per_task)
-            elif rest == 3:
-                _tiles_over_rows(tag, wd, wm, wq, wh, xd[full:], xs[full:], xq[full:], out[full:], rest_tiles[2],
-                                 parts, rows_per_task)
+                _tiles_over_rows(tag, wd, wm, wq, wh, xd[full:], xs[full:], xq[full:], out[full:], one_tile, parts,
+                                 rows_per_task)
+            elif rest > 1:  # padded with zero rows to one full tile, whose extra outputs are dropped
+                pad_q = np.zeros((simd.TILE_X, NB, BLOCK), np.int8)
+                pad_d = np.zeros((simd.TILE_X, NB), np.float32)
+                pad_s = np.zeros((simd.TILE_X, NB), np.float32)
+                pad_q[:rest] = xq[full:]
+                pad_d[:rest] = xd[full:]
+                pad_s[:rest] = xs[full:]
+                pad_out = np.empty((simd.TILE_X, N), np.float32)
+                _tiles_over_rows(tag, wd, wm, wq, wh, pad_d, pad_s, pad_q, pad_out, full_tile, parts, rows_per_task)
+                out[full:] = pad_out[:rest]
     if simd.has_min(tag):
         return bad, bad_sums
     return bad, 0
@@ -121,7 +123,7 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     """One LLaMA block for R packed token rows, in place on x (R, C) float32.
 
     norm1, norm2 (C,); qkv, o, gate_up, down: (tag, wd, wm, wq, wh) tuples of the fused weights;
-    parts (4,): threads for each product; tiles: (DECODE_TILE, ZERO_TILES[TILE_X], REST_TILES);
+    parts (4,): threads for each product; tiles: (DECODE_TILE, ZERO_TILES[TILE_X], ZERO_TILES[1]);
     key_cache, value_cache (blocks, G, P, D): this layer's cache, as invariant_attention.py takes it
     (a contiguous one-sequence cache is one block of all its positions); row r's keys/values go to
     block slot_block[r], position slot_offset[r]; tables, query_seq, query_pos: which sequence row r
@@ -129,13 +131,13 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     Returns the number of activation blocks that could not be rounded (NaN/Inf or too large)."""
     H, G, D = n_head, n_kv_head, head_dim
     R, C = x.shape
-    zero, full_tile, rest_tiles = tiles
+    zero, full_tile, one_tile = tiles
     rstd = np.empty(R, np.float32)
     h = np.empty_like(x)
     row_ops._rmsnorm(x, norm1, eps, rstd, h)
     qkv_out = np.empty((R, qkv[3].shape[0]), np.float32)
     bad = 0
-    b, s = _product(qkv, h, parts[0], zero, full_tile, rest_tiles, qkv_out)
+    b, s = _product(qkv, h, parts[0], zero, full_tile, one_tile, qkv_out)
     bad += b + s
     row_ops._rope(qkv_out, cos, sin, R, H + G, D)  # row r at cos[r]: T = R
     for r in range(R):  # this step's keys and values into the cache, before anyone attends
@@ -154,14 +156,14 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     else:
         attention_serial(q, key_cache, value_cache, tables, query_seq, query_pos, scale, att)
     o_out = np.empty((R, C), np.float32)
-    b, s = _product(o, att.reshape(R, H * D), parts[1], zero, full_tile, rest_tiles, o_out)
+    b, s = _product(o, att.reshape(R, H * D), parts[1], zero, full_tile, one_tile, o_out)
     bad += b + s
     for r in range(R):
         for c in range(C):
             x[r, c] = x[r, c] + o_out[r, c]
     row_ops._rmsnorm(x, norm2, eps, rstd, h)
     gu = np.empty((R, gate_up[3].shape[0]), np.float32)
-    b, s = _product(gate_up, h, parts[2], zero, full_tile, rest_tiles, gu)
+    b, s = _product(gate_up, h, parts[2], zero, full_tile, one_tile, gu)
     bad += b + s
     act = np.empty((R, gu.shape[1] // 2), np.float32)
     if R >= SWIGLU_PARALLEL_MIN_ROWS and parts[2] > 1:
@@ -169,7 +171,7 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     else:
         row_ops._swiglu(gu, act)
     down_out = np.empty((R, C), np.float32)
-    b, s = _product(down, act, parts[3], zero, full_tile, rest_tiles, down_out)
+    b, s = _product(down, act, parts[3], zero, full_tile, one_tile, down_out)
     bad += b + s
     for r in range(R):
         for c in range(C):
@@ -192,7 +194,7 @@ class DecodePlan:
         self._rows = np.array([[w[3].shape[0] for w in layer[2:]] for layer in layers], np.int64)
         self._weights = np.array([[w[1].shape[0] * w[1].shape[1] * BLOCK for w in layer[2:]] for layer in layers],
                                  np.int64)  # wd: (N, K / 32) scales
-        self._tiles = (simd.DECODE_TILE, simd.ZERO_TILES[simd.TILE_X], REST_TILES)
+        self._tiles = (simd.DECODE_TILE, simd.ZERO_TILES[simd.TILE_X], simd.ZERO_TILES[1])
         self._entry = None
 
     @classmethod
