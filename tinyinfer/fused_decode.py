@@ -72,8 +72,9 @@ def _product(w, x, parts, zero, full_tile, one_tile, out):
     one-row tile, two or three padded with zero rows to a full tile: one more pass over W where a
     pass a row cost up to three; the same sums either way, every output is its own accumulator,
     blocks in order; a tile of exactly 2 or 3 rows would be a new tile shape for Numba to compile,
-    ~15 s each from a fresh clone). parts: the threads (1: serial). w = (tag, wd, wm, wq, wh) as quant/kernels.py's _parts gives. Returns the
-    activation rounding's flags (bad blocks, bad sums) for the caller to raise on."""
+    ~15 s each from a fresh clone). parts: the threads (1: serial). w = (tag, wd, wm, wq, wh) as
+    quant/kernels.py's _parts gives. Returns the activation rounding's flags (bad blocks, bad sums)
+    for the caller to raise on."""
     tag, wd, wm, wq, wh = w
     R, K = x.shape
     N = wq.shape[0]

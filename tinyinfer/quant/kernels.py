@@ -26,7 +26,6 @@ disk (cache=True): a first call in a fresh process takes ~0.3-1 s, later ones mi
 """
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit, prange
 

@@ -674,7 +674,7 @@ def last_row_step(typingctx, tag, acc, wq, wh, wd, n, p, xq, x16, osum):
 @intrinsic
 def row_block_step(typingctx, tag, acc, wq, wh, n, k, xq, osum, scales):
     """acc + float32(pair dots of block k of W row n and xq[0, k]) * scales[k]: one accumulator
-    (decode_rows asks for later rows' blocks with prefetch_block). osum int32 (NB, 8): x's offset
+    (decode_rows asks for later rows' blocks with prefetch_at). osum int32 (NB, 8): x's offset
     sums (store_offset_sums), read by q4_0 / q5_0 on AVX2 only."""
     def codegen(context, builder, sig, args):
         _, acc, wq, wh, n, k, xq, osum, scales = args
@@ -750,20 +750,10 @@ def tile_scales8(typingctx, w_scales, i, k, xd, b, scales, j):
 
 
 @intrinsic
-def prefetch_block(typingctx, wq, n, k):
-    """Ask the cache for block k of row n of wq (a hint, never a fault; n must be a valid row)."""
-    def codegen(context, builder, sig, args):
-        wq, n, k = args
-        n, k = (context.cast(builder, args[a], sig.args[a], types.intp) for a in (1, 2))
-        _prefetch(builder, _pointer(context, builder, sig.args[0], wq, [n, k, context.get_constant(types.intp, 0)]))
-        return context.get_dummy_value()
-    return types.none(wq, n, k), codegen
-
-
-@intrinsic
 def prefetch_at(typingctx, ary, index):
     """Ask the cache for the line holding ary[index] (index: a tuple of ary.ndim integers, all in
-    range; a hint, never a fault). Used by invariant_attention.py for the next block of keys."""
+    range; a hint, never a fault). Decode asks for later rows' blocks of W with it
+    (prefetch_at(wq, (n, k, 0))), invariant_attention.py for the next block of keys."""
     if not isinstance(index, types.BaseTuple) or len(index) != ary.ndim:
         return None
 
@@ -882,7 +872,7 @@ def pair_decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
         acc = zero
         ahead = min(n + DECODE_PREFETCH_ROWS, n1 - 1)
         for p in range(NB // 2):  # pairs in order, as pair_rows adds them
-            prefetch_block(wq, ahead, 2 * p)
+            prefetch_at(wq, (ahead, 2 * p, 0))
             acc = pair_row_step(tag, acc, wq, wh, wd, n, p, xp, x16, osum)
         if NB % 2:
             acc = last_row_step(tag, acc, wq, wh, wd, n, NB // 2, xp, x16, osum)
@@ -988,7 +978,7 @@ def decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
         acc = zero
         ahead = min(n + DECODE_PREFETCH_ROWS, n1 - 1)
         for k in range(NB):  # blocks in order, as simd_rows adds them
-            prefetch_block(wq, ahead, k)
+            prefetch_at(wq, (ahead, k, 0))
             acc = row_block_step(tag, acc, wq, wh, n, k, xq, osum, scales)
         tile_sums(acc, sums)
         v = sums[0, 0]
