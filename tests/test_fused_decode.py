@@ -139,3 +139,23 @@ def test_engine_steps_fused_equal_stepwise_bit_for_bit():
     assert isinstance(plans[0], DecodePlan) and plans[1] is None  # the first ran fused, the second op by op
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_compile_for_compiles_the_version_other_sizes_run():
+    # the tour compiles a format's block step in a second process from a tiny model (compile_for);
+    # that is only worth it if a model of other sizes then finds that version, not a new one
+    from tinyinfer.fused_decode import compile_for, layer_step
+
+    compile_for("q4_0")
+    versions = len(layer_step.overloads)
+    fast = InferenceModel(_model("q4_0", n_embd=96, n_head=6, n_kv_head=3, ffn_hidden=160))
+    assert DecodePlan.build(fast) is not None
+    _greedy_logits(fast, [2, 7, 1], 3, stepwise=False)
+    assert len(layer_step.overloads) == versions
+
+
+def test_compile_for_names_a_format_it_cannot_take():
+    from tinyinfer.fused_decode import compile_for
+
+    with pytest.raises(ValueError, match="fmt"):
+        compile_for("no_such_format")

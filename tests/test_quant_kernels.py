@@ -96,18 +96,20 @@ def test_batched_kernels_equal_numpy_twin(fmt, kernel, parallel, problem):
 
 @pytest.mark.parametrize("fmt", ALL_FMTS)
 def test_every_tile_shape_computes_each_output_the_same_way(fmt):
-    # Rows of x land in 4-wide tiles or in the 1..3-wide tile of the remainder, rows of W in full
-    # tiles or in the last one (which repeats its last row): each output's lanes, scale products and
-    # final sum are the same operations in every case, so a row of a batch equals its own matvec.
+    # Rows of x land in 4-wide tiles, a one-row tile (one row left) or a 4-wide tile padded with zero
+    # rows (two or three left); rows of W in full tiles or in the last one (which repeats its last row):
+    # each output's lanes, scale products and final sum are the same operations in every case, so a
+    # row of a batch equals its own matvec.
     rng = np.random.default_rng(5)
     w = rng.standard_normal((10, 160)).astype(np.float32)
     x = rng.standard_normal((7, 160)).astype(np.float32)
     qt = quantize(w, fmt)
     for parallel in (False, True):
-        batch = kernels.qtensor_matmul(qt, x, parallel=parallel)  # full tiles + a narrower one
-        for b in range(7):
-            one = kernels.qtensor_matmul(qt, x[b:b + 1], parallel=parallel)  # the decode kernel
-            assert np.array_equal(batch[b], one[0])
+        for rows in (2, 3, 5, 6, 7):  # remainders 2, 3, 1, 2, 3
+            batch = kernels.qtensor_matmul(qt, x[:rows], parallel=parallel)
+            for b in range(rows):
+                one = kernels.qtensor_matmul(qt, x[b:b + 1], parallel=parallel)  # the decode kernel
+                assert np.array_equal(batch[b], one[0])
 
 
 def test_wrong_quants_dtype_is_named():

@@ -44,7 +44,7 @@ from .invariant_attention import attention_parallel, attention_serial
 from .quant import kernels, simd
 from .quant.blocks import BLOCK
 
-__all__ = ["DecodePlan", "layer_step"]
+__all__ = ["DecodePlan", "compile_for", "layer_step"]
 
 # From this many token rows on, a step rounds its activations and applies SwiGLU with the rows split
 # over the threads (every row alone, so the same bits). A parallel region costs a few microseconds
@@ -55,13 +55,25 @@ SWIGLU_PARALLEL_MIN_ROWS = 2
 
 
 @njit(cache=True)
+def _copy_rows(src, dst):
+    """dst[...] = src for two C arrays of one shape, as a plain loop. A slice assignment would do the
+    same, but Numba compiles its shape-mismatch error message with it (string formatting and joins:
+    ~4 s of compilation per array rank from a fresh clone, for an error that cannot happen here)."""
+    flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+    for i in range(flat_src.size):
+        flat_dst[i] = flat_src[i]
+
+
+@njit(cache=True)
 def _tiles_over_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, tile, parts, rows_per_task):
     """out = x W^T for the rows of x in xd/xs/xq, in register tiles of `tile`'s shape (its columns
     divide the rows), split over `parts` threads in slabs of rows_per_task rows of W."""
     if parts > 1:
         simd.simd_parallel(tag, wd, wm, wq, wh, xd, xs, xq, out, tile, rows_per_task)
     else:
-        simd.simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, 0, wq.shape[0], tile)
+        # np.int64(0), not 0: a literal 0 would make Numba compile simd_rows again for Literal[int](0)
+        # (~3 s a tile shape and format), beside the int64 one the parallel split and Python calls use
+        simd.simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, np.int64(0), wq.shape[0], tile)
 
 
 @njit(cache=True)
@@ -91,7 +103,7 @@ def _product(w, x, parts, zero, full_tile, one_tile, out):
             if parts > 1:
                 simd.decode_parallel(tag, wd, wm, wq, wh, xd, xs, xq, out, zero, parts)
             else:
-                simd.decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, 0, N, zero)
+                simd.decode_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, np.int64(0), N, zero)  # int64: see above
         else:
             rows_per_task = kernels.slab_rows(N, parts)  # one slab of rows per thread
             full = R - R % simd.TILE_X
@@ -106,12 +118,14 @@ def _product(w, x, parts, zero, full_tile, one_tile, out):
                 pad_q = np.zeros((simd.TILE_X, NB, BLOCK), np.int8)
                 pad_d = np.zeros((simd.TILE_X, NB), np.float32)
                 pad_s = np.zeros((simd.TILE_X, NB), np.float32)
-                pad_q[:rest] = xq[full:]
-                pad_d[:rest] = xd[full:]
-                pad_s[:rest] = xs[full:]
+                for r in range(rest):  # loops, not slice assignments: see _copy_rows
+                    _copy_rows(xq[full + r], pad_q[r])
+                    _copy_rows(xd[full + r], pad_d[r])
+                    _copy_rows(xs[full + r], pad_s[r])
                 pad_out = np.empty((simd.TILE_X, N), np.float32)
                 _tiles_over_rows(tag, wd, wm, wq, wh, pad_d, pad_s, pad_q, pad_out, full_tile, parts, rows_per_task)
-                out[full:] = pad_out[:rest]
+                for r in range(rest):
+                    _copy_rows(pad_out[r], out[full + r])
     if simd.has_min(tag):
         return bad, bad_sums
     return bad, 0
@@ -289,3 +303,25 @@ class DecodePlan:
         if isinstance(kv_cache, ContiguousKVCache):
             kv_cache.length += T
         return x
+
+
+def compile_for(fmt: str) -> None:
+    """Compile layer_step for models whose products are in `fmt` (or load it from Numba's disk cache):
+    one prefill and one decode step of a tiny random LLaMA block. Numba compiles one machine-code
+    version per argument *types*, not sizes, so this is the version a real model in `fmt` runs; the
+    tour calls it in a second process, compiling on the other core while the first works."""
+    from .config import ModelConfig
+    from .inference import InferenceModel
+    from .kv_cache import ContiguousKVCache
+    from .model import Model, init_params
+    from .quant.model import quantize_model
+
+    config = ModelConfig(family="llama", vocab_size=37, n_layer=1, n_embd=64, n_head=4, n_kv_head=2, n_ctx=16,
+                         ffn_hidden=64, tie_word_embeddings=False)
+    fast = InferenceModel(quantize_model(Model(config, init_params(config, 0, np.float32)), fmt))
+    if DecodePlan.build(fast) is None:
+        raise ValueError(f"fmt must be one of the formats layer_step takes {simd.SIMD_FORMATS}, got {fmt!r}")
+    cache = ContiguousKVCache(config, 1, np.float32, max_len=8)
+    fast.forward(np.array([[1, 2, 3, 4, 5]]), np.arange(5), cache)
+    fast.forward(np.array([[6]]), np.array([5]), cache)
+

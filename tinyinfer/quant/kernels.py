@@ -235,17 +235,28 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
         return out
     if parallel is None:
         parallel = B * N * K >= PARALLEL_MIN_WORK and threads.numba_threads() > 1
-    # x rows in tiles of TILE_X, then the B % TILE_X left over in one narrower tile
+    # x rows in tiles of TILE_X; of the B % TILE_X rows left, one goes through a one-row tile and two or
+    # three are padded with zero rows to a full tile (their extra outputs dropped), as fused_decode does:
+    # the same sums, and no tile shape of 2 or 3 rows for Numba to compile (~5 s each from a fresh clone)
     full = B - B % simd.TILE_X
-    for b0, b1 in ((0, full), (full, B)):
-        if b1 > b0:
-            cols = min(simd.TILE_X, b1 - b0)
-            args = (tag, wd, wm, wq, wh, xd[b0:b1], xs[b0:b1], xq[b0:b1], out[b0:b1])
-            if parallel:
-                _call(simd.simd_parallel, ("simd_parallel", fmt, cols), *args, simd.ZERO_TILES[cols],
-                      slab_rows(N, threads.numba_threads()))
-            else:
-                _call(simd.simd_rows, ("simd_rows", fmt, cols), *args, 0, N, simd.ZERO_TILES[cols])
+    rest = B - full
+    parts = [(xd[:full], xs[:full], xq[:full], out[:full], simd.TILE_X)] if full else []
+    if rest == 1:
+        parts.append((xd[full:], xs[full:], xq[full:], out[full:], 1))
+    elif rest > 1:
+        pad = [np.zeros((simd.TILE_X,) + a.shape[1:], a.dtype) for a in (xd, xs, xq)]
+        for padded, a in zip(pad, (xd, xs, xq)):
+            padded[:rest] = a[full:]
+        parts.append((*pad, np.empty((simd.TILE_X, N), np.float32), simd.TILE_X))
+    for pd, ps, pq, po, cols in parts:
+        args = (tag, wd, wm, wq, wh, pd, ps, pq, po)
+        if parallel:
+            _call(simd.simd_parallel, ("simd_parallel", fmt, cols), *args, simd.ZERO_TILES[cols],
+                  slab_rows(N, threads.numba_threads()))
+        else:
+            _call(simd.simd_rows, ("simd_rows", fmt, cols), *args, 0, N, simd.ZERO_TILES[cols])
+    if rest > 1:
+        out[full:] = parts[-1][3][:rest]
     return out
 
 

@@ -802,13 +802,16 @@ def pair_inputs(tag, xd, xq):
     osum (B, 2P, 8) x's offset sums (q4_0 / q5_0; (1, 2P, 8) zeros otherwise)."""
     B, NB = xd.shape
     NP = (NB + 1) // 2
+    # plain loops, not slice assignments: those compile their shape-mismatch error message
+    # (string formatting, ~3 s from a fresh clone) for an error that cannot happen here
     xp = np.zeros((B, 2 * NP, 32), np.int8)
-    if signed_pairs(tag):
-        xp[:, :NB] = xq ^ np.int8(-128)  # x + 128 as unsigned bytes (PAIR_SIGNED_FORMATS)
-    else:
-        xp[:, :NB] = xq
+    flip = np.int8(-128) if signed_pairs(tag) else np.int8(0)  # x + 128 as unsigned bytes (PAIR_SIGNED_FORMATS)
     x_scales = np.zeros((B, 2 * NP), np.float32)
-    x_scales[:, :NB] = xd
+    for b in range(B):
+        for k in range(NB):
+            x_scales[b, k] = xd[b, k]
+            for i in range(32):
+                xp[b, k, i] = xq[b, k, i] ^ flip
     x16 = np.empty((B, NP, 16), np.float32)
     for b in range(B):
         for p in range(NP):
@@ -903,7 +906,9 @@ def simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, n0, n1, zero):
     w_scales = np.zeros((TILE_W, NB8), np.float32)  # wd[n, k] as float32, for the row tile
     scales = np.empty((TILE_W, cols, NB8), np.float32)  # wd[n, k] * xd[b, k]: the pair sums' scales
     x_scales = np.zeros((B, NB8), np.float32)
-    x_scales[:, :NB] = xd
+    for b in range(B):  # a loop, not x_scales[:, :NB] = xd: see pair_inputs
+        for k in range(NB):
+            x_scales[b, k] = xd[b, k]
     osum = np.empty((B if raw_offsets(tag) else 1, NB, 8), np.int32)  # x's offset sums (q4_0 / q5_0 on AVX2)
     if raw_offsets(tag):
         for b in range(B):
