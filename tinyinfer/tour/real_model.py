@@ -290,11 +290,12 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
             ("engine", lambda: run_engine(fasts["q4_1"], work, prefix_caching=False), work),
             ("speculative", None, few),
             ("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True), work)]
-    # JIT compilation out of the timed runs: decode's kernels, and the engine's batch kernels. Each
-    # tile shape is compiled on first use: full tiles of TILE_X rows of x and a remainder of 1 ..
-    # TILE_X - 1 rows, so the warm-up decodes 2 * TILE_X - 1 requests that finish one step apart
-    # (batches of 7, 6, ..., 1 rows with tiles of 4). In a fresh clone, without it, the engine
-    # row's first run paid ~20 s of compiling on 2 cores (measured 90 tokens/s, 264-294 warm).
+    # JIT compilation and first calls out of the timed runs: decode's kernels, and the engine's batch
+    # kernels, whose paths depend on the batch size (full tiles of TILE_X rows of x, a one-row tile for
+    # one row left, a padded full tile for two or three), so the warm-up decodes 2 * TILE_X - 1
+    # requests that finish one step apart (batches of 7, 6, ..., 1 rows with tiles of 4). In a fresh
+    # clone, without it, the engine row's first run paid ~20 s of compiling on 2 cores (measured 90
+    # tokens/s, 264-294 warm).
     run_cached(fasts["q4_1"], [(few[0][0], 4)])
     run_engine(fasts["q4_1"], [(p, i + 1) for i, (p, _) in enumerate(work[:2 * TILE_X - 1])], prefix_caching=False)
     for key, fn, requests in tqdm(plan, desc="SmolLM2: timing the rows", disable=not progress, leave=False):
