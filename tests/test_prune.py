@@ -1,6 +1,8 @@
 """Pruning masks (torch's exact-k semantics, Wanda, N:M), structured pruning, sparse models."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import small_model
 
 from tinyinfer import ops
@@ -246,3 +248,23 @@ def test_sparse_model_equals_masked_dense_model(family):
     assert all(isinstance(kept.params[n], np.ndarray) for n in prune.linear_weight_names(model.config))
     with pytest.raises(ValueError, match="already a CSRMatrix"):
         sparsify_model(sparse, None, min_sparsity=0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 5), cols=st.integers(1, 40), levels=st.integers(1, 6), nans=st.booleans(),
+       seed=st.integers(0, 2**31), frac=st.floats(0, 1))
+def test_lowest_per_row_is_the_stable_argsort_selection(rows, cols, levels, nans, seed, frac):
+    # few distinct values, so rows are full of ties; NaN sorts last, as in np.argsort
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (rows, cols)).astype(np.float64)
+    if nans:
+        scores[rng.random((rows, cols)) < 0.2] = np.nan
+    k = round(frac * cols)
+    expected = np.zeros((rows, cols), bool)
+    np.put_along_axis(expected, np.argsort(scores, axis=1, kind="stable")[:, :k], True, axis=1)
+    np.testing.assert_array_equal(prune.lowest_per_row(scores, k), expected)
+
+
+def test_lowest_per_row_names_a_bad_count():
+    with pytest.raises(ValueError, match="k must be between 0 and the row length 4, got 5"):
+        prune.lowest_per_row(np.zeros((2, 4)), 5)
