@@ -145,3 +145,15 @@ def test_naive_fit_recovers_the_step_time(monkeypatch):
     assert np.polyval(line["coefficients"], 15) == pytest.approx(0.05 + 0.015 + 2e-6 * (100 + 400) / 2, rel=1e-3)
     with pytest.raises(ValueError, match="lengths"):
         real_model.naive_fit(None, [])
+
+
+def test_the_background_compiler_runs_to_the_end():
+    # the tour's second process (compile_in_background) is silent by design: a broken command line
+    # would only show as a slower tour, so check it exits cleanly; and finish(None) is a no-op
+    from tinyinfer.tour import compile_in_background, finish
+
+    helper = compile_in_background(["q8_0"])
+    assert helper is not None
+    finish(helper)
+    assert helper.returncode == 0
+    finish(None)
