@@ -161,9 +161,10 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
                 key_cache[slot_block[r], g, slot_offset[r], d] = qkv_out[r, (H + g) * D + d]
                 value_cache[slot_block[r], g, slot_offset[r], d] = qkv_out[r, (H + G + g) * D + d]
     q = np.empty((R, H, D), np.float32)
-    for r in range(R):
-        for i in range(H * D):
-            q[r, i // D, i % D] = qkv_out[r, i]
+    for r in range(R):  # head by head, not q[r, i // D, i % D]: a division an element cost ~1 ms a step at R = 32
+        for hh in range(H):
+            for d in range(D):
+                q[r, hh, d] = qkv_out[r, hh * D + d]
     att = np.empty((R, H, D), np.float32)
     scale = np.float32(1.0 / math.sqrt(D))
     if attn_parallel:
