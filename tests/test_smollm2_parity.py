@@ -145,15 +145,22 @@ def test_greedy_chats_match_llama_cpp_up_to_near_ties(fast, golden):
 
 
 def test_the_reference_is_what_llama_cpp_says_now(golden):
-    """Live, where llama-cpp-python is installed: the recorded argmaxes are the installed llama.cpp's."""
+    """Live, where llama-cpp-python is installed: the recorded argmaxes are the installed llama.cpp's,
+    up to near ties. A llama.cpp built for other CPU features rounds its 8-bit activations' sums in
+    another order, and such noise flips near ties (as it does between llama.cpp's own batched and
+    one-token-at-a-time runs, which agree on ~97%): measured on an AVX-512 VNNI host against this
+    AVX2 recording, 96.9-98.4% of positions agree and every other one had a recorded margin below
+    0.27. So: every disagreement must be a near tie of the recording, and they must stay as rare as
+    that noise makes them; a stale recording or a different file fails both."""
     pytest.importorskip("llama_cpp", reason="the live check needs llama-cpp-python")
     from tinyinfer.bench.llamacpp import llama_logits, open_llama
     from tinyinfer.model_names import smollm2_path
 
     llm = open_llama(smollm2_path(), threads=2, n_ctx=SEQ_LEN)
-    ids = golden["windows"][0]
-    top1 = llama_logits(llm, ids).argmax(-1)
-    assert (top1 == np.array(golden["top1"][0])).mean() >= 0.99  # a rebuilt llama.cpp may differ at near ties
+    for ids, recorded, margin in zip(golden["windows"], golden["top1"], golden["margin"]):
+        differ = llama_logits(llm, ids).argmax(-1) != np.array(recorded)
+        assert differ.mean() <= 0.05, f"{differ.mean():.1%} of positions differ from the recording"
+        assert np.all(np.array(margin)[differ] < NEAR_TIE), "a clear (not near-tie) argmax changed"
 
 
 def write_golden(path=GOLDEN):
