@@ -68,9 +68,11 @@ class RealModelSettings:
     one_at_a_time: int = 4           # of them, the one-request-at-a-time rows decode this many
     new_tokens: int = 96             # tokens every request decodes
     # prompt lookup's draft length: `tinyinfer bench engine --model smollm2` measured k = 1..8 on
-    # edit requests and open questions (benchmarks/engine_smollm2.json); k = 1 lost least over both
-    # (0.89x and 0.84x batch 1; k = 4: 0.82x and 0.55x), and this workload is half of each
-    spec_k: int = 1
+    # edit requests and open questions (benchmarks/engine_smollm2.json); k = 3 did best over both
+    # (1.19x and 0.73x batch 1; k = 1: 0.87x and 0.76x; k = 4: 1.00x and 0.60x), and this workload is
+    # half of each. A verification of 2, 3 or 4 tokens is one pass of the same 4-row register tile
+    # (fused_decode pads 2 or 3 rows), so k = 3 costs about what k = 1 does and drafts more
+    spec_k: int = 3
     eval_windows: int = 4            # held-out windows of eval_seq_len tokens for quality
     eval_seq_len: int = 256
     long_len: int = 512              # the 512-token sequences of the last comparison
