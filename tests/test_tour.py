@@ -108,7 +108,7 @@ def test_real_model_section_on_smollm2():
     from tinyinfer.tour.report import real_model_lines
 
     s = real_model.RealModelSettings(requests=3, one_at_a_time=1, new_tokens=4, eval_windows=1, eval_seq_len=32,
-                                     long_len=40, long_requests=2, calibration_windows=1)
+                                     long_len=40, long_requests=2, calibration_windows=1, rounds=2)
     res = real_model.run_section(s, progress=False)
     rows = {r["key"]: r for r in res["rows"]}
     assert list(rows) == [key for key, *_ in real_model.ROWS]
@@ -116,7 +116,7 @@ def test_real_model_section_on_smollm2():
     assert rows["q4_1"]["weight_bytes"] < rows["q8_0"]["weight_bytes"] < rows["kv_cache"]["weight_bytes"]
     assert all(r["tokens_per_s"] > 0 and r["perplexity"] > 1 for r in rows.values())
     assert "identical to" in rows["speculative"]["note"] and "identical to" in rows["engine"]["note"]
-    assert res["long"]["ratio_vs_naive"] > 0
+    assert res["long"]["ratio_vs_naive"] > 0 and res["long"]["rounds"] == 2
     check = res["naive"]["check"]
     assert check["measured_s"] > 0 and check["estimated_s"] > 0 and check["steps"] == 8
     assert any("SmolLM2" in line for line in real_model_lines(res))

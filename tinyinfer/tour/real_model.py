@@ -33,6 +33,9 @@ the held-out corpus (answers that repeat their prompt, where prompt lookup helps
 questions (where it does not), every request decoding the same number of tokens (ignore_eos) so
 every row does the same work. The one-request-at-a-time rows decode a few representative requests,
 the batched rows all of them. Each row's speed is generated tokens per second of its own requests.
+Every row runs once a round (3 rounds), the order rotating, the naive fit and the 512-token run
+included: a row's tokens/s is its median over rounds, its ratios the medians over rounds of the
+ratios within a round, so the VM's slow and fast minutes hit both sides of every ratio.
 
 The naive baseline recomputes the whole sequence for every token, so timing its loop on the same
 requests would take minutes. Its seconds are estimated instead (naive_fit): forward passes timed
@@ -78,12 +81,13 @@ class RealModelSettings:
     long_len: int = 512              # the 512-token sequences of the last comparison
     long_requests: int = 16
     calibration_windows: int = 16    # training-split windows of 256 tokens for Wanda's input norms
+    rounds: int = 3                  # timed rounds: every row, the naive fit and the long run once a round
     seed: int = 0
 
     @classmethod
     def quick(cls, **overrides):
         base = dict(requests=6, one_at_a_time=2, new_tokens=24, eval_windows=1, eval_seq_len=128, long_len=128,
-                    long_requests=4, calibration_windows=4)
+                    long_requests=4, calibration_windows=4, rounds=1)
         base.update(overrides)
         return cls(**base)
 
@@ -278,20 +282,17 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
     few = representative_subset(work, s.one_at_a_time)
     one = representative_subset(work, 1)
     fasts = {name: InferenceModel(variants[name]) for name in ("fp32", "q8_0", "q4_1", "q4_0")}
-    timings, tokens, extra = {}, {}, {}
-    # The naive baseline decodes the same requests as the one-at-a-time rows, but its time is the
-    # fitted step time summed over every step (timing the loop itself would take minutes).
-    fit = naive_fit(variants["fp32"], naive_lengths(min(32, min(len(p) for p, _ in few)),
-                                                    max(s.long_len - 1, max(len(p) + n - 1 for p, n in few))))
-    check = naive_check(variants["fp32"], fit, one[0])
-    timings["naive"] = (sum(n for _, n in few), sum(naive_seconds(fit, len(p), n) for p, n in few))
+    tokens, extra = {}, {}
+    naive_lengths_ = naive_lengths(min(32, min(len(p) for p, _ in few)),
+                                   max(s.long_len - 1, max(len(p) + n - 1 for p, n in few)))
     plan = [("kv_cache", lambda: run_cached(fasts["fp32"], few), few),
             ("q8_0", lambda: run_cached(fasts["q8_0"], few), few),
             ("q4_1", lambda: run_cached(fasts["q4_1"], few), few),
             ("q4_0", lambda: run_cached(fasts["q4_0"], few), few),
             ("engine", lambda: run_engine(fasts["q4_1"], work, prefix_caching=False), work),
             ("speculative", None, few),
-            ("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True), work)]
+            ("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True), work),
+            ("naive", None, few), ("long", None, None)]
     # JIT compilation and first calls out of the timed runs: decode's kernels, and the engine's batch
     # kernels, whose paths depend on the batch size (full tiles of TILE_X rows of x, a one-row tile for
     # one row left, a padded full tile for two or three), so the warm-up decodes 2 * TILE_X - 1
@@ -300,23 +301,48 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
     # tokens/s, 264-294 warm).
     run_cached(fasts["q4_1"], [(few[0][0], 4)])
     run_engine(fasts["q4_1"], [(p, i + 1) for i, (p, _) in enumerate(work[:2 * TILE_X - 1])], prefix_caching=False)
-    for key, fn, requests in tqdm(plan, desc="SmolLM2: timing the rows", disable=not progress, leave=False):
-        if key == "speculative":
-            toks, seconds, extra["speculative"] = run_speculative(fasts["q4_1"], requests, s.spec_k)
-        else:
-            toks, seconds = fn()
-        timings[key] = (sum(n for _, n in requests), seconds)
-        tokens[key] = toks
-
+    # Every row runs once a round, the order rotating, as the teacher's table does: a row's ratio is
+    # the median over rounds of the ratio within a round, so the VM's slow and fast minutes hit both
+    # sides. The naive baseline decodes the same requests as the one-at-a-time rows, but its time is
+    # the fitted step time summed over every step (timing the loop itself would take minutes): the
+    # fit is timed again every round. "long" is the full stack on the 512-token sequences.
     long_work = [(list(range(1000, 1032)), s.long_len - 32)] * s.long_requests  # 32-token prompts to long_len
-    naive_long = naive_long_estimate(fit, 32, s.long_len)
-    _, long_seconds = run_engine(fasts["q4_1"], long_work, prefix_caching=True)
-    long_stack = sum(n for _, n in long_work) / long_seconds
-    return {"rows": make_rows(timings, tokens, q, variants, extra, work, few, s),
+    rounds = {key: [] for key, _, _ in plan}  # key -> [(tokens, seconds)] a round
+    fits, long_naive = [], []
+    bar = tqdm(total=s.rounds * len(plan), desc="SmolLM2: timing the rows (rounds interleaved)",
+               disable=not progress, leave=False)
+    for r in range(s.rounds):
+        shift = r % len(plan)
+        for key, fn, requests in plan[shift:] + plan[:shift]:
+            if key == "naive":
+                fit = naive_fit(variants["fp32"], naive_lengths_)
+                fits.append(fit)
+                rounds[key].append((sum(n for _, n in few), sum(naive_seconds(fit, len(p), n) for p, n in few)))
+                long_naive.append(naive_long_estimate(fit, 32, s.long_len))
+            elif key == "long":
+                _, seconds = run_engine(fasts["q4_1"], long_work, prefix_caching=True)
+                rounds[key].append((sum(n for _, n in long_work), seconds))
+            elif key == "speculative":
+                toks, seconds, extra["speculative"] = run_speculative(fasts["q4_1"], requests, s.spec_k)
+                tokens[key] = toks
+                rounds[key].append((sum(n for _, n in requests), seconds))
+            else:
+                toks, seconds = fn()
+                tokens[key] = toks
+                rounds[key].append((sum(n for _, n in requests), seconds))
+            bar.update(1)
+    bar.close()
+    middle = int(np.argsort([nv["tokens_per_s"] for nv in long_naive])[len(fits) // 2])  # the median round's fit
+    fit, naive_long = fits[middle], long_naive[middle]
+    check = naive_check(variants["fp32"], fit, one[0])
+    long_speeds = [n / t for n, t in rounds.pop("long")]
+    long_ratios = [v / nv["tokens_per_s"] for v, nv in zip(long_speeds, long_naive)]
+    long_stack = float(np.median(long_speeds))
+    return {"rows": make_rows(rounds, tokens, q, variants, extra, work, few, s),
             "quality": q,
             "long": {"length": s.long_len, "requests": s.long_requests, "naive": naive_long,
-                     "full_stack_tokens_per_s": long_stack,
-                     "ratio_vs_naive": long_stack / naive_long["tokens_per_s"]},
+                     "full_stack_tokens_per_s": long_stack, "rounds": s.rounds,
+                     "ratio_vs_naive": float(np.median(long_ratios))},
             "naive": {"fit": fit, "check": check,
                       "how": "estimated: forward passes timed at a few lengths, a quadratic fitted, summed over "
                              "every step of the one-at-a-time rows' requests"},
@@ -340,16 +366,22 @@ ROWS = [  # key, technique, previous, weights variant for quality and bytes
 ]
 
 
-def make_rows(timings, tokens, q, variants, extra, work, few, s) -> list[dict]:
+def make_rows(rounds, tokens, q, variants, extra, work, few, s) -> list[dict]:
+    """The table's rows from rounds: key -> [(tokens, seconds)] one a round. tokens/s is a row's
+    median over rounds; its ratios are medians over rounds of the ratios within a round."""
     from ..quant.model import weight_bytes
 
-    speed = {key: n / seconds for key, (n, seconds) in timings.items()}
+    speed = {key: np.array([n / seconds for n, seconds in runs]) for key, runs in rounds.items()}
     speed["wanda50"] = speed["sparse24"] = speed["kv_cache"]  # they run as the dense float32 model
+
+    def ratio(a, b):
+        return float(np.median(speed[a] / speed[b]))
+
     rows = []
     for key, technique, previous, variant in ROWS:
         row = {"key": key, "technique": technique, "claim": CLAIMS.get(key, ""), "previous": previous,
-               "tokens_per_s": speed[key], "ratio_vs_naive": speed[key] / speed["naive"],
-               "ratio_vs_previous": speed[key] / speed[previous] if previous else None,
+               "tokens_per_s": float(np.median(speed[key])), "ratio_vs_naive": ratio(key, "naive"),
+               "ratio_vs_previous": ratio(key, previous) if previous else None,
                "weight_bytes": weight_bytes(variants[variant]), **q[variant], "note": ""}
         if key in ("wanda50", "sparse24"):
             row["note"] = "speed: the float32 row's (a pruned matrix runs dense)"
