@@ -571,7 +571,7 @@ from tinyinfer.tour.report import real_model_lines
 if smollm2_available():
     real = real_model.run_section(real_model.RealModelSettings(
         requests=3, one_at_a_time=1, new_tokens=4 if SMALL else 16, eval_windows=1, eval_seq_len=32 if SMALL else 128,
-        long_len=48 if SMALL else 256, long_requests=2, calibration_windows=1), progress=False)
+        long_len=48 if SMALL else 256, long_requests=2, calibration_windows=1, rounds=1), progress=False)
     print("\n".join(real_model_lines(real)))
     rows_real = real["rows"]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows_real) + 1.5))
