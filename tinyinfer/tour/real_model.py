@@ -258,14 +258,26 @@ def naive_check(fp32, fit: dict, request, steps: int = 8) -> dict:
             "measured_over_estimated": measured / estimate}
 
 
+def warm_up(fast, work) -> None:
+    """JIT compilation and first calls out of the timed runs: decode's kernels, and the engine's batch
+    kernels, whose paths depend on the batch size (full tiles of TILE_X rows of x, a one-row tile for
+    one row left, a padded full tile for two or three), so the warm-up decodes 2 * TILE_X - 1
+    requests that finish one step apart (batches of 7, 6, ..., 1 rows with tiles of 4). In a fresh
+    clone, without it, the engine row's first run paid ~20 s of compiling on 2 cores (measured 90
+    tokens/s, 264-294 warm)."""
+    from ..bench.engine import run_cached
+    from ..quant.simd import TILE_X
+
+    run_cached(fast, [(work[0][0], 4)])
+    run_engine(fast, [(p, i + 1) for i, (p, _) in enumerate(work[:2 * TILE_X - 1])], prefix_caching=False)
+
+
 def run_section(s: RealModelSettings, progress: bool = True) -> dict:
     """Build, evaluate, time every row -> {"rows", "long", "quality", "workload", ...}."""
-    from tqdm.auto import tqdm
-
     from .. import load
     from ..bench.engine import representative_subset, run_cached
+    from ..bench.timing import alternate
     from ..corpus import token_stream
-    from ..quant.simd import TILE_X
     from ..evaluate import eval_windows
     from ..inference import InferenceModel
 
@@ -282,63 +294,50 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
     few = representative_subset(work, s.one_at_a_time)
     one = representative_subset(work, 1)
     fasts = {name: InferenceModel(variants[name]) for name in ("fp32", "q8_0", "q4_1", "q4_0")}
-    tokens, extra = {}, {}
-    naive_lengths_ = naive_lengths(min(32, min(len(p) for p, _ in few)),
-                                   max(s.long_len - 1, max(len(p) + n - 1 for p, n in few)))
-    plan = [("kv_cache", lambda: run_cached(fasts["fp32"], few), few),
-            ("q8_0", lambda: run_cached(fasts["q8_0"], few), few),
-            ("q4_1", lambda: run_cached(fasts["q4_1"], few), few),
-            ("q4_0", lambda: run_cached(fasts["q4_0"], few), few),
-            ("engine", lambda: run_engine(fasts["q4_1"], work, prefix_caching=False), work),
-            ("speculative", None, few),
-            ("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True), work),
-            ("naive", None, few), ("long", None, None)]
-    # JIT compilation and first calls out of the timed runs: decode's kernels, and the engine's batch
-    # kernels, whose paths depend on the batch size (full tiles of TILE_X rows of x, a one-row tile for
-    # one row left, a padded full tile for two or three), so the warm-up decodes 2 * TILE_X - 1
-    # requests that finish one step apart (batches of 7, 6, ..., 1 rows with tiles of 4). In a fresh
-    # clone, without it, the engine row's first run paid ~20 s of compiling on 2 cores (measured 90
-    # tokens/s, 264-294 warm).
-    run_cached(fasts["q4_1"], [(few[0][0], 4)])
-    run_engine(fasts["q4_1"], [(p, i + 1) for i, (p, _) in enumerate(work[:2 * TILE_X - 1])], prefix_caching=False)
-    # Every row runs once a round, the order rotating, as the teacher's table does: a row's ratio is
-    # the median over rounds of the ratio within a round, so the VM's slow and fast minutes hit both
-    # sides. The naive baseline decodes the same requests as the one-at-a-time rows, but its time is
-    # the fitted step time summed over every step (timing the loop itself would take minutes): the
-    # fit is timed again every round. "long" is the full stack on the 512-token sequences.
+    tokens, extra, fits = {}, {}, []
+    lengths = naive_lengths(min(32, min(len(p) for p, _ in few)),
+                            max(s.long_len - 1, max(len(p) + n - 1 for p, n in few)))
     long_work = [(list(range(1000, 1032)), s.long_len - 32)] * s.long_requests  # 32-token prompts to long_len
-    rounds = {key: [] for key, _, _ in plan}  # key -> [(tokens, seconds)] a round
-    fits, long_naive = [], []
-    bar = tqdm(total=s.rounds * len(plan), desc="SmolLM2: timing the rows (rounds interleaved)",
-               disable=not progress, leave=False)
-    for r in range(s.rounds):
-        shift = r % len(plan)
-        for key, fn, requests in plan[shift:] + plan[:shift]:
-            if key == "naive":
-                fit = naive_fit(variants["fp32"], naive_lengths_)
-                fits.append(fit)
-                rounds[key].append((sum(n for _, n in few), sum(naive_seconds(fit, len(p), n) for p, n in few)))
-                long_naive.append(naive_long_estimate(fit, 32, s.long_len))
-            elif key == "long":
-                _, seconds = run_engine(fasts["q4_1"], long_work, prefix_caching=True)
-                rounds[key].append((sum(n for _, n in long_work), seconds))
-            elif key == "speculative":
-                toks, seconds, extra["speculative"] = run_speculative(fasts["q4_1"], requests, s.spec_k)
-                tokens[key] = toks
-                rounds[key].append((sum(n for _, n in requests), seconds))
-            else:
-                toks, seconds = fn()
-                tokens[key] = toks
-                rounds[key].append((sum(n for _, n in requests), seconds))
-            bar.update(1)
-    bar.close()
+
+    def row(key, run):
+        """A self-timing row for bench.timing.alternate: run() -> (tokens, seconds), tokens kept."""
+        def once():
+            tokens[key], seconds = run()
+            return seconds
+        return once
+
+    def naive():
+        # The naive baseline decodes the same requests as the one-at-a-time rows, but its time is the
+        # fitted step time summed over every step (timing the loop itself would take minutes)
+        fits.append(naive_fit(variants["fp32"], lengths))
+        return sum(naive_seconds(fits[-1], len(p), n) for p, n in few)
+
+    def speculative():
+        toks, seconds, extra["speculative"] = run_speculative(fasts["q4_1"], few, s.spec_k)
+        return toks, seconds
+
+    fns = {"naive": naive,
+           "kv_cache": row("kv_cache", lambda: run_cached(fasts["fp32"], few)),
+           "q8_0": row("q8_0", lambda: run_cached(fasts["q8_0"], few)),
+           "q4_1": row("q4_1", lambda: run_cached(fasts["q4_1"], few)),
+           "q4_0": row("q4_0", lambda: run_cached(fasts["q4_0"], few)),
+           "engine": row("engine", lambda: run_engine(fasts["q4_1"], work, prefix_caching=False)),
+           "speculative": row("speculative", speculative),
+           "full_stack": row("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True)),
+           "long": lambda: run_engine(fasts["q4_1"], long_work, prefix_caching=True)[1]}  # the 512-token sequences
+    warm_up(fasts["q4_1"], work)
+    # Every row (the naive fit and the 512-token run too) once a round, the order rotating, as the
+    # teacher's table does: each ratio is the median over rounds of the ratio within a round
+    seconds = alternate(fns, s.rounds, progress=progress, desc="SmolLM2: timing the rows (rounds interleaved)")
+    n_tokens = {key: sum(n for _, n in (work if key in ("engine", "full_stack") else few)) for key in fns}
+    long_speeds = np.array([sum(n for _, n in long_work) / t for t in seconds.pop("long")])
+    long_naive = [naive_long_estimate(fit, 32, s.long_len) for fit in fits]  # round by round
     middle = int(np.argsort([nv["tokens_per_s"] for nv in long_naive])[len(fits) // 2])  # the median round's fit
     fit, naive_long = fits[middle], long_naive[middle]
     check = naive_check(variants["fp32"], fit, one[0])
-    long_speeds = [n / t for n, t in rounds.pop("long")]
-    long_ratios = [v / nv["tokens_per_s"] for v, nv in zip(long_speeds, long_naive)]
+    long_ratios = long_speeds / np.array([nv["tokens_per_s"] for nv in long_naive])
     long_stack = float(np.median(long_speeds))
-    return {"rows": make_rows(rounds, tokens, q, variants, extra, work, few, s),
+    return {"rows": make_rows(seconds, n_tokens, tokens, q, variants, extra, work, few, s),
             "quality": q,
             "long": {"length": s.long_len, "requests": s.long_requests, "naive": naive_long,
                      "full_stack_tokens_per_s": long_stack, "rounds": s.rounds,
@@ -366,12 +365,13 @@ ROWS = [  # key, technique, previous, weights variant for quality and bytes
 ]
 
 
-def make_rows(rounds, tokens, q, variants, extra, work, few, s) -> list[dict]:
-    """The table's rows from rounds: key -> [(tokens, seconds)] one a round. tokens/s is a row's
-    median over rounds; its ratios are medians over rounds of the ratios within a round."""
+def make_rows(seconds, n_tokens, tokens, q, variants, extra, work, few, s) -> list[dict]:
+    """The table's rows from seconds: key -> [seconds a round] for n_tokens[key] generated tokens.
+    tokens/s is a row's median over rounds; its ratios are medians over rounds of the ratios within
+    a round."""
     from ..quant.model import weight_bytes
 
-    speed = {key: np.array([n / seconds for n, seconds in runs]) for key, runs in rounds.items()}
+    speed = {key: n_tokens[key] / np.array(runs) for key, runs in seconds.items()}
     speed["wanda50"] = speed["sparse24"] = speed["kv_cache"]  # they run as the dense float32 model
 
     def ratio(a, b):
