@@ -653,6 +653,66 @@ print(f"- working sets: {'small settings, some may fit in the cache' if SMALL el
 # llama.cpp's AVX2 kernels use the same instructions and one accumulator per row too, which is
 # why the explicit-vector decode rows can equal its results bit for bit.
 #
+# **One step further: rows side by side** (`tinyinfer/quant/interleaved.py`). In the kernels
+# above, a vector's 16 lanes hold pieces of *one* output (neighbouring elements of one row of W),
+# so after every `vpdpbusd` the lanes are converted to float, scaled and added (three float
+# operations for 64 multiply-adds), and summed across at the end. Store 16 rows of W side by
+# side instead (`QTensor.records`: for each block, 4 bytes of row 0, 4 of row 1, ..., 4 of row
+# 15, then the next 4 of each) and a lane *is* an output: one `vpdpbusd` of a weight vector with
+# four bytes of x copied into every lane adds four products to each of 16 outputs, a block's 32
+# products are whole, in int32, after eight of them, and the float work happens once a block for
+# 16 outputs. A batch then unpacks each weight vector once for four rows of x. Same formula, same
+# integers (its NumPy twin is `interleaved.reference_matmul`), another rounding order; the price is
+# a second copy of the weights in the new layout. With VNNI, Q4_0, Q4_1 and Q8_0 products take
+# this path (`interleaved.USED_FORMATS`); the cell below times it against the pair kernels above
+# (`kernels.matmul_parts`) on the same Q4_1 weights, SmolLM2-135M's gate and up shape, alternating.
+
+# %%
+import time  # noqa: E402
+
+from tinyinfer.bench.timing import alternate, median_ratio  # noqa: E402
+from tinyinfer.quant import interleaved  # noqa: E402
+
+
+def timed(fn, calls=20):
+    """A self-timing callable for alternate(): seconds per call over `calls` calls."""
+    def run():
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+    return run
+
+
+qt_side = random_qtensor("q4_1", 3072, 576, rng)
+side_by_side = {}
+for B in (1, 4, 32):
+    xB = rng.standard_normal((B, 576)).astype(np.float32)
+    pair = lambda xB=xB: qkernels.matmul_parts("q4_1", *qkernels._parts(qt_side), xB)  # noqa: E731
+    rows16 = lambda xB=xB: qkernels.interleaved_matmul(qt_side, xB)  # noqa: E731
+    assert np.allclose(pair(), rows16(), rtol=1e-4, atol=1e-3)  # the same product (and both compiled now)
+    side_by_side[B] = alternate({"pair kernels": timed(pair), "rows side by side": timed(rows16)},
+                                rounds=5 if SMALL else 15)
+print(f"VNNI on this machine: {interleaved.VNNI}; Q4_1 3072 x 576, medians of alternating rounds:")
+for B, r in side_by_side.items():
+    fast = float(np.median(r["rows side by side"]))
+    print(f"B = {B:>2}: pair kernels {np.median(r['pair kernels']) * 1e6:7.1f} us, rows side by side "
+          f"{fast * 1e6:7.1f} us: {median_ratio(r['pair kernels'], r['rows side by side']):.2f}x (median of "
+          f"per-round ratios), {B * 3072 * 576 / fast / 1e9:.0f} G multiply-adds/s")
+fig, ax = plt.subplots(figsize=(7, 4))
+where = np.arange(len(side_by_side))
+for offset, name, color in ((-0.2, "pair kernels", "C1"), (0.2, "rows side by side", "C3")):
+    ax.bar(where + offset, [B * 3072 * 576 / np.median(r[name]) / 1e9 for B, r in side_by_side.items()], width=0.4,
+           color=color, label=name)
+ax.set_xticks(where, [f"B = {B}" for B in side_by_side])
+ax.set_xlabel("rows of x in the product")
+ax.set_ylabel("G multiply-adds / s")
+ax.set_title("Q4_1, 3072 x 576: the same product in two layouts")
+ax.legend()
+ax.grid(axis="y", alpha=0.3)
+plt.show()
+
+# %% [markdown]
 # ## 5. Quality: what the model loses
 #
 # Now the whole model. `tinyinfer/quant/model.py: quantize_model(model, fmt)` returns the same

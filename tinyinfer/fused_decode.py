@@ -37,11 +37,12 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from . import row_ops, threads
 from .invariant_attention import PARALLEL_MIN_WORK as ATTENTION_PARALLEL_MIN
 from .invariant_attention import attention_parallel, attention_serial
-from .quant import kernels, simd
+from .quant import interleaved, kernels, simd
 from .quant.blocks import BLOCK
 
 __all__ = ["DecodePlan", "compile_for", "layer_step"]
@@ -76,8 +77,51 @@ def _tiles_over_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, tile, parts, rows_per
         simd.simd_rows(tag, wd, wm, wq, wh, xd, xs, xq, out, np.int64(0), wq.shape[0], tile)
 
 
-@njit(cache=True)
 def _product(w, x, parts, zero, full_tile, one_tile, out):
+    """out (R, N) = x W^T for x float32 (R, K), by the kernels of w's layout: _interleaved_product
+    for records (quant/interleaved.py), _simd_product for QTensor's arrays. Numba picks one when it
+    compiles layer_step (the overload below), so the other is not compiled with it."""
+    raise TypeError("_product is only called from compiled code")
+
+
+@overload(_product)
+def _product_for(w, x, parts, zero, full_tile, one_tile, out):
+    if isinstance(w.types[0], interleaved.FormatType):
+        return lambda w, x, parts, zero, full_tile, one_tile, out: _interleaved_product(w, x, parts, out)
+    return lambda w, x, parts, zero, full_tile, one_tile, out: _simd_product(w, x, parts, zero, full_tile,
+                                                                              one_tile, out)
+
+
+@njit(cache=True)
+def _quantized_x(x, parts):
+    """x float32 (R, K) rounded to Q8_0/Q8_1 blocks: (xq, xd, xs, bad blocks, bad sums)."""
+    R, K = x.shape
+    NB = K // BLOCK
+    xq = np.empty((R, NB, BLOCK), np.int8)
+    xd = np.empty((R, NB), np.float32)
+    xs = np.empty((R, NB), np.float32)
+    if R >= QUANTIZE_PARALLEL_MIN_ROWS and parts > 1:
+        bad, bad_sums = kernels.quantize_activations_parallel(x, xq, xd, xs)
+    else:
+        bad, bad_sums = kernels.quantize_activations(x, xq, xd, xs)
+    return xq, xd, xs, bad, bad_sums
+
+
+@njit(cache=True)
+def _interleaved_product(w, x, parts, out):
+    """_simd_product for weights as records (quant/interleaved.py: w = (tag, wd, wm, records, wh),
+    wd only giving the shape): one kernel for every number of rows."""
+    tag, wd, wm, rec, wh = w
+    xq, xd, xs, bad, bad_sums = _quantized_x(x, parts)
+    if bad == 0:
+        interleaved.product(tag, rec, xq, xd, xs, out, parts)
+    if interleaved.has_min(tag):
+        return bad, bad_sums
+    return bad, 0
+
+
+@njit(cache=True)
+def _simd_product(w, x, parts, zero, full_tile, one_tile, out):
     """out (R, N) = x W^T for x float32 (R, K): x rounded to Q8_0/Q8_1 blocks, then quant/simd.py's
     kernels as quant/kernels.py's matmul_parts calls them: the decode rows for one row, register
     tiles for more (full tiles of TILE_X rows of x, then the R % TILE_X rows left: one row in a
@@ -91,13 +135,7 @@ def _product(w, x, parts, zero, full_tile, one_tile, out):
     R, K = x.shape
     N = wq.shape[0]
     NB = K // BLOCK
-    xq = np.empty((R, NB, BLOCK), np.int8)
-    xd = np.empty((R, NB), np.float32)
-    xs = np.empty((R, NB), np.float32)
-    if R >= QUANTIZE_PARALLEL_MIN_ROWS and parts > 1:
-        bad, bad_sums = kernels.quantize_activations_parallel(x, xq, xd, xs)
-    else:
-        bad, bad_sums = kernels.quantize_activations(x, xq, xd, xs)
+    xq, xd, xs, bad, bad_sums = _quantized_x(x, parts)
     if bad == 0:
         if R == 1:
             if parts > 1:
@@ -150,7 +188,7 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     rstd = np.empty(R, np.float32)
     h = np.empty_like(x)
     row_ops._rmsnorm(x, norm1, eps, rstd, h)
-    qkv_out = np.empty((R, qkv[3].shape[0]), np.float32)
+    qkv_out = np.empty((R, qkv[1].shape[0]), np.float32)  # wd (N, NB): N in either layout
     bad = 0
     b, s = _product(qkv, h, parts[0], zero, full_tile, one_tile, qkv_out)
     bad += b + s
@@ -178,7 +216,7 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
         for c in range(C):
             x[r, c] = x[r, c] + o_out[r, c]
     row_ops._rmsnorm(x, norm2, eps, rstd, h)
-    gu = np.empty((R, gate_up[3].shape[0]), np.float32)
+    gu = np.empty((R, gate_up[1].shape[0]), np.float32)
     b, s = _product(gate_up, h, parts[2], zero, full_tile, one_tile, gu)
     bad += b + s
     act = np.empty((R, gu.shape[1] // 2), np.float32)
@@ -196,6 +234,11 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
 
 
 def _weight_tuple(qt):
+    """layer_step's weight arguments: (tag, wd, wm, wq, wh) as quant/kernels.py's _parts gives them, or
+    for the formats in interleaved.USED_FORMATS (tag, wd, wd, records, NO_HIGH_BITS): wd gives the
+    shape (N, NB) in both."""
+    if qt.fmt in interleaved.USED_FORMATS:
+        return (interleaved.TAGS[qt.fmt], qt._d_bits, qt._d_bits, qt.records, simd.NO_HIGH_BITS)
     return (simd.TAGS[qt.fmt],) + tuple(kernels._parts(qt))
 
 
@@ -207,7 +250,7 @@ class DecodePlan:
         self.config = fast.config
         self.layers = layers  # per layer: (norm1, norm2, qkv, o, gate_up, down)
         # every product's rows N and weights N * K, (layers, 4), for the thread split of each step
-        self._rows = np.array([[w[3].shape[0] for w in layer[2:]] for layer in layers], np.int64)
+        self._rows = np.array([[w[1].shape[0] for w in layer[2:]] for layer in layers], np.int64)
         self._weights = np.array([[w[1].shape[0] * w[1].shape[1] * BLOCK for w in layer[2:]] for layer in layers],
                                  np.int64)  # wd: (N, K / 32) scales
         self._tiles = (simd.DECODE_TILE, simd.ZERO_TILES[simd.TILE_X], simd.ZERO_TILES[1])

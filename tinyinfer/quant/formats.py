@@ -202,6 +202,18 @@ class QTensor:
         return None if self._m_bits_t is None else self._m_bits_t.T.view(np.float16)
 
     @property
+    def records(self):
+        """The blocks of 16 rows side by side (quant/interleaved.py's layout), uint8 (ceil(N / 16), NB,
+        bytes a record), made on first use and kept: a second copy of the weights, which the kernels
+        of the formats in interleaved.USED_FORMATS (AVX-512 VNNI hosts) read instead of the arrays above.
+        A QTensor's arrays are not changed after it is made (every method returns a new one)."""
+        if getattr(self, "_records", None) is None:
+            from . import interleaved
+
+            self._records = interleaved.repack(self.fmt, self.quants, self.scales, self.mins)
+        return self._records
+
+    @property
     def _scales_f32(self):
         """d as float32 (N, NB), made on demand (the NumPy reference and tests use it; exact)."""
         return self.scales.astype(np.float32)

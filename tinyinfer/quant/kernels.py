@@ -12,6 +12,9 @@ Two steps, as in llama.cpp's CPU backend:
 2. A kernel multiplies (its NumPy twin: formats.quantized_matmul_reference):
    - simd.py, the explicit-vector kernels (default): `decode_rows` for B = 1, register tiles for
      batches; every format (iq4_nl on x86);
+   - interleaved.py, for q4_0 / q4_1 / q8_0 on AVX-512 VNNI hosts (interleaved.USED_FORMATS): the
+     same products on the QTensor's records, 16 rows of W side by side, one output a vector lane
+     (qtensor_matmul goes there; matmul_parts, which takes the arrays, keeps simd.py);
    - loops.py, the plain-loop kernels (kernel="loops"): one short loop nest per format that reads
      like the formula, the baseline the lesson measures the vectors against.
 
@@ -30,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import threads  # the thread policy: workqueue layer; BLAS held to one thread once kernels run
-from . import loops, simd
+from . import interleaved, loops, simd
 from .blocks import BLOCK, WITH_HIGH_BITS, WITH_MIN
 from .half import bits_of_float, float_from_bits, round_to_half
 
@@ -261,8 +264,31 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
 
 
 def qtensor_matmul(qt, x, parallel=None, kernel="simd"):
-    """QTensor.matmul's fast path: x float32 (B, K) C-contiguous -> float32 (B, N)."""
+    """QTensor.matmul's fast path: x float32 (B, K) C-contiguous -> float32 (B, N). The formats in
+    interleaved.USED_FORMATS (with AVX-512 VNNI) go to quant/interleaved.py's kernels, on the
+    QTensor's records; the others, and kernel="loops", to matmul_parts."""
+    if kernel == "simd" and qt.fmt in interleaved.USED_FORMATS:
+        return interleaved_matmul(qt, x, parallel)
     return matmul_parts(qt.fmt, *_parts(qt), x, parallel, kernel)
+
+
+def interleaved_matmul(qt, x, parallel=None):
+    """x float32 (B, K) -> float32 (B, N) with quant/interleaved.py's kernels (any host: without
+    VNNI they run generic vector IR, correct but slow; tests use that), split over the threads
+    as matmul_parts splits: decode from DECODE_PARALLEL_MIN weights on, batches from
+    PARALLEL_MIN_WORK multiply-adds on."""
+    threads.apply()
+    B, K = x.shape
+    N = qt.shape[0]
+    out = np.empty((B, N), np.float32)
+    if B == 0:
+        return out
+    xq, xd, xs = quantize_x(x, qt.fmt in WITH_MIN)
+    if parallel is None:
+        parallel = (N * K >= DECODE_PARALLEL_MIN if B == 1 else B * N * K >= PARALLEL_MIN_WORK)
+    parts = threads.numba_threads() if parallel else 1
+    _call(interleaved.product, ("interleaved", qt.fmt), interleaved.TAGS[qt.fmt], qt.records, xq, xd, xs, out, parts)
+    return out
 
 
 def quantized_matmul(fmt, w_scales, w_quants, x, parallel=None, w_mins=None, w_high_bits=None, kernel="simd"):

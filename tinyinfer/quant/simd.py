@@ -56,6 +56,8 @@ against the 16-lane pair dots alternately in one process, 2 threads, SmolLM2's f
 sides: x goes in as x + 128) 1.42x at B = 32, 1.07x decode; the register tile in L1 (bench.roofline's
 tile_rate) q4_1 142 vs 108 G multiply-adds/s on one core. What limits it now: per lane pair a
 scale product (w's times x's) and a fused multiply-add, both on the two FMA pipes.
+quant/interleaved.py removes that limit for q4_0, q4_1 and q8_0 by storing 16 rows of W side by side
+(one output a lane); with VNNI those formats' products go there, the others stay here.
 The x86 intrinsics (pmadd.ub.sw, pmadd.wd, vpdpbusd) are the only non-generic IR besides pshufb.
 `simd_rows.inspect_asm(sig)` shows the loop (compile with cache off to inspect).
 """
