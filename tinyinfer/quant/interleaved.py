@@ -33,10 +33,12 @@ arithmetic for one output is the same either way, so a sequence's logits are the
 or in a batch (tests/test_interleaved.py checks that, and the NumPy twin `reference_matmul`).
 
 Measured on a 2-core Zen 5 (AVX-512 VNNI), one process, alternating with quant/simd.py's pair
-kernels on the same Q4_1 weights, B = 32, 1536 x 576: the register tile in L1 ~258 G
-multiply-adds/s on one core (pair tile: 142); the whole product on two threads 2.8-3.5x. Decode
-(B = 1) reads the same bytes as before (the records hold d and m as float16) and ran at the same
-speed from memory (4096 x 4096: 0.86-0.99x; 1536 x 576 in cache: 2.0x).
+kernels on the same weights, two threads: the register tile in L1 ~258 G multiply-adds/s on one
+core (pair tile: 142); Q4_1 B = 32 on SmolLM2's shapes 1.9-3.5x (3072 x 576: ~320 G
+multiply-adds/s), B = 2 and 4 2.2-3.9x, B = 1 1.3-2.5x (in cache); the Q8_0 head (49152 x 576)
+B = 32 1.5-1.8x. Decode from memory (eight 4096 x 4096 matrices cycled) reads the same bytes as
+before (the records hold d and m as float16): Q4_1 1.07-1.21x, Q8_0 0.98-1.03x, both ~40 GB/s,
+the machine's bandwidth.
 
 The price: a second copy of the weights in memory for the formats that use it (QTensor.records,
 made on first use), and a layout a porter has to reproduce (it is llama.cpp's idea of "repacked"
