@@ -258,18 +258,20 @@ def naive_check(fp32, fit: dict, request, steps: int = 8) -> dict:
             "measured_over_estimated": measured / estimate}
 
 
-def warm_up(fast, work) -> None:
-    """JIT compilation and first calls out of the timed runs: decode's kernels, and the engine's batch
-    kernels, whose paths depend on the batch size (full tiles of TILE_X rows of x, a one-row tile for
-    one row left, a padded full tile for two or three), so the warm-up decodes 2 * TILE_X - 1
-    requests that finish one step apart (batches of 7, 6, ..., 1 rows with tiles of 4). In a fresh
-    clone, without it, the engine row's first run paid ~20 s of compiling on 2 cores (measured 90
-    tokens/s, 264-294 warm)."""
+def warm_up(fasts: dict, engine_fast, work) -> None:
+    """JIT compilation and first calls out of the timed runs: every timed format's decode step (each
+    weight format compiles its own fused block step; a row timed once, as lesson 09's miniature
+    does, would otherwise measure the compiler), and the engine's batch kernels, whose paths depend
+    on the batch size (full tiles of 4 rows of x, then the rows left: quant/simd.py pads two or
+    three to a tile, quant/interleaved.py takes them one at a time), so the warm-up decodes
+    2 * TILE_X - 1 requests that finish one step apart (batches of 7, 6, ..., 1 rows). In a fresh clone, without it, the
+    engine row's first run paid ~20 s of compiling on 2 cores (measured 90 tokens/s, 264-294 warm)."""
     from ..bench.engine import run_cached
     from ..quant.simd import TILE_X
 
-    run_cached(fast, [(work[0][0], 4)])
-    run_engine(fast, [(p, i + 1) for i, (p, _) in enumerate(work[:2 * TILE_X - 1])], prefix_caching=False)
+    for fast in fasts.values():
+        run_cached(fast, [(work[0][0], 4)])
+    run_engine(engine_fast, [(p, i + 1) for i, (p, _) in enumerate(work[:2 * TILE_X - 1])], prefix_caching=False)
 
 
 def run_section(s: RealModelSettings, progress: bool = True) -> dict:
@@ -325,7 +327,7 @@ def run_section(s: RealModelSettings, progress: bool = True) -> dict:
            "speculative": row("speculative", speculative),
            "full_stack": row("full_stack", lambda: run_engine(fasts["q4_1"], work, prefix_caching=True)),
            "long": lambda: run_engine(fasts["q4_1"], long_work, prefix_caching=True)[1]}  # the 512-token sequences
-    warm_up(fasts["q4_1"], work)
+    warm_up(fasts, fasts["q4_1"], work)
     # Every row (the naive fit and the 512-token run too) once a round, the order rotating, as the
     # teacher's table does: each ratio is the median over rounds of the ratio within a round
     seconds = alternate(fns, s.rounds, progress=progress, desc="SmolLM2: timing the rows (rounds interleaved)")
