@@ -666,6 +666,8 @@ print(f"- working sets: {'small settings, some may fit in the cache' if SMALL el
 # a second copy of the weights in the new layout. With VNNI, Q4_0, Q4_1 and Q8_0 products take
 # this path (`interleaved.USED_FORMATS`); the cell below times it against the pair kernels above
 # (`kernels.matmul_parts`) on the same Q4_1 weights, SmolLM2-135M's gate and up shape, alternating.
+# (Without VNNI the side-by-side kernel runs generic vector code, correct but slow, and
+# `matmul_parts` the AVX2 kernels: the cell then shows why the library does not use it there.)
 
 # %%
 import time  # noqa: E402

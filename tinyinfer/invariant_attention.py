@@ -59,6 +59,7 @@ from numba import njit, prange
 
 from . import threads  # the thread policy; importing it selects the threading layer before any launch
 from .quant.formats import use_reference
+from .row_ops import exp_of
 from .quant.simd import prefetch_at
 
 __all__ = ["attention_rows", "attention_rows_reference", "supports"]
@@ -184,7 +185,7 @@ def one_row(q, key_cache, value_cache, table, t, g, L, scale, out):
                 m = scores[r, j]
         total = zero
         for j in range(L):
-            e = np.exp(scores[r, j] - m)
+            e = exp_of(scores[r, j] - m)  # float32: row_ops.exp32, which vectorizes (np.exp is a libm call)
             scores[r, j] = e
             total += e
         totals[r] = total
