@@ -86,7 +86,7 @@ def _product(w, x, parts, zero, full_tile, one_tile, out):
 
 @overload(_product)
 def _product_for(w, x, parts, zero, full_tile, one_tile, out):
-    if isinstance(w.types[0], interleaved.FormatType):
+    if w.types[0].layout == "interleaved":
         return lambda w, x, parts, zero, full_tile, one_tile, out: _interleaved_product(w, x, parts, out)
     return lambda w, x, parts, zero, full_tile, one_tile, out: _simd_product(w, x, parts, zero, full_tile,
                                                                               one_tile, out)
@@ -115,7 +115,7 @@ def _interleaved_product(w, x, parts, out):
     xq, xd, xs, bad, bad_sums = _quantized_x(x, parts)
     if bad == 0:
         interleaved.product(tag, rec, xq, xd, xs, out, parts)
-    if interleaved.has_min(tag):
+    if simd.has_min(tag):  # the same Format type, either layout
         return bad, bad_sums
     return bad, 0
 

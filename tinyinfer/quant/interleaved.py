@@ -51,10 +51,10 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
+from numba.extending import intrinsic, models, register_model
 
 from .blocks import BLOCK
-from .simd import VNNI, _indices, _pointer, _prefetch, _x86
+from .simd import VNNI, Format, _indices, _pointer, _prefetch, _x86
 
 GROUP = 16  # rows of W per record: one int32 lane each in a 512-bit vector
 TILE_ROWS = 4  # rows of x per tile in a batch (each weight vector unpacked once for them)
@@ -142,36 +142,8 @@ def reference_matmul(fmt: str, records: np.ndarray, N: int, xq, xd, xs) -> np.nd
 
 
 # --------------------------------------------------------------------------------------------
-# compile-time arguments: the format, and a row of 16-lane accumulators
-
-
-class FormatType(types.Type):
-    def __init__(self, fmt):
-        self.fmt = fmt
-        super().__init__(name=f"interleaved_{fmt}")
-
-
-class Format:
-    """A format name as a kernel argument: chooses the compiled kernel."""
-
-    def __init__(self, fmt):
-        self.fmt = fmt
-
-
-@typeof_impl.register(Format)
-def _typeof_format(val, c):
-    return FormatType(val.fmt)
-
-
-@register_model(FormatType)
-class _FormatModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.IntType(8))
-
-
-@unbox(FormatType)
-def _unbox_format(typ, obj, c):
-    return NativeValue(ir.Constant(ir.IntType(8), 0))
+# compile-time arguments: the format (quant/simd.py's Format with layout "interleaved"), and a row of
+# 16-lane accumulators
 
 
 class Lanes16(types.Type):
@@ -197,12 +169,6 @@ def _zeros(rows):
 
 
 zeros_tile, zeros_one = _zeros(TILE_ROWS), _zeros(1)
-
-
-@intrinsic
-def has_min(typingctx, tag):
-    return types.boolean(tag), lambda context, builder, sig, args: context.get_constant(
-        types.boolean, sig.args[0].fmt == "q4_1")
 
 
 @intrinsic
@@ -376,4 +342,4 @@ def product(tag, rec, xq, xd, xs, out, parts):
         rows(tag, rec, xq, xd, xs, corr, out, np.int64(0), rec.shape[0])
 
 
-TAGS = {fmt: Format(fmt) for fmt in FORMATS}
+TAGS = {fmt: Format(fmt, "interleaved") for fmt in FORMATS}

@@ -138,24 +138,25 @@ _F32x16 = ir.VectorType(ir.FloatType(), 16)
 
 
 class FormatType(types.Type):
-    """Numba type of a Format: the format name is part of the type, so each format compiles its
-    own kernel and the block step knows at compile time how to unpack."""
+    """Numba type of a Format: the format name (and the weights' layout) is part of the type, so
+    each format compiles its own kernel and the block step knows at compile time how to unpack."""
 
-    def __init__(self, fmt):
-        self.fmt = fmt
-        super().__init__(name=f"ggml_format_{fmt}")
+    def __init__(self, fmt, layout="rows"):
+        self.fmt, self.layout = fmt, layout
+        super().__init__(name=f"ggml_format_{fmt}" + ("" if layout == "rows" else f"_{layout}"))
 
 
 class Format:
-    """A format name as a kernel argument (Format("q4_1")): chooses the compiled kernel."""
+    """A format name as a kernel argument (Format("q4_1")): chooses the compiled kernel. layout:
+    "rows" (QTensor's arrays, these kernels) or "interleaved" (QTensor.records, quant/interleaved.py)."""
 
-    def __init__(self, fmt):
-        self.fmt = fmt
+    def __init__(self, fmt, layout="rows"):
+        self.fmt, self.layout = fmt, layout
 
 
 @typeof_impl.register(Format)
 def _typeof_format(val, c):
-    return FormatType(val.fmt)
+    return FormatType(val.fmt, val.layout)
 
 
 @register_model(FormatType)
