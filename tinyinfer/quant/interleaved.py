@@ -50,11 +50,9 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .blocks import BLOCK
-from .simd import VNNI, Format, _indices, _pointer, _prefetch, _x86
+from .simd import VNNI, Format, _indices, _pointer, _prefetch, _quad_dots, _x86
 
 GROUP = 16  # rows of W per record: one int32 lane each in a 512-bit vector
 TILE_ROWS = 4  # rows of x per tile in a batch (each weight vector unpacked once for them)
@@ -188,16 +186,11 @@ def _splat(builder, value, vector_type):
 
 def _dot_add(builder, acc, u, v):
     """acc + the sums of each 4 neighbouring products of u (unsigned) and v (signed) <64 x i8>, in
-    16 int32 lanes: one vpdpbusd with VNNI, else generic IR (the same integers)."""
+    16 int32 lanes: one vpdpbusd (accumulating) with VNNI, else quant/simd.py's generic quad dots."""
     if VNNI:
         return _x86(builder, "llvm.x86.avx512.vpdpbusd.512", _I32x16, acc, builder.bitcast(u, _I32x16),
                     builder.bitcast(v, _I32x16))
-    prod = builder.mul(builder.zext(u, ir.VectorType(_I32, 64)), builder.sext(v, ir.VectorType(_I32, 64)))
-    two = builder.add(builder.shuffle_vector(prod, prod, _indices(*range(0, 64, 2))),
-                      builder.shuffle_vector(prod, prod, _indices(*range(1, 64, 2))))
-    four = builder.add(builder.shuffle_vector(two, two, _indices(*range(0, 32, 2))),
-                       builder.shuffle_vector(two, two, _indices(*range(1, 32, 2))))
-    return builder.add(acc, four)
+    return builder.add(acc, _quad_dots(builder, u, v))
 
 
 @intrinsic

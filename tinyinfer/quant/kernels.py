@@ -206,6 +206,12 @@ def _call(kernel, key, *args):
     return result
 
 
+def _worth_splitting(B, N, K) -> bool:
+    """Whether a product of x (B, K) and W (N, K) is large enough to split over the threads (the
+    thresholds above): decode by its weights, batches by their multiply-adds."""
+    return N * K >= DECODE_PARALLEL_MIN if B == 1 else B * N * K >= PARALLEL_MIN_WORK
+
+
 def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
     """x float32 (B, K) -> float32 (B, N) for W given as its arrays (see _parts: wm is the minima
     transposed, (NB, N)); kernel "simd" or "loops". All arrays C-contiguous."""
@@ -226,7 +232,7 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
     K = x.shape[1]
     if B == 1:
         # (the size test first: numba.get_num_threads() costs ~2.5 us, a small matvec ~10)
-        nthreads = threads.numba_threads() if parallel or (parallel is None and N * K >= DECODE_PARALLEL_MIN) else 1
+        nthreads = threads.numba_threads() if parallel or (parallel is None and _worth_splitting(1, N, K)) else 1
         if parallel is None:
             parallel = nthreads > 1
         if parallel:
@@ -237,7 +243,7 @@ def matmul_parts(fmt, wd, wm, wq, wh, x, parallel=None, kernel="simd"):
                   simd.DECODE_TILE)
         return out
     if parallel is None:
-        parallel = B * N * K >= PARALLEL_MIN_WORK and threads.numba_threads() > 1
+        parallel = _worth_splitting(B, N, K) and threads.numba_threads() > 1
     # x rows in tiles of TILE_X; of the B % TILE_X rows left, one goes through a one-row tile and two or
     # three are padded with zero rows to a full tile (their extra outputs dropped), as fused_decode does:
     # the same sums, and no tile shape of 2 or 3 rows for Numba to compile (~5 s each from a fresh clone)
@@ -284,9 +290,7 @@ def interleaved_matmul(qt, x, parallel=None):
     if B == 0:
         return out
     xq, xd, xs = quantize_x(x, qt.fmt in WITH_MIN)
-    if parallel is None:
-        parallel = (N * K >= DECODE_PARALLEL_MIN if B == 1 else B * N * K >= PARALLEL_MIN_WORK)
-    parts = threads.numba_threads() if parallel else 1
+    parts = threads.numba_threads() if (_worth_splitting(B, N, K) if parallel is None else parallel) else 1
     _call(interleaved.product, ("interleaved", qt.fmt), interleaved.TAGS[qt.fmt], qt.records, xq, xd, xs, out, parts)
     return out
 
