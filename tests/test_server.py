@@ -210,19 +210,34 @@ def test_concurrent_clients_each_get_their_own_greedy_output(server, reference):
     assert results == expected
 
 
-def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
+def test_disconnect_mid_stream_aborts_and_frees_blocks(server, monkeypatch):
     engine = server.engine_loop.engine
-    body = json.dumps(completion_body("def main():", 200, ignore_eos=True, stream=True)).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-    received = b""
-    while b"data: {" not in received or b"\n\n" not in received.split(b"data: {", 1)[1]:
-        received += sock.recv(4096)
-    first = json.loads(b"{" + received.split(b"data: {", 1)[1].split(b"\n\n", 1)[0])
-    # linger 0: close sends a reset at once, like a killed client
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
+    # The tiny model can write all 200 tokens into the socket's buffers before the client's reset
+    # arrives, and then the request simply finishes. So each step waits until the client has gone
+    # (every event after the first is written to a connection already reset), then takes 10 ms
+    # (200 tokens last 2 s, ample time for the handler to see the reset and abort).
+    client_gone = threading.Event()
+    step = server.engine_loop.step
+
+    def step_after_client_left():
+        step()
+        client_gone.wait(30)
+        time.sleep(0.01)
+    monkeypatch.setattr(server.engine_loop, "step", step_after_client_left)
+    try:
+        body = json.dumps(completion_body("def main():", 200, ignore_eos=True, stream=True)).encode()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        received = b""
+        while b"data: {" not in received or b"\n\n" not in received.split(b"data: {", 1)[1]:
+            received += sock.recv(4096)
+        first = json.loads(b"{" + received.split(b"data: {", 1)[1].split(b"\n\n", 1)[0])
+        # linger 0: close sends a reset at once, like a killed client
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    finally:
+        client_gone.set()  # no step waits after this, whatever happened above
     assert wait_until(lambda: first["id"] in server.engine_loop.aborted_ids), "request was not aborted"
     bm = engine.block_manager
     assert wait_until(lambda: not engine.sequences and not bm.used_block_ids)
