@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyinfer import ops
-from tinyinfer.invariant_attention import attention_rows, attention_rows_reference, supports
+from tinyinfer.invariant_attention import attention_rows, attention_rows_reference, head_tile, supports
 
 DTYPES = [np.float32, np.float64]
 
@@ -33,7 +33,7 @@ def cases(draw):
     S = draw(st.integers(1, 4))
     G = draw(st.integers(1, 3))
     R = draw(st.integers(1, 3))
-    D = draw(st.sampled_from([1, 3, 8, 17, 64]))
+    D = draw(st.sampled_from([1, 3, 8, 17, 32, 64]))
     P = draw(st.sampled_from([1, 2, 5, 16]))
     lengths = draw(st.lists(st.integers(1, 40), min_size=S, max_size=S))
     T = draw(st.integers(1, 12))
@@ -61,6 +61,47 @@ def test_kernel_matches_numpy_twin(case):
     assert fast.dtype == dtype and fast.shape == q.shape
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(fast, twin, rtol=tol, atol=tol)
+
+
+@st.composite
+def tiled_cases(draw):
+    S = draw(st.integers(1, 4))
+    G = draw(st.integers(1, 2))
+    R = draw(st.sampled_from([1, 2, 3, 4, 6]))
+    D = draw(st.sampled_from([16, 48, 64, 128]))
+    P = draw(st.sampled_from([1, 3, 16]))
+    lengths = draw(st.lists(st.integers(1, 40), min_size=S, max_size=S))
+    T = draw(st.integers(1, 9))
+    return S, G, R, D, P, lengths, T, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(deadline=None, max_examples=40)
+@given(tiled_cases())
+def test_register_tiles_agree_with_the_plain_loops_and_the_twin(case):
+    """one_row_tiled (the heads in registers, scores summed as a lane tree) against one_row and the
+    NumPy twin: the same math, so they differ by rounding only; serial and parallel the same bits."""
+    S, G, R, D, P, lengths, T, seed = case
+    assert head_tile(G * R, G, D) is not None
+    rng = np.random.default_rng(seed)
+    kc, vc, tables = random_case(rng, np.float32, S, G, R, D, P, lengths)
+    q, seq, pos = queries(rng, lengths, T, G * R, D, np.float32)
+    tiled = attention_rows(q, kc, vc, tables, seq, pos, parallel=False)
+    plain = attention_rows(q, kc, vc, tables, seq, pos, parallel=False, tiled=False)
+    twin = attention_rows_reference(q, kc, vc, tables, seq, pos)
+    np.testing.assert_allclose(tiled, twin, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tiled, plain, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(tiled, attention_rows(q, kc, vc, tables, seq, pos, parallel=True))
+
+
+def test_head_tile_shapes():
+    """Which heads get register tiles, and how many query heads a tile holds."""
+    tile = head_tile(9, 3, 64)  # SmolLM2: 3 query heads a key/value head, 4 vectors a head
+    assert (tile.rows, tile.cols) == (3, 4)
+    assert (head_tile(8, 2, 128).rows, head_tile(8, 2, 128).cols) == (2, 8)  # 4 x 8 would not fit
+    assert (head_tile(6, 1, 32).rows, head_tile(6, 1, 32).cols) == (3, 2)
+    assert head_tile(4, 2, 24) is None  # not a multiple of 16: the plain loops
+    assert head_tile(4, 2, 144) is None
+    assert head_tile(4, 2, 64, np.float64) is None
 
 
 def test_kernel_matches_ops_attention_forward():

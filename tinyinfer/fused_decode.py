@@ -41,7 +41,7 @@ from numba.extending import overload
 
 from . import row_ops, threads
 from .invariant_attention import PARALLEL_MIN_WORK as ATTENTION_PARALLEL_MIN
-from .invariant_attention import attention_parallel, attention_serial
+from .invariant_attention import attention_parallel, attention_serial, head_tile
 from .quant import interleaved, kernels, simd
 from .quant.blocks import BLOCK
 
@@ -176,7 +176,8 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     """One LLaMA block for R packed token rows, in place on x (R, C) float32.
 
     norm1, norm2 (C,); qkv, o, gate_up, down: (tag, wd, wm, wq, wh) tuples of the fused weights;
-    parts (4,): threads for each product; tiles: (DECODE_TILE, ZERO_TILES[TILE_X], ZERO_TILES[1]);
+    parts (4,): threads for each product; tiles: (DECODE_TILE, ZERO_TILES[TILE_X], ZERO_TILES[1],
+    invariant_attention.head_tile(...) for attention);
     key_cache, value_cache (blocks, G, P, D): this layer's cache, as invariant_attention.py takes it
     (a contiguous one-sequence cache is one block of all its positions); row r's keys/values go to
     block slot_block[r], position slot_offset[r]; tables, query_seq, query_pos: which sequence row r
@@ -184,7 +185,7 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     Returns the number of activation blocks that could not be rounded (NaN/Inf or too large)."""
     H, G, D = n_head, n_kv_head, head_dim
     R, C = x.shape
-    zero, full_tile, one_tile = tiles
+    zero, full_tile, one_tile, attention_tile = tiles
     rstd = np.empty(R, np.float32)
     h = np.empty_like(x)
     row_ops._rmsnorm(x, norm1, eps, rstd, h)
@@ -206,9 +207,9 @@ def layer_step(x, norm1, norm2, eps, qkv, o, gate_up, down, parts, tiles,
     att = np.empty((R, H, D), np.float32)
     scale = np.float32(1.0 / math.sqrt(D))
     if attn_parallel:
-        attention_parallel(q, key_cache, value_cache, tables, query_seq, query_pos, scale, att)
+        attention_parallel(q, key_cache, value_cache, tables, query_seq, query_pos, scale, att, attention_tile)
     else:
-        attention_serial(q, key_cache, value_cache, tables, query_seq, query_pos, scale, att)
+        attention_serial(q, key_cache, value_cache, tables, query_seq, query_pos, scale, att, attention_tile)
     o_out = np.empty((R, C), np.float32)
     b, s = _product(o, att.reshape(R, H * D), parts[1], zero, full_tile, one_tile, o_out)
     bad += b + s
@@ -253,7 +254,9 @@ class DecodePlan:
         self._rows = np.array([[w[1].shape[0] for w in layer[2:]] for layer in layers], np.int64)
         self._weights = np.array([[w[1].shape[0] * w[1].shape[1] * BLOCK for w in layer[2:]] for layer in layers],
                                  np.int64)  # wd: (N, K / 32) scales
-        self._tiles = (simd.DECODE_TILE, simd.ZERO_TILES[simd.TILE_X], simd.ZERO_TILES[1])
+        cfg = self.config
+        self._tiles = (simd.DECODE_TILE, simd.ZERO_TILES[simd.TILE_X], simd.ZERO_TILES[1],
+                       head_tile(cfg.n_head, cfg.n_kv_head, cfg.head_dim))
         self._entry = None
 
     @classmethod
@@ -349,19 +352,21 @@ class DecodePlan:
         return x
 
 
-def compile_for(fmt: str) -> None:
+def compile_for(fmt: str, n_head: int = 4, n_kv_head: int = 2, head_dim: int = 16) -> None:
     """Compile layer_step for models whose products are in `fmt` (or load it from Numba's disk cache):
     one prefill and one decode step of a tiny random LLaMA block. Numba compiles one machine-code
-    version per argument *types*, not sizes, so this is the version a real model in `fmt` runs; the
-    tour calls it in a second process, compiling on the other core while the first works."""
+    version per argument *types*, not sizes, so this is the version a real model in `fmt` runs,
+    provided its heads give the same attention tile (invariant_attention.head_tile: pass the model's
+    n_head, n_kv_head and head_dim); the tour calls it in a second process, compiling on the other
+    core while the first works."""
     from .config import ModelConfig
     from .inference import InferenceModel
     from .kv_cache import ContiguousKVCache
     from .model import Model, init_params
     from .quant.model import quantize_model
 
-    config = ModelConfig(family="llama", vocab_size=37, n_layer=1, n_embd=64, n_head=4, n_kv_head=2, n_ctx=16,
-                         ffn_hidden=64, tie_word_embeddings=False)
+    config = ModelConfig(family="llama", vocab_size=37, n_layer=1, n_embd=n_head * head_dim, n_head=n_head,
+                         n_kv_head=n_kv_head, n_ctx=16, ffn_hidden=64, tie_word_embeddings=False)
     fast = InferenceModel(quantize_model(Model(config, init_params(config, 0, np.float32)), fmt))
     if DecodePlan.build(fast) is None:
         raise ValueError(f"fmt must be one of the formats layer_step takes {simd.SIMD_FORMATS}, got {fmt!r}")

@@ -287,9 +287,10 @@ def real_model_targets(real: dict) -> list[dict]:
 # compiling on the second core
 
 
-def compile_in_background(formats):
+def compile_in_background(formats, heads=(4, 2, 16)):
     """Start a second Python process compiling fused_decode.layer_step for `formats` into Numba's disk
-    cache (fused_decode.compile_for) -> the process, or None if it cannot start.
+    cache (fused_decode.compile_for, for a model with heads = (n_head, n_kv_head, head_dim)) -> the
+    process, or None if it cannot start.
 
     Why: from a fresh clone, Numba compiles every kernel on first use, one at a time on one core
     (it holds a lock while compiling), ~15-25 s for each weight format's block step on a 2-core
@@ -299,11 +300,21 @@ def compile_in_background(formats):
     import subprocess
     import sys
 
-    code = "from tinyinfer.fused_decode import compile_for\n" + "".join(f"compile_for({f!r})\n" for f in formats)
+    code = "from tinyinfer.fused_decode import compile_for\n" + "".join(f"compile_for({f!r}, *{tuple(heads)!r})\n" for f in formats)
     try:
         return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
+
+
+def smollm2_heads() -> tuple:
+    """(n_head, n_kv_head, head_dim) from SmolLM2's GGUF header (the tensors are not read)."""
+    from ..gguf import read_gguf
+    from ..model_names import smollm2_path
+
+    meta = read_gguf(smollm2_path()).metadata
+    n_head = int(meta["llama.attention.head_count"])
+    return n_head, int(meta["llama.attention.head_count_kv"]), int(meta["llama.embedding_length"]) // n_head
 
 
 def finish(helper, timeout: float = 600.0) -> None:
@@ -342,7 +353,7 @@ def run_tour(s: TourSettings, progress: bool = True) -> dict:
 
     # SmolLM2's blocks (Q4_1) compile in a second process while this one evaluates and compiles the
     # teacher's, and it must be done before anything here is timed
-    helper = compile_in_background(["q4_1"]) if s.real_model and smollm2_available() else None
+    helper = compile_in_background(["q4_1"], smollm2_heads()) if s.real_model and smollm2_available() else None
     try:
         quality = measure_quality(models, table, stream, s, progress)
         times, tokens = measure_speed(table, models, work, s.rounds, s.naive_requests, progress,
