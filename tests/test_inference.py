@@ -52,3 +52,21 @@ def test_fuse_rows_stacks_dense_and_quantized_rows():
     x = rng.standard_normal(64).astype(np.float32)
     np.testing.assert_array_equal(fused.matmul(x), np.concatenate([qa.matmul(x), qb.matmul(x)]))
     assert fuse_rows([qa, quantize(b, "q8_0")]) is None  # formats differ: kept apart
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (1, 2, 3, 5), (64, 3, 16, 64 * 9), (1, 1, 1, (2 << 20) // 4 + 3)])
+def test_cache_zeros_is_np_zeros_of_the_shape(shape):
+    """kv_cache.cache_zeros (a large cache on 2 MB pages where the system lends them): zeros, the
+    dtype and shape asked for, C-contiguous and writable, large ones starting on a 2 MB boundary."""
+    import sys
+
+    from tinyinfer.kv_cache import HUGE_PAGE_BYTES, HUGE_PAGE_MIN_BYTES, cache_zeros
+
+    for dtype in (np.float32, np.float64):
+        a = cache_zeros(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert not a.any()
+        a[...] = 1.5  # every byte is writable memory
+        assert float(a.sum()) == 1.5 * a.size
+        if a.nbytes >= HUGE_PAGE_MIN_BYTES and sys.platform == "linux":
+            assert a.ctypes.data % HUGE_PAGE_BYTES == 0

@@ -17,11 +17,42 @@ does a cache whose dtype differs from the model's (a float16 cache), which the k
 """
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from .ops import attention_forward
 
 ATTENTION_KINDS = ("rows", "numpy")
+HUGE_PAGE_BYTES = 2 << 20  # x86-64's large page
+HUGE_PAGE_MIN_BYTES = HUGE_PAGE_BYTES  # smaller caches: np.zeros
+
+
+def cache_zeros(shape, dtype) -> np.ndarray:
+    """np.zeros(shape, dtype) for a KV cache, asking the system for 2 MB pages where it lends them.
+
+    A cache is allocated whole but touched a block at a time as sequences grow, and the first
+    write to each 4 KB page is a page fault (the kernel finds and zeroes a page). A batch of 32
+    sequences enters a new block every 16 tokens each, and on a 2-core Zen 5 VM those faults were
+    ~3-4 ms of a 27 ms SmolLM2 decode step (the cache writes: 3.7 ms faulting, 0.65 ms with the
+    pages touched beforehand, 1.4 ms on 2 MB pages). So large caches are anonymous memory maps
+    with madvise(MADV_HUGEPAGE) (Linux's transparent huge pages in "madvise" or "always" mode;
+    elsewhere the advice is absent or ignored and the pages stay 4 KB, or np.zeros is used). The memory is zero, as np.zeros's is,
+    and still committed only as it is touched, 2 MB at a time."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    nbytes = count * dtype.itemsize
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.zeros(shape, dtype)
+    # private anonymous memory (mmap's default for -1 is shared memory, which gets no huge pages);
+    # one page more than needed, so the array can start on a 2 MB boundary
+    buf = mmap.mmap(-1, (-(-nbytes // HUGE_PAGE_BYTES) + 1) * HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE)
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # the kernel refuses the advice: ordinary pages
+        pass
+    start = -np.frombuffer(buf, np.uint8, count=1).ctypes.data % HUGE_PAGE_BYTES  # first 2 MB boundary
+    return np.frombuffer(buf, dtype, count=count, offset=start).reshape(shape)
 
 
 class ContiguousKVCache:
@@ -30,8 +61,8 @@ class ContiguousKVCache:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         self.max_len = max_len or config.n_ctx
         shape = (batch_size, config.n_kv_head, self.max_len, config.head_dim)  # (B, G, S, D)
-        self.keys = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
-        self.values = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.keys = [cache_zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.values = [cache_zeros(shape, dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions stored so far (the same for every layer once a step ends)
         self.attention = attention
         self._n_layer = config.n_layer

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..invariant_attention import attention_rows, supports
 from ..ops import attention_forward
+from ..kv_cache import cache_zeros
 
 ATTENTION_KINDS = ("rows", "numpy")
 
@@ -87,8 +88,8 @@ class PagedKVCache:
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         shape = (num_blocks, config.n_kv_head, block_size, config.head_dim)  # (N, G, P, D)
-        self.key_cache = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
-        self.value_cache = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.key_cache = [cache_zeros(shape, dtype) for _ in range(config.n_layer)]  # 2 MB pages where lent
+        self.value_cache = [cache_zeros(shape, dtype) for _ in range(config.n_layer)]
         self.block_size = block_size
         self.attention = attention
         self.step: PackedStep | None = None
