@@ -719,7 +719,9 @@ for (name, kind), d in drift.items():
 # SwiGLU and the residual adds (elementwise, or sums along one contiguous row). Attention was the
 # exception, so `tinyinfer/invariant_attention.py: attention_rows` replaces it: a Numba kernel that
 # takes one query row at a time, reads its own sequence's keys through the block table in place,
-# and sums q·k, the softmax and p·v in position order. It is the engine's default
+# and sums the softmax and p·v in position order and each q·k in one fixed order of its own (the
+# head's query heads share each key and value in registers:
+# `tinyinfer/invariant_attention.py: one_row_tiled`, beside the plain loops of `one_row`). It is the engine's default
 # (`LLM(..., attention="rows")`) and the contiguous cache's, so `Model.generate`, the engine and
 # speculative decoding produce the same bits. (The float teacher's dense products still go
 # through BLAS, which is why its row above is not bit-identical even with "rows"; its rounding
