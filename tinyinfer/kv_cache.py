@@ -35,10 +35,11 @@ def cache_zeros(shape, dtype) -> np.ndarray:
     write to each 4 KB page is a page fault (the kernel finds and zeroes a page). A batch of 32
     sequences enters a new block every 16 tokens each, and on a 2-core Zen 5 VM those faults were
     ~3-4 ms of a 27 ms SmolLM2 decode step (the cache writes: 3.7 ms faulting, 0.65 ms with the
-    pages touched beforehand, 1.4 ms on 2 MB pages). So large caches are anonymous memory maps
-    with madvise(MADV_HUGEPAGE) (Linux's transparent huge pages in "madvise" or "always" mode;
-    elsewhere the advice is absent or ignored and the pages stay 4 KB, or np.zeros is used). The memory is zero, as np.zeros's is,
-    and still committed only as it is touched, 2 MB at a time."""
+    pages touched beforehand, 0.67 ms on 2 MB pages). So caches of 2 MB or more are private
+    anonymous memory maps with madvise(MADV_HUGEPAGE) (Linux's transparent huge pages in "madvise"
+    or "always" mode; elsewhere the advice is ignored and the pages stay 4 KB, or, without the
+    advice at all, np.zeros is used). The memory is zero, as np.zeros's is, and still committed
+    only as it is touched, 2 MB at a time."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape))
     nbytes = count * dtype.itemsize
