@@ -39,6 +39,39 @@ def test_inference_forward_matches_model_forward(family, kind):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_quantized_head_logits_are_the_head_times_hidden():
+    """A quantized head multiplies in two passes (model.head_product) on every path: model.forward,
+    InferenceModel.forward (prefill and one-token decode steps), and hidden() then head_product."""
+    from tinyinfer.model import head_product
+    from tinyinfer.quant.formats import QTensor
+    from tinyinfer.quant.model import quantize_model
+
+    model = quantize_model(small_model("llama", n_embd=64, n_head=4, ffn_hidden=64, vocab_size=50), "q8_0",
+                           quantize_head=True)
+    fast = InferenceModel(model)
+    assert isinstance(fast.head, QTensor)
+    ids = np.array([[1, 5, 7, 2, 9]])
+
+    def reference(x, positions, cache):
+        return forward(model.params, model.config, x, kv_cache=cache, positions=positions)
+
+    def split(x, positions, cache):
+        return head_product(fast.head, fast.hidden(x, positions, cache))
+
+    expected = _decode_logits(reference, model, ids, 4)
+    np.testing.assert_allclose(_decode_logits(fast.forward, model, ids, 4), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(_decode_logits(split, model, ids, 4), _decode_logits(fast.forward, model, ids, 4))
+    cache = ContiguousKVCache(model.config, 1, np.float32, max_len=8)
+    rows = fast.hidden(ids, np.arange(5), cache, logits_rows=[4])
+    assert rows.shape == (1, 1, 64)
+
+
+def test_hidden_is_for_llama_models():
+    fast = InferenceModel(small_model("gpt2", n_embd=32, n_head=4, ffn_hidden=64, vocab_size=50))
+    with pytest.raises(ValueError, match="hidden is for LLaMA-family models"):
+        fast.hidden(np.array([[1, 2]]), np.arange(2), None)
+
+
 def test_fuse_rows_stacks_dense_and_quantized_rows():
     from tinyinfer.quant import quantize
 

@@ -46,6 +46,7 @@ from .model import (
     final_norm_name,
     forward,
     head_name,
+    head_product,
     inference_params,
     layer_names,
     linear_weight,
@@ -139,10 +140,18 @@ class InferenceModel:
 
     def forward(self, ids, positions, kv_cache, logits_rows=None):
         """ids (B, T) at positions (T,) -> logits (B, T, V) (or (B, R, V) for logits_rows), as model.forward."""
+        if self.config.family != "llama":
+            return forward(self.params, self.config, ids, kv_cache=kv_cache, positions=np.asarray(positions),
+                           logits_rows=logits_rows)
+        return head_product(self.head, self.hidden(ids, positions, kv_cache, logits_rows))
+
+    def hidden(self, ids, positions, kv_cache, logits_rows=None):
+        """forward without its last product: the final-normed hidden states (B, T, C) (or (B, R, C))
+        that the head turns into logits. LLaMA family only."""
         config = self.config
-        positions = np.asarray(positions)
         if config.family != "llama":
-            return forward(self.params, config, ids, kv_cache=kv_cache, positions=positions, logits_rows=logits_rows)
+            raise ValueError("hidden is for LLaMA-family models; GPT-2 runs model.forward")
+        positions = np.asarray(positions)
         ids = np.asarray(ids)
         plan = self._decode_plan(ids, positions, kv_cache)
         if plan is not None:
@@ -151,9 +160,8 @@ class InferenceModel:
                 x = plan.hidden(np.ascontiguousarray(x), positions, kv_cache)
                 if logits_rows is not None:
                     x = x[logits_rows]  # (R, C)
-                x = row_ops.rmsnorm_rows(np.ascontiguousarray(x), self.final_norm, config.norm_eps)
-                return matmul(self.head, x)[None]  # (1, R, V)
-        return self.forward_embeddings(embed(self.embedding, ids), positions, kv_cache, logits_rows)
+                return row_ops.rmsnorm_rows(np.ascontiguousarray(x), self.final_norm, config.norm_eps)[None]
+        return self._hidden_from_embeddings(embed(self.embedding, ids), positions, kv_cache, logits_rows)
 
     def _decode_plan(self, ids, positions, kv_cache):
         from .fused_decode import DecodePlan
@@ -167,9 +175,13 @@ class InferenceModel:
     def forward_embeddings(self, x, positions, kv_cache, logits_rows=None):
         """The forward from token embeddings x (B, T, C) instead of ids: everything after the lookup
         (lesson 11 nudges x to see how sensitive the logits are). LLaMA family only."""
-        config = self.config
-        if config.family != "llama":
+        if self.config.family != "llama":
             raise ValueError("forward_embeddings is for LLaMA-family models; GPT-2 adds position embeddings")
+        return head_product(self.head, self._hidden_from_embeddings(x, positions, kv_cache, logits_rows))
+
+    def _hidden_from_embeddings(self, x, positions, kv_cache, logits_rows=None):
+        """Embeddings x (B, T, C) -> final-normed hidden states (B, T, C) or (B, R, C)."""
+        config = self.config
         positions = np.asarray(positions)
         B, T, C = x.shape
         H, G, D = config.n_head, config.n_kv_head, config.head_dim
@@ -203,5 +215,4 @@ class InferenceModel:
         if logits_rows is not None:
             x = x[:, logits_rows]  # (B, R, C)
         R = x.shape[1]
-        x = row_ops.rmsnorm_rows(np.ascontiguousarray(x.reshape(B * R, C)), self.final_norm, eps)
-        return matmul(self.head, x).reshape(B, R, -1)  # (B, R, V)
+        return row_ops.rmsnorm_rows(np.ascontiguousarray(x.reshape(B * R, C)), self.final_norm, eps).reshape(B, R, C)

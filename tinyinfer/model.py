@@ -114,6 +114,20 @@ def matmul(w, x):
     return x @ w.T if isinstance(w, np.ndarray) else w.matmul(x)
 
 
+def head_product(head, x):
+    """The logits x @ head.T. A quantized head (QTensor) rounds x in two 8-bit passes rather than
+    one (tinyinfer/quant/residual.py): the head's 8-bit activations alone flip the greedy token at
+    ~1% of positions of a real model, twice the product's multiply-adds fix that, and the weights
+    are still read once. Other weights as matmul."""
+    from .quant.formats import QTensor
+
+    if isinstance(head, QTensor):
+        from .quant.residual import two_pass_matmul
+
+        return two_pass_matmul(head, x)
+    return matmul(head, x)
+
+
 class TransposedWeight:
     """A dense (N, K) weight kept as its transpose (K, N), contiguous, for inference.
 
@@ -291,7 +305,7 @@ def forward(params, config, ids, start_pos=0, kv_cache=None, caches=None, positi
     if caches is not None:
         caches["final_norm"] = c
         caches["head_in"] = x
-    return matmul(head, x)  # (B, T, V)
+    return head_product(head, x)  # (B, T, V)
 
 
 # --------------------------------------------------------------------------------------------
