@@ -432,6 +432,54 @@ print(f"x as Q8_1 blocks: quants {xq.shape} {xq.dtype}, scales d {xd.shape} and 
       f"(float16 values, held as {xd.dtype})")
 
 # %% [markdown]
+# **Rounding x twice.** The 8-bit x costs little in most products, but the last one, the output
+# head, turns the hidden state into one logit per vocabulary entry, and the next token is whichever
+# logit is largest: where the two largest are nearly tied, rounding x decides. A model whose head is
+# quantized (a GGUF file's token embedding is; lesson 11) therefore rounds the head's x twice
+# (`tinyinfer/quant/residual.py: two_pass_matmul`, called by `tinyinfer/model.py: head_product`):
+#
+#     x1 = Q8(x)                 the blocks the kernel makes anyway
+#     r  = x - x1                what they missed: |r| <= d / 2 in every block
+#     W x  ~  W x1 + W Q8(r)     one kernel call on the stacked rows [x; r], the two halves added
+#
+# (r is scaled by 256 before its rounding and the result scaled back, both exact powers of two, so
+# r's float16 block scales stay far from float16's smallest numbers.) The second pass keeps x to
+# about 1/(127 x 254) of each block's largest value, ~16 bits, and the weights are still read once.
+# It doubles the multiply-adds: nearly free for one sequence, whose product waits on memory, ~2x the
+# head's time for a batch. The error against the product with float32 x, same weights:
+
+# %%
+from tinyinfer.quant.residual import two_pass_matmul  # noqa: E402
+
+pass_errors = {}
+for fmt in ("q8_0", "q4_0", "q4_1"):
+    qt = quantize(W, fmt)
+    exact = x.astype(np.float64) @ qt.dequantize().T.astype(np.float64)  # (B, N): float x, the same weights
+    pass_errors[fmt] = [np.abs(qt.matmul(x) - exact).max(), np.abs(two_pass_matmul(qt, x) - exact).max()]
+    print(f"{fmt:>5}: max |error| one pass {pass_errors[fmt][0]:.2e}, two passes {pass_errors[fmt][1]:.2e} "
+          f"({pass_errors[fmt][0] / pass_errors[fmt][1]:.0f}x smaller)")
+    assert pass_errors[fmt][1] < pass_errors[fmt][0]
+
+fig, ax = plt.subplots(figsize=(6, 3))
+at = np.arange(len(pass_errors))
+ax.bar(at - 0.2, [e[0] for e in pass_errors.values()], 0.4, label="x rounded once (8 bits)")
+ax.bar(at + 0.2, [e[1] for e in pass_errors.values()], 0.4, label="x rounded twice")
+ax.set_xticks(at, list(pass_errors))
+ax.set_yscale("log")
+ax.set_xlabel("weight format")
+ax.set_ylabel("max |product - float-x product|")
+ax.set_title(f"{name}: the activations' share of the error")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Q4_1 gains less than the others: its blocks' sums `s` stay float16 in both passes, and the
+# weights' minima multiply that rounding. SmolLM2's head is Q8_0; on its held-out text the
+# second pass moves the greedy token to the float-activation choice at about one position in a
+# hundred (lesson 11, section 7, measures it).
+
+# %% [markdown]
 # **Two ways to write the kernel.** `tinyinfer/quant/loops.py` has one *plain-loop* kernel per
 # format that reads like the formula: for every row, for every block, unpack the block's integers
 # and add up their products with x. `tinyinfer/quant/simd.py` computes the same thing with

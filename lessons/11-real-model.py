@@ -282,7 +282,8 @@ print(compare(np.median(ours), np.median(theirs), what="tinyinfer", of="llama.cp
 # ## 7. How exact can two engines be?
 #
 # tinyinfer computes what llama.cpp computes: the same blocks, the activations rounded to the same
-# 8-bit blocks before every product (Q8_1 for Q4_1 weights), float32 elsewhere. Yet on held-out text
+# 8-bit blocks before every product (Q8_1 for Q4_1 weights; the head's twice, as the end of this
+# section shows), float32 elsewhere. Yet on held-out text
 # the two agree on the next token only ~97% of the time (`tests/test_smollm2_parity.py`). The reason
 # is the rounding of activations to 8 bits: a 1-ulp difference (another order of float additions,
 # another `exp`) moves a value across a rounding boundary now and then, that changes a whole
@@ -327,6 +328,51 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# **Where rounding decides most: the head.** The last product turns the hidden state into 49,152
+# logits, and the greedy token is the largest; wherever the two largest are within a rounding
+# error, rounding the head's x to 8 bits picks one of them at random. So tinyinfer rounds the
+# head's x twice, the 8-bit blocks and then what they missed (`tinyinfer/quant/residual.py`,
+# lesson 04 section 4): ~16 bits for the same weight bytes, at twice the head's multiply-adds.
+# Measured here on held-out text against the float32 expansion of the same file (the reference of
+# the tour), the Q4_1 model with the head's x rounded once and twice (`InferenceModel.hidden` is the
+# forward without the head, `tinyinfer/model.py: head_product` the two-pass head):
+
+# %%
+from tinyinfer.corpus import token_stream  # noqa: E402
+from tinyinfer.evaluate import eval_windows  # noqa: E402
+from tinyinfer.model import head_product, matmul  # noqa: E402
+
+windows = eval_windows(token_stream(tok, "val", progress=False), 128 if SMALL else 256, 1 if SMALL else 4)
+agree = {"head's x rounded once": 0, "head's x rounded twice": 0}
+for row in windows:
+    ids_w = row[None, :-1]
+    positions = np.arange(ids_w.shape[1])
+    cache = ContiguousKVCache(config, 1, np.float32, max_len=ids_w.shape[1])
+    reference = fasts["fp32"].forward(ids_w, positions, cache)[0].argmax(-1)
+    cache = ContiguousKVCache(config, 1, np.float32, max_len=ids_w.shape[1])
+    h = fasts["q4_1"].hidden(ids_w, positions, cache)[0]  # (T, C), the head's input
+    head = fasts["q4_1"].head
+    agree["head's x rounded once"] += int((matmul(head, h).argmax(-1) == reference).sum())
+    agree["head's x rounded twice"] += int((head_product(head, h).argmax(-1) == reference).sum())
+positions_n = windows.shape[0] * (windows.shape[1] - 1)
+for label, n in agree.items():
+    print(f"Q4_1, {label}: top-1 agrees with float32 at {n} of {positions_n} positions ({n / positions_n:.2%})")
+
+fig, ax = plt.subplots(figsize=(5, 2.8))
+ax.bar(list(agree), [100 * n / positions_n for n in agree.values()], color=["tab:orange", "tab:green"])
+ax.set_ylim(90, 100)
+ax.set_ylabel("top-1 agreement with float32 (%)")
+ax.set_xlabel(f"the Q4_1 model, {positions_n} held-out positions")
+ax.set_title("rounding the head's activations")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The rest of the gap to 100% comes from the 8-bit x of the products inside the 30 blocks.
+# llama.cpp, which rounds the head's x once, agrees with that same float32 reference about as
+# often as tinyinfer's one-pass head (the README has both figures).
+
+# %% [markdown]
 # So "the same output as llama.cpp" cannot mean bit for bit: llama.cpp does not even agree with
 # itself between evaluating a prompt in one batch and one token at a time (~97% of next tokens,
 # recorded in `tests/golden/smollm2_llamacpp.json`). What tinyinfer can and does promise: it
@@ -348,6 +394,11 @@ plt.show()
 # 4. Quantize the float32 weights (the blocks expanded) to Q8_0 and to Q4_0 and measure held-out
 #    perplexity of each against the file's own Q4_1 (`tinyinfer/bench/smollm2.py: quality`).
 #    Why is Q4_0 worse than the file although both use about 4.5-5 bits per weight?
+# 5. The two-pass head (section 7) does the head's multiply-adds twice. Count a token's multiply-adds
+#    in the products (30 blocks of q, k, v, o, gate, up, down, with the sizes of section 2, plus the
+#    49,152 x 576 head) with one pass and with two. Where a step is bound by arithmetic (a batch of
+#    32 sequences, lesson 08), by what factor can the second pass slow it at most? Set
+#    `two_pass_factor`.
 
 # %%
 bits_q4_1 = None  # your answer
@@ -355,4 +406,9 @@ check(bits_q4_1, 20 * 8 / 32, name="bits_q4_1")
 date_tokens = None  # your answer
 check(date_tokens, len(tok.encode("2024-12-01", special=False)), tol=0, name="date_tokens")
 head_ms = None  # your answer, milliseconds per token
-check(head_ms, 49152 * 576 / 32 * 34 / (bandwidth * 1e9) * 1e3, tol=0.05, name="head_ms");
+check(head_ms, 49152 * 576 / 32 * 34 / (bandwidth * 1e9) * 1e3, tol=0.05, name="head_ms")
+two_pass_factor = None  # your answer
+C_, F_, Q_, KV_ = config.n_embd, config.ffn_hidden, config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+layers_macs = config.n_layer * (C_ * (Q_ + 2 * KV_) + Q_ * C_ + 3 * C_ * F_)
+head_macs = config.vocab_size * C_
+check(two_pass_factor, (layers_macs + 2 * head_macs) / (layers_macs + head_macs), tol=0.01, name="two_pass_factor");

@@ -71,5 +71,18 @@ def exercise_4():
           "lopsided block. Q8_0's grid is fine enough that re-rounding adds almost nothing.")
 
 
+def exercise_5():
+    """Multiply-adds of a token with the head's x rounded once and twice."""
+    cfg = smollm2().config
+    C, F, H, G, D, V = cfg.n_embd, cfg.ffn_hidden, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab_size
+    per_block = C * H * D + 2 * C * G * D + H * D * C + 3 * C * F  # q, k, v, o, gate, up, down
+    layers, head = cfg.n_layer * per_block, V * C
+    factor = (layers + 2 * head) / (layers + head)
+    print(f"blocks {layers / 1e6:.1f} M multiply-adds a token, head {head / 1e6:.1f} M: one pass "
+          f"{(layers + head) / 1e6:.1f} M, two passes {(layers + 2 * head) / 1e6:.1f} M, at most {factor:.2f}x "
+          f"a step where arithmetic bounds it (attention and the rest of a step do not grow, so less)")
+    check(factor, (layers + 2 * head) / (layers + head), tol=0.01, name="two_pass_factor")
+
+
 if __name__ == "__main__":
     run_exercises(globals())
