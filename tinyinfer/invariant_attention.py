@@ -152,6 +152,12 @@ def attention_rows_reference(q, key_cache, value_cache, block_tables, query_seq,
 # reassoc lets LLVM split the d-sums over SIMD lanes, contract fuses multiply-adds. Both are
 # decided when the kernel is compiled, per loop, never from the data or the batch, so a row's sums
 # still happen in one fixed order (tests/test_invariant_attention.py checks it bit for bit).
+# One caveat, measured (Numba 0.68, Zen 5): the plain loops of one_row give last-bit-different
+# results (~1e-16 relative in float64) when the kernel was compiled in this process and when it was
+# loaded from Numba's disk cache; without reassoc the two agree, at twice one_row's time. The
+# register-tile kernel (one_row_tiled, which float32 models with head dims of 16, 32 ... 128 run)
+# gave the same bits both ways. So one process is always consistent with itself, but two processes
+# running one_row can part at a near tie.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
