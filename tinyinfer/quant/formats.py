@@ -21,7 +21,8 @@ a sum of small-integer products (exact, in int32) times the two scales:
 
 (the second because w = q_w d_w + m_w and sum_j q_x[j] d_x = s_x). The activation scales d_x and
 s_x are rounded to float16 as ggml's block_q8_0 / block_q8_1 store them: the same arithmetic as
-llama.cpp, so a model loaded from a GGUF file computes what llama.cpp computes. On an AVX2 machine
+llama.cpp, so a model loaded from a GGUF file computes what llama.cpp computes (but for the
+output head, whose x tinyinfer rounds twice: quant/residual.py). On an AVX2 machine
 the Numba decode kernels even add in ggml's order: a row of q8_0, q4_0, q4_1, q5_0 or q5_1 equals
 ggml's vec_dot bit for bit (iq4_nl within float32 rounding); tests/test_quant_llamacpp.py checks
 it, and the bytes and the activation blocks, against llama.cpp's C code. `quantized_matmul_reference` below is that computation in NumPy, the twin of
