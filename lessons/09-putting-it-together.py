@@ -514,6 +514,15 @@ for x in sweep:
     predicted = x["predicted_tokens_per_round"] * t_pass[1].median / (k * t_draft.median + t_pass[k + 1].median)
     print(f"  k={k}: predicted {predicted:.2f}x, measured {x['speedup'].median:.2f}x")
 
+from tinyinfer.bench.spec_ceiling import required_acceptance  # noqa: E402
+
+print("The per-token acceptance α a draft as costly as this student would need for 1.5x, solving the same "
+      "formula for α (tinyinfer/bench/spec_ceiling.py: required_acceptance), and the α measured:")
+for x in sweep:
+    k = x["k"]
+    need = required_acceptance(t_pass[k + 1].median / t_pass[1].median, k, t_draft.median / t_pass[1].median)
+    print(f"  k={k}: needs {'more than 1 (out of reach)' if need is None else f'{need:.2f}'}, measured {x['alpha']:.2f}")
+
 # %% [markdown]
 # The speedup needs a verification pass that costs much less than the k+1 steps it replaces. On a
 # GPU a batch-1 decode step leaves most of the chip idle, so k+1 rows cost about as much as one.
@@ -522,7 +531,11 @@ for x in sweep:
 # tokens costs here, and the draft's own k steps come on top. Where the prediction and the
 # measurement differ, look at what the cost model leaves out: it counts forward passes only,
 # while both loops also spend Python per token and per round (the argmax, the loop itself,
-# verification, rolling the caches back), and it assumes the same α at every position.
+# verification, rolling the caches back), and it assumes the same α at every position. The same
+# formula, solved for α, says how good a draft must be before its cost pays: `python -m
+# tinyinfer.bench.spec_ceiling` runs it on SmolLM2, together with the cheapest draft distilled from a
+# model we know of (a linear map between its own hidden states, EAGLE's idea at its simplest), and
+# `benchmarks/RESULTS.md` has what it measured.
 #
 # The sampling guarantee, checked by sampling: the distribution of the first emitted token over
 # many seeds, against the teacher's own distribution at that position.

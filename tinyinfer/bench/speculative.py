@@ -4,7 +4,9 @@ Lesson: lessons/08-serving.py (the exactness), lessons/09-putting-it-together.py
 
 Which draft, and why. SmolLM2-135M is already the small model of its family, so there is no
 smaller sibling sharing its tokenizer to draft with, and distilling one on two cores would cost
-hours for a draft whose every token still costs a forward pass. Two drafts cost nothing to make:
+hours for a draft whose every token still costs a forward pass (tinyinfer/bench/spec_ceiling.py
+measures the acceptance a draft would need, and what the cheapest distilled draft, a linear map
+between the model's own hidden states, reaches). Two drafts cost nothing to make:
 
 * prompt lookup (tinyinfer/speculative.py: PromptLookup): no forward pass at all; it guesses only
   where the sequence repeats itself, and there its guesses are often right;
