@@ -445,8 +445,9 @@ print(f"x as Q8_1 blocks: quants {xq.shape} {xq.dtype}, scales d {xd.shape} and 
 # (r is scaled by 256 before its rounding and the result scaled back, both exact powers of two, so
 # r's float16 block scales stay far from float16's smallest numbers.) The second pass keeps x to
 # about 1/(127 x 254) of each block's largest value, ~16 bits, and the weights are still read once.
-# It doubles the multiply-adds: nearly free for one sequence, whose product waits on memory, ~2x the
-# head's time for a batch. The error against the product with float32 x, same weights:
+# It doubles the multiply-adds: less than double the head's time for one sequence, whose product
+# mostly waits on memory, double for a batch, where arithmetic bounds it. The error against the
+# product with float32 x, same weights:
 
 # %%
 from tinyinfer.quant.residual import two_pass_matmul  # noqa: E402
