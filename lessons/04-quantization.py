@@ -432,9 +432,9 @@ print(f"x as Q8_1 blocks: quants {xq.shape} {xq.dtype}, scales d {xd.shape} and 
       f"(float16 values, held as {xd.dtype})")
 
 # %% [markdown]
-# **Rounding x twice.** The 8-bit x costs little in most products, but the last one, the output
+# **Rounding x twice.** Every product's 8-bit x moves its output a little; the last one, the output
 # head, turns the hidden state into one logit per vocabulary entry, and the next token is whichever
-# logit is largest: where the two largest are nearly tied, rounding x decides. A model whose head is
+# logit is largest: where the two largest are nearly tied, rounding x decides directly. A model whose head is
 # quantized (a GGUF file's token embedding is; lesson 11) therefore rounds the head's x twice
 # (`tinyinfer/quant/residual.py: two_pass_matmul`, called by `tinyinfer/model.py: head_product`):
 #

@@ -328,9 +328,10 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Where rounding decides most: the head.** The last product turns the hidden state into 49,152
+# **Where rounding decides directly: the head.** The last product turns the hidden state into 49,152
 # logits, and the greedy token is the largest; wherever the two largest are within a rounding
-# error, rounding the head's x to 8 bits picks one of them at random. So tinyinfer rounds the
+# error, rounding the head's x to 8 bits picks one of them at random. (Every other product's
+# rounding tips near ties too, further upstream: exercise 6 measures each kind.) So tinyinfer rounds the
 # head's x twice, the 8-bit blocks and then what they missed (`tinyinfer/quant/residual.py`,
 # lesson 04 section 4): ~16 bits for the same weight bytes, at twice the head's multiply-adds.
 # Measured here on held-out text against the float32 expansion of the same file (the reference of
@@ -399,6 +400,12 @@ plt.show()
 #    49,152 x 576 head) with one pass and with two. Where a step is bound by arithmetic (a batch of
 #    32 sequences, lesson 08), by what factor can the second pass slow it at most? Set
 #    `two_pass_factor`.
+# 6. Which products' 8-bit rounding moves the greedy token most? Start from every product rounding
+#    its x once (the head too), then round the x of one kind of product twice at a time (q, k and v;
+#    o; gate and up; down; the head) with `tinyinfer/quant/residual.py: two_pass_matmul`, and
+#    measure top-1 agreement with the float32 expansion on held-out windows. Hint: `model.forward`
+#    calls `w.matmul(x)` on any weight that is not an array, so a small wrapper object in
+#    `model.params` decides how each product rounds.
 
 # %%
 bits_q4_1 = None  # your answer
