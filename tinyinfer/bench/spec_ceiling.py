@@ -182,6 +182,7 @@ def run(model: str = "smollm2", train_windows: int = 100, window: int = 256, ans
     from ..evaluate import eval_windows
     from ..generate import chat_prompt_ids, stream_tokens
     from ..inference import InferenceModel
+    from ..lesson_tools import time_calls
     from . import machine
     from .speculative import open_messages
 
@@ -199,20 +200,13 @@ def run(model: str = "smollm2", train_windows: int = 100, window: int = 256, ans
         pairs.append((prompt, list(stream_tokens(fast, prompt, new_tokens))))
     acc = draft_acceptance(draft, pairs)
     h = np.zeros(m.config.n_embd, np.float32)
-    step_s = statistics.median(_timed(lambda: draft.step(h, 0)) for _ in range(20))
-    draft_cost = step_s / cost["seconds"][1]
+    draft_cost = time_calls(lambda: draft.step(h, 0), rounds=20).median / cost["seconds"][1]
     return {"model": model, "machine": machine(), "k": k, "verification": cost, "verify_k": verify,
             "required_free_draft": required_acceptance(verify, k, 0.0),
             "required_linear_draft": required_acceptance(verify, k, draft_cost),
             "linear_draft": {"train_positions": train_windows * (window - 1), "lam": lam, "fit_seconds": fit_s,
                              "draft_cost_steps": draft_cost, **acc,
                              "speedup_at_its_acceptance": round_speedup(acc["first"], k, verify, draft_cost)}}
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def format_ceiling(r: dict) -> str:
